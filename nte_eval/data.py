@@ -1,0 +1,182 @@
+"""Bundled and user image data, always as float tensors (N, C, H, W) in pixel space [0, 1].
+
+- ``digits``: scikit-learn's 1,797 handwritten digits (8x8, shipped in the wheel), upsampled bilinearly to
+  3x32x32 and coloured with a seeded per-image foreground and background colour, so that the three channels carry
+  different information. Fixed split: ``sklearn.model_selection.train_test_split(test_size=0.2, stratify=labels,
+  random_state=0)`` gives 1,437 train and 360 test images. The zoo is trained on ``train``; attackers' public
+  images come from ``train``; evaluation uses ``test``.
+- ``photos``: scikit-image's bundled RGB sample photos, for PSNR and visual checks (no labels).
+- ``imagefolder``: a user's folder ``ROOT/CLASS/*.png|jpg|...``, resized and centre-cropped to the model's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nte_eval.errors import NTEError
+
+DIGITS_PALETTE_SEED = 20251010
+DIGITS_SPLIT_SEED = 0
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
+
+
+@dataclass
+class ImageSet:
+    """Images in [0, 1] with integer labels (-1 where unknown) and a name per image."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: slice | list[int]) -> ImageSet:
+        idx = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, [self.names[i] for i in idx])
+
+
+def check_images(x: torch.Tensor, what: str = "images", channels: int | None = None) -> None:
+    """Raise NTEError unless ``x`` is a finite (N, C, H, W) float tensor in [0, 1] (with ``channels`` channels)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise NTEError(f"{what}: expected a (N, C, H, W) tensor, got {shape}.")
+    if not x.is_floating_point():
+        raise NTEError(f"{what}: expected floats in [0, 1], got dtype {x.dtype}; divide 8-bit images by 255.")
+    if channels is not None and x.shape[1] != channels:
+        raise NTEError(f"{what}: the model takes {channels} channels, the images have {x.shape[1]}.")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        n = int(bad.flatten(1).any(1).sum())
+        raise NTEError(f"{what}: {n} image(s) contain NaN or infinite pixels; clean or drop them first.")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise NTEError(f"{what}: pixels must lie in [0, 1] (pixel space), found range [{lo:.3g}, {hi:.3g}]. "
+                       "Pass unnormalised images; the model handle applies mean/std itself.")
+
+
+def _digit_colours(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded foreground/background colours per image, with enough luminance contrast to keep digits legible."""
+    rng = np.random.default_rng(DIGITS_PALETTE_SEED)
+    lum = np.array([0.299, 0.587, 0.114])
+    fg, bg = np.empty((n, 3)), np.empty((n, 3))
+    for i in range(n):
+        while True:
+            a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+            if abs((a - b) @ lum) >= 0.35:
+                fg[i], bg[i] = a, b
+                break
+    return fg, bg
+
+
+def load_digits(split: str = "test", limit: int | None = None, size: int = 32) -> ImageSet:
+    """scikit-learn digits as coloured 3 x size x size images; ``split`` is ``train``, ``test`` or ``all``."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test", "all"):
+        raise NTEError(f"digits: unknown split {split!r}; use 'train', 'test' or 'all'.")
+    raw = sk_digits()
+    grey = torch.from_numpy(raw.images / 16.0).float()[:, None]
+    grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    fg, bg = (torch.from_numpy(c).float()[:, :, None, None] for c in _digit_colours(len(grey)))
+    images = bg + grey * (fg - bg)
+    labels = torch.from_numpy(raw.target).long()
+    idx = np.arange(len(labels))
+    if split != "all":
+        train, test = train_test_split(idx, test_size=0.2, stratify=raw.target, random_state=DIGITS_SPLIT_SEED)
+        idx = np.sort(train if split == "train" else test)
+    if limit is not None:
+        idx = idx[:limit]
+    names = [f"digits-{i:04d}" for i in idx]
+    return ImageSet(images[idx].contiguous(), labels[idx], [str(d) for d in range(10)], names)
+
+
+def _resize_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` (bilinear, antialiased), then centre-crop to size x size."""
+    h, w = img.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return img[:, top:top + size, left:left + size].clamp(0, 1)
+
+
+def load_photos(size: int = 224, limit: int | None = None) -> ImageSet:
+    """scikit-image's bundled RGB sample photos, resized and centre-cropped (labels are -1: no classes)."""
+    import skimage.data
+
+    imgs = []
+    for name in PHOTO_NAMES[:limit]:
+        arr = getattr(skimage.data, name)()
+        imgs.append(_resize_crop(torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0, size))
+    names = list(PHOTO_NAMES[:limit])
+    return ImageSet(torch.stack(imgs), torch.full((len(imgs),), -1, dtype=torch.long), [], names)
+
+
+def read_image(path: Path, channels: int = 3) -> torch.Tensor:
+    """Read one image file as a (C, H, W) float tensor in [0, 1]; a corrupt file is an NTEError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise NTEError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+    t = torch.from_numpy(arr)
+    return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
+
+
+def list_images(root: Path) -> list[Path]:
+    """All image files under ``root`` (recursively), sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_imagefolder(root: str | Path, size: int, limit: int | None = None, channels: int = 3) -> ImageSet:
+    """A folder of class subfolders. Labels follow the sorted folder names, or their values if all are integers."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NTEError(f"imagefolder: {root} is not a folder; point data.root at ROOT/CLASS/*.png.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise NTEError(f"imagefolder: {root} has no class subfolders; expected ROOT/CLASS/*.png.")
+    numeric = all(c.isdigit() for c in classes)
+    per_class = [(c, list_images(root / c)) for c in classes]
+    if not any(files for _, files in per_class):
+        raise NTEError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}.")
+    # Round-robin over classes so that a limit keeps every class represented.
+    order: list[tuple[int, Path]] = []
+    for rank in range(max(len(f) for _, f in per_class)):
+        for label, (c, files) in enumerate(per_class):
+            if rank < len(files):
+                order.append((int(c) if numeric else label, files[rank]))
+    order = order[:limit] if limit is not None else order
+    imgs = [_resize_crop(read_image(p, channels), size) for _, p in order]
+    labels = torch.tensor([lab for lab, _ in order], dtype=torch.long)
+    names = [str(p.relative_to(root)) for _, p in order]
+    class_names = [str(i) for i in range(max(int(c) for c in classes) + 1)] if numeric else classes
+    return ImageSet(torch.stack(imgs), labels, class_names, names)
+
+
+def load_data(source: str, split: str = "test", limit: int | None = None, root: str | None = None,
+              size: int | None = None, channels: int = 3) -> ImageSet:
+    """Dispatch on ``source``: ``digits``, ``photos`` or ``imagefolder``."""
+    if source == "digits":
+        return load_digits(split, limit, size or 32)
+    if source == "photos":
+        return load_photos(size or 224, limit)
+    if source == "imagefolder":
+        if root is None:
+            raise NTEError("imagefolder: data.root is required (a folder ROOT/CLASS/*.png).")
+        if size is None:
+            raise NTEError("imagefolder: data.size is required (the model's input size).")
+        return load_imagefolder(root, size, limit, channels)
+    raise NTEError(f"unknown data source {source!r}; use 'digits', 'photos' or 'imagefolder'.")

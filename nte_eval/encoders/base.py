@@ -1,0 +1,135 @@
+"""The encoder interface shared by NTEs and the baselines, plus keyed noise and the pixel-box options."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from nte_eval.errors import NTEError
+from nte_eval.handles import ModelHandle
+from nte_eval.metrics import noise_norm_for_psnr, psnr, relative_change
+
+BOXES = ("none", "clip", "project")
+
+
+@dataclass
+class EncodeResult:
+    """Encoded images plus per-sample records (achieved PSNR, first-layer response ratio) and settings."""
+
+    images: torch.Tensor
+    psnr: torch.Tensor
+    first_layer_ratio: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storable(self) -> bool:
+        """True when the images are valid 8-bit images (in [0, 1] and on the 1/255 grid)."""
+        return bool(self.info.get("storable", False))
+
+
+def sample_seed(key: int | str, index: int) -> int:
+    """A 63-bit seed from the NTE key and the sample index: together they fix the sample's noise bit for bit."""
+    digest = hashlib.sha256(f"nte-eval/{key}/{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def keyed_normal(shape: tuple[int, ...], key: int | str, index: torch.Tensor | list[int],
+                 device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``(len(index), *shape)``, each row drawn from its own (key, index) generator."""
+    out = torch.empty((len(index), *shape), device=device, dtype=dtype)
+    gen = torch.Generator(device=device)
+    for row, i in enumerate(index):
+        gen.manual_seed(sample_seed(key, int(i)))
+        out[row] = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+    return out
+
+
+def scale_to_psnr(delta: torch.Tensor, psnr_db: float) -> torch.Tensor:
+    """Scale each sample's perturbation so that its pixel-space PSNR (peak 1) is exactly ``psnr_db``."""
+    target = noise_norm_for_psnr(psnr_db, delta[0].numel())
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-30)
+    return delta * (target / norms).view(-1, *([1] * (delta.dim() - 1)))
+
+
+def check_psnr(value: float) -> float:
+    """PSNR targets must be finite numbers in dB; very low values make noise dwarf the image (allowed to -40 dB)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise NTEError(f"psnr {value!r} must be a finite number of dB (pixel space, peak 1), e.g. 30.")
+    if not -40 <= value <= 100:
+        raise NTEError(f"psnr {value} dB is outside the meaningful range [-40, 100] dB (pixel space, peak 1).")
+    return float(value)
+
+
+def check_box(box: str, quantize: bool) -> None:
+    if box not in BOXES:
+        raise NTEError(f"box {box!r}: use one of {', '.join(BOXES)}.")
+    if quantize and box == "none":
+        raise NTEError("quantize=true needs box='clip' or 'project': 8-bit images must lie in [0, 1].")
+
+
+def dykstra(x0: torch.Tensor, project_a: Callable[[torch.Tensor], torch.Tensor], iters: int) -> torch.Tensor:
+    """Dykstra's alternating projections toward the nearest point of A (``project_a``) within the box [0, 1].
+
+    Returns the last iterate on A (exactly in A, approximately in the box): callers shrink it into the box.
+    """
+    y, p, q = x0, torch.zeros_like(x0), torch.zeros_like(x0)
+    z = project_a(y)
+    for _ in range(iters):
+        z = project_a(y + p)
+        p = y + p - z
+        y = (z + q).clamp(0, 1)
+        q = z + q - y
+    return z
+
+
+def box_scale(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Largest t in [0, 1] per element with x + t * delta in [0, 1] (x itself must lie in [0, 1])."""
+    room = torch.where(delta > 0, (1 - x) / delta.clamp_min(1e-30), x / (-delta).clamp_min(1e-30))
+    return torch.where(delta == 0, torch.ones_like(x), room.clamp(0, 1))
+
+
+def finish(clean: torch.Tensor, encoded: torch.Tensor, handle: ModelHandle, quantize: bool,
+           info: dict[str, Any]) -> EncodeResult:
+    """Optionally quantize to 8 bit, then measure PSNR and the designated first-layer response ratio."""
+    if quantize:
+        encoded = torch.round(encoded.clamp(0, 1) * 255) / 255
+    storable = bool(quantize)
+    base = handle.first_layer_response(clean)
+    ratio = relative_change(handle.first_layer_response(encoded), base)
+    return EncodeResult(encoded, psnr(encoded, clean).float(), ratio.float(), {**info, "storable": storable})
+
+
+class Encoder(ABC):
+    """An encoder recodes pixel-space images for one designated model. Subclasses implement ``encode``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, handle: ModelHandle, psnr: float, box: str = "none", quantize: bool = False):
+        check_box(box, quantize)
+        self.handle, self.psnr, self.box, self.quantize = handle, check_psnr(psnr), box, bool(quantize)
+
+    def fit(self) -> Encoder:
+        """Compute and cache whatever the encoder needs (e.g. the subspace); returns self."""
+        return self
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
+               labels: torch.Tensor | None = None) -> EncodeResult:
+        """Encode images ``x`` in [0, 1]; ``index`` (dataset positions) with ``key`` fixes each sample's noise."""
+
+    def params(self) -> dict[str, Any]:
+        """Public settings, as written to results and manifests (never the key)."""
+        return {"psnr": self.psnr, "box": self.box, "quantize": self.quantize}
+
+    @staticmethod
+    def indices(x: torch.Tensor, index: torch.Tensor | list[int] | None) -> list[int]:
+        idx = list(range(x.shape[0])) if index is None else [int(i) for i in index]
+        if len(idx) != x.shape[0]:
+            raise NTEError(f"encode: {len(idx)} indices for {x.shape[0]} images.")
+        return idx

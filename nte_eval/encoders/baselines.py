@@ -1,0 +1,70 @@
+"""Baselines at the same pixel-space PSNR as the NTE: Gaussian noise and an adversarial example (PGD-L2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nte_eval.encoders.base import EncodeResult, Encoder, finish, keyed_normal, scale_to_psnr
+from nte_eval.errors import NTEError
+from nte_eval.handles import ModelHandle
+from nte_eval.metrics import noise_norm_for_psnr
+
+
+class GaussianEncoder(Encoder):
+    """i.i.d. Gaussian pixel noise scaled to exactly the target pixel-space PSNR (before any box)."""
+
+    name = "gaussian"
+
+    def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
+               labels: torch.Tensor | None = None) -> EncodeResult:
+        self.handle.check_input(x)
+        delta = scale_to_psnr(keyed_normal(tuple(x.shape[1:]), key, self.indices(x, index), x.device, x.dtype),
+                              self.psnr)
+        out = x + delta if self.box == "none" else (x + delta).clamp(0, 1)
+        return finish(x, out, self.handle, self.quantize, {"mode": "gaussian"})
+
+
+class _PixelModel(nn.Module):
+    """Adapter so torchattacks sees a model on [0, 1] pixels (normalisation inside, as it expects)."""
+
+    def __init__(self, handle: ModelHandle):
+        super().__init__()
+        self.inner, self.handle = handle.module, handle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.handle.forward_grad(x)
+
+
+class AdversarialEncoder(Encoder):
+    """torchattacks PGD-L2 on the designated model, its L2 budget set to the target pixel-space PSNR.
+
+    It attacks the designated model's clean predictions (no labels needed). PGD keeps images in [0, 1], so these
+    are always boxed; ``box`` only matters for the quantize option.
+    """
+
+    name = "adversarial"
+
+    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: str = "clip", quantize: bool = False,
+                 steps: int = 20):
+        super().__init__(handle, psnr, box, quantize)
+        if not isinstance(steps, int) or steps < 1:
+            raise NTEError(f"adversarial: steps must be a positive integer, got {steps!r}.")
+        self.steps = steps
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "steps": self.steps}
+
+    def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
+               labels: torch.Tensor | None = None) -> EncodeResult:
+        import torchattacks
+
+        self.handle.check_input(x)
+        eps = noise_norm_for_psnr(self.psnr, x[0].numel())
+        target = self.handle.logits(x).argmax(1) if labels is None else labels.to(x.device)
+        attack = torchattacks.PGDL2(_PixelModel(self.handle), eps=eps, alpha=2.5 * eps / self.steps,
+                                    steps=self.steps, random_start=False)
+        out = attack(x, target).detach()
+        return finish(x, out, self.handle, self.quantize, {"mode": "pgd_l2", "eps_l2": eps})

@@ -1,0 +1,139 @@
+"""The NTE encoder: noise in the designated model's low-sensitivity subspace, scaled to a pixel-space PSNR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nte_eval.encoders.base import EncodeResult, Encoder, box_scale, dykstra, finish, keyed_normal, scale_to_psnr
+from nte_eval.errors import NTEError
+from nte_eval.handles import ModelHandle
+from nte_eval.metrics import mse, noise_norm_for_psnr
+from nte_eval.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, Select
+
+MODES = ("auto", "patch", "operator")
+NOISES = ("per_patch", "tiled")
+
+
+class NTEEncoder(Encoder):
+    """Non-transferable examples (Wang et al., 2025), built in pixel space.
+
+    ``mode='patch'`` draws noise in the null/low-sensitivity space of the per-patch kernel matrix W D^-1 (exact when
+    stride == kernel; on overlapping stems it folds overlapping patches back, which is the reference code's flawed
+    approach, kept to show what folding breaks). ``mode='operator'`` uses the whole strided, padded convolution, so
+    overlapping stems get exact image-space NTEs. ``auto`` picks patch for non-overlapping layers, else operator.
+    ``noise='tiled'`` repeats one patch vector over the image (the reference behaviour, estimable by averaging).
+    """
+
+    name = "nte"
+
+    def __init__(self, handle: ModelHandle, mode: str = "auto", select: str | Select = DEFAULT_SELECT,
+                 psnr: float = 30.0, noise: str = "per_patch", box: str = "none", quantize: bool = False,
+                 project_iters: int = 100):
+        super().__init__(handle, psnr, box, quantize)
+        if mode not in MODES:
+            raise NTEError(f"mode {mode!r}: use one of {', '.join(MODES)}.")
+        if noise not in NOISES:
+            raise NTEError(f"noise {noise!r}: use one of {', '.join(NOISES)}.")
+        first = handle.first
+        self.mode = ("patch" if first.non_overlapping or first.kind == "linear" else "operator") if mode == "auto" \
+            else mode
+        if self.mode == "operator" and noise == "tiled":
+            raise NTEError("noise='tiled' repeats one patch vector and exists only in mode='patch'.")
+        if box == "project" and self.mode == "patch" and not first.non_overlapping:
+            raise NTEError("box='project' needs an exact subspace projector; for an overlapping first layer use "
+                           "mode='operator' (or 'auto').")
+        self.requested_mode, self.select, self.noise = mode, Select.parse(select), noise
+        self.project_iters = int(project_iters)
+        self.subspace: PatchSubspace | OperatorSubspace | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "mode": self.requested_mode, "select": str(self.select), "noise": self.noise}
+
+    def fit(self) -> NTEEncoder:
+        if self.subspace is None:
+            cls = PatchSubspace if self.mode == "patch" else OperatorSubspace
+            self.subspace = cls(self.handle, self.select)
+            if self.mode == "patch":
+                self._basis = self.subspace.basis64.float()
+        return self
+
+    # ---------------------------------------------------------------------------------- patch view helpers
+    def _to_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, d) patches in the kernel's (C, kh, kw) order."""
+        f = self.handle.first
+        if f.non_overlapping and x.shape[-2] % f.kernel[0] == 0 and x.shape[-1] % f.kernel[1] == 0:
+            b, c, h, w = x.shape
+            (kh, kw) = f.kernel
+            p = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
+            return p.reshape(b, (h // kh) * (w // kw), c * kh * kw)
+        return F.unfold(x, f.kernel, stride=f.stride, padding=f.padding).transpose(1, 2)
+
+    def _from_patches(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> image; overlapping patches are summed (fold), as the reference code does."""
+        f = self.handle.first
+        c, h, w = self.handle.input_size
+        if f.non_overlapping and h % f.kernel[0] == 0 and w % f.kernel[1] == 0:
+            (kh, kw), b = f.kernel, p.shape[0]
+            img = p.reshape(b, h // kh, w // kw, c, kh, kw).permute(0, 3, 1, 4, 2, 5)
+            return img.reshape(b, c, h, w)
+        return F.fold(p.transpose(1, 2), (h, w), f.kernel, stride=f.stride, padding=f.padding)
+
+    def project(self, d: torch.Tensor) -> torch.Tensor:
+        """Project image-space perturbations onto the selected subspace (exact unless patch mode folds)."""
+        self.fit()
+        if self.mode == "operator":
+            return self.subspace.project(d)
+        basis = self._basis.to(d)
+        return self._from_patches(self._to_patches(d) @ basis @ basis.T)
+
+    def draw(self, x: torch.Tensor, key: int | str, idx: list[int]) -> torch.Tensor:
+        """Unscaled noise in the subspace, fixed by (key, index) per sample."""
+        self.fit()
+        if self.mode == "operator":
+            return self.subspace.project(keyed_normal(tuple(x.shape[1:]), key, idx, x.device, x.dtype))
+        basis = self._basis.to(x)
+        n_patches = self._to_patches(x[:1]).shape[1]
+        rows = 1 if self.noise == "tiled" else n_patches
+        z = keyed_normal((rows, basis.shape[1]), key, idx, x.device, x.dtype)
+        return self._from_patches((z @ basis.T).expand(-1, n_patches, -1))
+
+    def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
+               labels: torch.Tensor | None = None) -> EncodeResult:
+        idx = self.indices(x, index)
+        self.handle.check_input(x)
+        delta = scale_to_psnr(self.draw(x, key, idx), self.psnr)
+        if self.box == "none":
+            out = x + delta
+        elif self.box == "clip":
+            out = (x + delta).clamp(0, 1)
+        else:
+            out = self._project_box(x, delta)
+        info = {"mode": self.mode, **self.subspace.describe()}
+        return finish(x, out, self.handle, self.quantize, info)
+
+    def _project_box(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """A point of (x + subspace) inside [0, 1] near x + delta, rescaled up to 3 times toward the target PSNR.
+
+        Dykstra's projections approach the nearest point of the intersection; its last iterate on the subspace is
+        then shrunk toward x (per patch in patch mode, per image in operator mode) until it lies exactly in the box,
+        so the result stays exactly in the subspace.
+        """
+        target = noise_norm_for_psnr(self.psnr, x[0].numel()) ** 2 / x[0].numel()
+        scale = torch.ones(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype)
+        for _ in range(3):
+            d = dykstra(x + scale * delta, lambda y: x + self.project(y - x), self.project_iters) - x
+            t = box_scale(x, d)
+            if self.mode == "patch":
+                t = self._from_patches(self._to_patches(t).amin(-1, keepdim=True).expand(-1, -1, t[0].numel()
+                                       // self._to_patches(t[:1]).shape[1]))
+            else:
+                t = t.flatten(1).amin(1).view_as(scale)
+            out = (x + t * d).clamp(0, 1)
+            got = mse(out, x).clamp_min(1e-30).view_as(scale)
+            if torch.allclose(got, torch.full_like(got, target), rtol=0.02):
+                break
+            scale = scale * (target / got).sqrt().clamp(max=4.0)
+        return out

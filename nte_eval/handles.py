@@ -1,0 +1,317 @@
+"""Pixel-space model handles: a classifier plus its first linear operator and its normalisation.
+
+Every handle takes images in [0, 1]; mean/std live here, never in the caller. The first linear operator A acts on
+normalised input, so in pixel space it is the affine map x -> W((x - mean) / std) + b, whose linear part is W D^-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nte_eval.errors import NTEError, did_you_mean
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """The first linear operator as a convolution on normalised pixels (a Linear is a full-image kernel)."""
+
+    path: str
+    kind: str  # "conv2d" or "linear"
+    weight: torch.Tensor  # (m, C, kh, kw), detached
+    bias: torch.Tensor | None
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return (self.weight.shape[2], self.weight.shape[3])
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def patch_dim(self) -> int:
+        """d = C * kh * kw, the number of pixels one output position sees."""
+        return self.weight[0].numel()
+
+    @property
+    def non_overlapping(self) -> bool:
+        return self.stride == self.kernel and self.padding == (0, 0)
+
+    def geometry(self) -> dict[str, Any]:
+        return {"layer": self.path, "kind": self.kind, "kernel": list(self.kernel), "stride": list(self.stride),
+                "padding": list(self.padding), "in_channels": self.weight.shape[1], "out_channels": self.out_channels}
+
+
+class ModelHandle:
+    """A classifier taking pixel-space input, with its first linear operator, mean/std, input size and classes."""
+
+    def __init__(self, module: nn.Module, first_layer: str, mean: tuple[float, ...], std: tuple[float, ...],
+                 input_size: tuple[int, int, int], class_names: list[str] | None = None, spec: str = "custom"):
+        self.module = module.eval()
+        self.spec = spec
+        self.input_size = tuple(int(v) for v in input_size)
+        c = self.input_size[0]
+        if len(mean) != c or len(std) != c:
+            raise NTEError(f"{spec}: mean/std need {c} values (one per input channel), got {len(mean)}/{len(std)}.")
+        if any(s <= 0 for s in std):
+            raise NTEError(f"{spec}: std values must be positive, got {list(std)}.")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        self.first = resolve_first_layer(module, first_layer, self.input_size, spec)
+        self.class_names = class_names
+        self.num_classes = len(class_names) if class_names else None
+
+    @classmethod
+    def from_module(cls, module: nn.Module, first_layer: str, mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD, input_size: tuple[int, int, int] = (3, 224, 224),
+                    class_names: list[str] | None = None, spec: str = "custom") -> ModelHandle:
+        """Wrap any ``nn.Module`` whose first linear operator is the Conv2d/Linear at ``first_layer``."""
+        return cls(module, first_layer, mean, std, input_size, class_names, spec)
+
+    @property
+    def device(self) -> torch.device:
+        return self.first.weight.device
+
+    def to(self, device: str | torch.device) -> ModelHandle:
+        self.module.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        self.first = resolve_first_layer(self.module, self.first.path, self.input_size, self.spec)
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Shape and finiteness check for model input (NTEs may leave [0, 1], so the range is not checked)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_size:
+            raise NTEError(f"{self.spec}: expects input (N, {', '.join(map(str, self.input_size))}), "
+                           f"got {tuple(x.shape)}; resize the data to the model's input size (data.size).")
+        if not torch.isfinite(x).all():
+            raise NTEError(f"{self.spec}: input contains NaN or infinite pixels.")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for pixel-space images (no gradient)."""
+        self.check_input(x)
+        return self.module(self.normalize(x))
+
+    def forward_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits with autograd enabled, for gradient-based attacks and baselines."""
+        return self.module(self.normalize(x))
+
+    @torch.no_grad()
+    def first_layer_response(self, x: torch.Tensor) -> torch.Tensor:
+        """A(x): the first linear operator applied to normalised pixels (bias included)."""
+        f = self.first
+        return F.conv2d(self.normalize(x), f.weight, f.bias, f.stride, f.padding)
+
+    def pixel_operator(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """W D^-1 as an (m, C*kh*kw) matrix: the first layer's linear part acting on raw pixel patches."""
+        f = self.first
+        inv_std = (1.0 / self.std.flatten().to(f.weight.device, dtype)).repeat_interleave(f.kernel[0] * f.kernel[1])
+        return f.weight.to(dtype).reshape(f.out_channels, -1) * inv_std
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "input_size": list(self.input_size), "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(), **self.first.geometry()}
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self.spec!r}, first_layer={self.first.path!r}, input_size={self.input_size})"
+
+
+def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...], spec: str) -> FirstLayer:
+    """Find the Conv2d/Linear at ``path`` and express it as a convolution on (C, H, W) pixels."""
+    if not isinstance(path, str):
+        raise NTEError(f"{spec}: the first layer is {path!r}, a tuple of parallel branches; nte-eval needs one "
+                       "linear operator. Wrap the model and pass first_layer= the path of a single Conv2d/Linear.")
+    try:
+        layer = module.get_submodule(path)
+    except AttributeError:
+        names = [n for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        raise NTEError(f"{spec}: no module at first-layer path {path!r}.{did_you_mean(path, names)}") from None
+    c, h, w = input_size
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1 or layer.dilation != (1, 1):
+            raise NTEError(f"{spec}: first layer {path!r} uses groups/dilation; only plain Conv2d is supported.")
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise NTEError(f"{spec}: first layer {path!r} must use numeric zero padding.")
+        if layer.in_channels != c:
+            raise NTEError(f"{spec}: first layer {path!r} takes {layer.in_channels} channels, input_size says {c}.")
+        stride, padding = tuple(layer.stride), tuple(layer.padding)
+        if type(layer).forward is nn.Conv2d.forward:
+            weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+        else:  # a subclass (timm StdConv2d, ScaledStdConv2d, Conv2dSame, ...): its weight is not what it applies
+            weight, bias = _probe_conv(layer, c, stride, padding)
+        first = FirstLayer(path, "conv2d", weight, bias, stride, padding)
+    elif isinstance(layer, nn.Linear):
+        if layer.in_features != c * h * w:
+            raise NTEError(f"{spec}: first layer {path!r} is Linear({layer.in_features}, ...) but the flattened "
+                           f"input has {c}*{h}*{w} = {c * h * w} pixels; a Linear first layer must see all pixels.")
+        weight = layer.weight.detach().reshape(layer.out_features, c, h, w)
+        first = FirstLayer(path, "linear", weight, None if layer.bias is None else layer.bias.detach(), (h, w), (0, 0))
+    else:
+        raise NTEError(f"{spec}: first layer {path!r} is {type(layer).__name__}; expected nn.Conv2d or nn.Linear.")
+    if type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward):
+        _check_first_layer(layer, first, input_size, spec)
+    return first
+
+
+@torch.no_grad()
+def _probe_conv(layer: nn.Conv2d, c: int, stride: tuple[int, int],
+                padding: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias a Conv2d subclass effectively applies, read off its responses to one-hot patches.
+
+    Each probe image holds one unit pixel inside a kernel-sized window that output position ``o`` sees exactly
+    (given the layer's stride and numeric padding). The result is checked afterwards by ``_check_first_layer``.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, stride, padding
+    oh, ow = -(-ph // sh), -(-pw // sw)  # first output whose window starts inside the image
+    ah, aw = oh * sh - ph, ow * sw - pw
+    d = c * kh * kw
+    ref = layer.weight
+    probe = torch.zeros(d + 1, c, ah + kh, aw + kw, device=ref.device, dtype=ref.dtype)
+    probe[:d, :, ah:, aw:] = torch.eye(d, device=ref.device, dtype=ref.dtype).reshape(d, c, kh, kw)
+    out = layer(probe)[:, :, oh, ow]  # (d + 1, m); the last row answers the zero image
+    bias = out[d]
+    weight = (out[:d] - bias).T.reshape(-1, c, kh, kw).contiguous()
+    return weight, (bias.contiguous() if layer.bias is not None or bias.abs().max() > 0 else None)
+
+
+@torch.no_grad()
+def _check_first_layer(layer: nn.Module, first: FirstLayer, input_size: tuple[int, ...], spec: str) -> None:
+    """Raise NTEError unless ``first`` reproduces ``layer`` on a random input of ``input_size``."""
+    ref = first.weight
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(ref.device, ref.dtype)
+    got = F.conv2d(x, first.weight, first.bias, first.stride, first.padding)
+    want = layer(x.flatten(1) if first.kind == "linear" else x)
+    if first.kind == "linear" and isinstance(want, torch.Tensor):
+        want = want[:, :, None, None]
+    tol = (1e-4 if ref.dtype in (torch.float32, torch.float64) else 2e-2) * (1.0 + float(got.abs().max()))
+    if not isinstance(want, torch.Tensor) or want.shape != got.shape or float((got - want).abs().max()) > tol:
+        raise NTEError(f"{spec}: first layer {first.path!r} ({type(layer).__name__}) does not act as a fixed "
+                       f"convolution with stride {first.stride} and padding {first.padding} at input size "
+                       f"{tuple(input_size)} (e.g. TF-style 'same' padding that depends on the input size). Use a "
+                       "variant with a plain Conv2d stem, or wrap the model and pass first_layer= a plain Conv2d.")
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights without executing code: safetensors, or torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NTEError(f"checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise NTEError(f"checkpoint {path} is not a valid safetensors file: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise NTEError(f"checkpoint {path} is not safe to load with weights_only=True (it may run code): "
+                       f"{str(e).splitlines()[0]}. Convert it to safetensors.") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise NTEError(f"checkpoint {path} does not hold a state dict of tensors.")
+    return obj
+
+
+def apply_checkpoint(module: nn.Module, path: str | Path, spec: str) -> None:
+    """Load a local checkpoint into ``module`` strictly, with a readable error on mismatch."""
+    state = load_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise NTEError(f"{spec}: checkpoint {path} does not fit the architecture ({first.strip()}). "
+                       "Check the model name and kwargs such as num_classes / img_size.") from None
+
+
+def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] | None = None,
+              mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+              first_layer: str | None = None, input_size: tuple[int, int, int] | None = None,
+              spec: str | None = None) -> ModelHandle:
+    """Build a timm model (random init, no download) and optionally load a local checkpoint."""
+    import timm
+
+    spec = spec or f"timm:{name}" + (f"@{checkpoint}" if checkpoint else "")
+    kwargs = dict(kwargs or {})
+    if not timm.is_model(name):
+        raise NTEError(f"unknown timm model {name!r}.{did_you_mean(name, timm.list_models())}")
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise NTEError(f"{spec}: timm rejected kwargs {kwargs}: {e}") from None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if checkpoint:
+        apply_checkpoint(model, checkpoint, spec)
+    if input_size is None:
+        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+        if "img_size" in kwargs:
+            s = kwargs["img_size"]
+            input_size = (input_size[0], *((s, s) if isinstance(s, int) else s))
+        if "in_chans" in kwargs:
+            input_size = (kwargs["in_chans"], *input_size[1:])
+    c = input_size[0]
+    mean = tuple(mean if mean is not None else cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(std if std is not None else cfg.get("std", IMAGENET_STD))
+    if len(mean) != c and len(mean) == 3 and c == 1:  # timm keeps RGB stats for in_chans=1 models
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    first = first_layer or cfg.get("first_conv")
+    if first is None:
+        raise NTEError(f"{spec}: timm's pretrained_cfg has no 'first_conv'; pass first_layer= explicitly.")
+    if isinstance(first, (tuple, list)):
+        raise NTEError(f"{spec}: pretrained_cfg['first_conv'] is a tuple {tuple(first)} (parallel stem branches); "
+                       "nte-eval needs a single first linear operator. Pass first_layer= one Conv2d path.")
+    num = getattr(model, "num_classes", None)
+    names = [str(i) for i in range(num)] if isinstance(num, int) and num > 0 else None
+    return ModelHandle(model, first, mean, std, input_size, names, spec)
+
+
+def load_model(spec: str | dict[str, Any]) -> ModelHandle:
+    """Build a handle from ``zoo:NAME``, ``timm:NAME[@checkpoint]`` or a mapping ``{timm: NAME, checkpoint: ...}``."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if "zoo" in spec:
+            return load_model(f"zoo:{spec['zoo']}")
+        if "timm" not in spec:
+            raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
+                           "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
+        allowed = {"timm", "checkpoint", "kwargs", "mean", "std", "first_layer", "input_size"}
+        extra = set(spec) - allowed
+        if extra:
+            key = sorted(extra)[0]
+            raise NTEError(f"model mapping: unknown key {key!r}; allowed {sorted(allowed)}.{did_you_mean(key, allowed)}")
+        inp = spec.get("input_size")
+        return from_timm(spec["timm"], spec.get("checkpoint"), spec.get("kwargs"), spec.get("mean"), spec.get("std"),
+                         spec.get("first_layer"), tuple(inp) if inp else None)
+    if not isinstance(spec, str) or ":" not in spec:
+        raise NTEError(f"model spec {spec!r} must be 'zoo:NAME', 'timm:NAME[@checkpoint]' or a mapping.")
+    scheme, _, rest = spec.partition(":")
+    if scheme == "zoo":
+        from nte_eval.zoo import load_zoo_model
+
+        return load_zoo_model(rest)
+    if scheme == "timm":
+        name, _, ckpt = rest.partition("@")
+        return from_timm(name, ckpt or None)
+    raise NTEError(f"model spec {spec!r}: unknown scheme {scheme!r}.{did_you_mean(scheme, ['zoo', 'timm'])} "
+                   "Use 'zoo:NAME' or 'timm:NAME[@checkpoint]'.")

@@ -1,0 +1,256 @@
+"""Low-sensitivity subspaces of a model's first linear operator, in pixel space.
+
+Two views of the same operator A = W D^-1 (D = diag(std)):
+- ``PatchSubspace``: the SVD of the flattened kernel, one (m x C*kh*kw) matrix shared by every patch. Exact for
+  non-overlapping layers (stride == kernel, no padding, or a Linear on the whole image).
+- ``OperatorSubspace``: the whole strided, padded convolution on a C x H x W image. With circular padding, a polyphase
+  split makes it block-diagonal in the Fourier domain: at each frequency an (m x C*s*s) matrix. Zero padding differs
+  only at the border; ``OperatorSubspace.project`` corrects that with a few CGLS steps on the true operator.
+
+``select`` picks the subspace: ``tau=1e-2`` (singular values <= tau, plus the exact null space; the reference
+default, falling back to the single weakest direction per patch/block when nothing is under tau), ``k=N`` (the N
+weakest directions per patch/block) or ``energy=F`` (the weakest directions holding at most a fraction F of the
+operator's squared Frobenius norm, over all patches/blocks jointly).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nte_eval.errors import NTEError
+from nte_eval.handles import ModelHandle
+
+SELECT_KINDS = ("tau", "k", "energy")
+DEFAULT_SELECT = "tau=0.01"
+
+
+@dataclass(frozen=True)
+class Select:
+    """How to choose the low-sensitivity subspace: ``tau``, ``k`` or ``energy`` (see module docstring)."""
+
+    kind: str
+    value: float
+
+    @classmethod
+    def parse(cls, spec: str | Select | dict) -> Select:
+        if isinstance(spec, Select):
+            return spec
+        if isinstance(spec, dict) and len(spec) == 1:
+            (kind, value), = spec.items()
+        elif isinstance(spec, str) and "=" in spec:
+            kind, _, value = spec.partition("=")
+        else:
+            raise NTEError(f"select {spec!r}: write 'tau=0.01', 'k=8' or 'energy=0.001'.")
+        kind = kind.strip()
+        if kind not in SELECT_KINDS:
+            raise NTEError(f"select {spec!r}: unknown kind {kind!r}; use one of {', '.join(SELECT_KINDS)}.")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise NTEError(f"select {spec!r}: {value!r} is not a number.") from None
+        if not math.isfinite(value) or value < 0 or (kind == "k" and (value < 1 or value != int(value))):
+            raise NTEError(f"select {spec!r}: {kind} must be a finite non-negative number"
+                           + (" and a positive integer." if kind == "k" else "."))
+        if kind == "energy" and value >= 1:
+            raise NTEError(f"select {spec!r}: energy is a fraction in [0, 1).")
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={int(self.value) if self.kind == 'k' else self.value:g}"
+
+
+def select_mask(sigma: torch.Tensor, select: Select) -> torch.Tensor:
+    """Boolean mask over ``sigma`` (..., n), per block along the last axis; at least one direction per block."""
+    weakest = sigma == sigma.min(dim=-1, keepdim=True).values
+    if select.kind == "tau":
+        return (sigma <= select.value) | (~(sigma <= select.value).any(-1, keepdim=True) & first_true(weakest))
+    order = sigma.argsort(dim=-1, stable=True)
+    if select.kind == "k":
+        k = min(int(select.value), sigma.shape[-1])
+        return torch.zeros_like(sigma, dtype=torch.bool).scatter(-1, order[..., :k], True)
+    flat = sigma.flatten()
+    idx = flat.argsort(stable=True)
+    energy = (flat[idx] ** 2).cumsum(0)
+    keep = energy <= select.value * energy[-1]
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[idx[keep]] = True
+    return mask.view_as(sigma) | (~mask.view_as(sigma).any(-1, keepdim=True) & first_true(weakest))
+
+
+def first_true(mask: torch.Tensor) -> torch.Tensor:
+    """Keep only the first True along the last axis (to pick one direction among tied weakest ones)."""
+    return mask & (mask.cumsum(-1) == 1)
+
+
+def null_tolerance(sigma_max: float, shape: tuple[int, int]) -> float:
+    """Singular values below this count as exactly zero (float64 numerical rank)."""
+    return max(shape) * 2.2e-16 * max(sigma_max, 1e-300) * 10
+
+
+class PatchSubspace:
+    """SVD of the pixel-space kernel matrix W D^-1 (m x d); ``basis`` spans the selected directions of R^d."""
+
+    def __init__(self, handle: ModelHandle, select: Select):
+        w = handle.pixel_operator(torch.float64).cpu()
+        m, d = w.shape
+        _, s, vh = torch.linalg.svd(w, full_matrices=True)
+        self.sigma = torch.cat([s, s.new_zeros(max(0, d - m))])  # one value per right singular vector
+        self.mask = select_mask(self.sigma, select)
+        self.tol = null_tolerance(float(s.max()), (m, d))
+        self.basis64 = vh[self.mask].T.contiguous()  # (d, k)
+        self.dim = int(self.mask.sum())
+        self.exact = bool((self.sigma[self.mask] <= self.tol).all())
+        self.max_sigma = float(self.sigma[self.mask].max())
+        self.null_dim = int((self.sigma <= self.tol).sum())
+
+    def describe(self) -> dict:
+        return {"view": "patch", "dim_per_patch": self.dim, "exact": self.exact, "max_selected_sigma": self.max_sigma,
+                "null_dim_per_patch": self.null_dim}
+
+
+class OperatorSubspace:
+    """Fourier polyphase blocks of the strided convolution on a C x H x W image (circular view)."""
+
+    def __init__(self, handle: ModelHandle, select: Select):
+        f = handle.first
+        c, h, w = handle.input_size
+        (kh, kw), (sh, sw), (ph, pw) = f.kernel, f.stride, f.padding
+        if f.kind != "conv2d":
+            raise NTEError(f"{handle.spec}: operator mode needs a Conv2d first layer; use mode='patch' for Linear.")
+        if h % sh or w % sw:
+            raise NTEError(f"{handle.spec}: operator mode needs the image size {h}x{w} divisible by the stride "
+                           f"{sh}x{sw}; resize the data (data.size) accordingly.")
+        if 2 * ph >= kh or 2 * pw >= kw:
+            raise NTEError(f"{handle.spec}: operator mode supports padding < kernel/2, got padding {f.padding} "
+                           f"for kernel {f.kernel}.")
+        self.handle, self.shape = handle, (c, h, w)
+        self.stride, self.grid = (sh, sw), (h // sh, w // sw)
+        blocks = self._blocks(handle.pixel_operator(torch.float64).cpu().view_as(f.weight.cpu()))
+        _, s, vh = torch.linalg.svd(blocks, full_matrices=True)  # blocks: (gh, gw//2+1, m, n)
+        n, m = blocks.shape[-1], blocks.shape[-2]
+        self.sigma = torch.cat([s, s.new_zeros(*s.shape[:-1], max(0, n - m))], dim=-1)
+        self.mask = select_mask(self.sigma, select)
+        self.tol = null_tolerance(float(s.max()), (m, n))
+        kmax = int(self.mask.sum(-1).max())
+        # V_S per frequency, padded to kmax columns with zeros where a block keeps fewer directions.
+        order = (~self.mask).to(torch.int8).argsort(dim=-1, stable=True)[..., :kmax]
+        v = vh.conj().transpose(-1, -2)  # columns are right singular vectors
+        vs = torch.gather(v, -1, order[..., None, :].expand(*v.shape[:-1], kmax))
+        keep = torch.gather(self.mask, -1, order)
+        self.basis = (vs * keep[..., None, :]).to(torch.complex64)  # (gh, gw', n, kmax)
+        self.exact = bool((self.sigma[self.mask] <= self.tol).all())
+        self.max_sigma = float(self.sigma[self.mask].max())
+        self.dim = int(full_spectrum_count(self.mask, self.grid[1]))
+        self.null_dim_min = int((self.sigma <= self.tol).sum(-1).min())
+
+    def _blocks(self, w: torch.Tensor) -> torch.Tensor:
+        """M(omega)[o, (c, rh, rw)] = sum over taps of phase (rh, rw) of w * exp(2 pi i omega . q / grid)."""
+        m, c, kh, kw = w.shape
+        (sh, sw), (gh, gw), (ph, pw) = self.stride, self.grid, self.handle.first.padding
+        fh = torch.arange(gh, dtype=torch.float64)
+        fw = torch.arange(gw // 2 + 1, dtype=torch.float64)
+        out = torch.zeros(gh, gw // 2 + 1, m, c, sh, sw, dtype=torch.complex128)
+        for a in range(kh):
+            qa, ra = divmod(a - ph, sh)
+            for b in range(kw):
+                qb, rb = divmod(b - pw, sw)
+                phase = torch.exp(2j * math.pi * (fh[:, None] * qa / gh + fw[None, :] * qb / gw))
+                out[:, :, :, :, ra, rb] += phase[:, :, None, None] * w[None, None, :, :, a, b]
+        return out.reshape(gh, gw // 2 + 1, m, c * sh * sw)
+
+    # ------------------------------------------------------------------ image <-> polyphase Fourier coefficients
+    def to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) real -> (gh, gw', B, n) complex polyphase rfft coefficients."""
+        b, c, _, _ = x.shape
+        (sh, sw), (gh, gw) = self.stride, self.grid
+        poly = x.reshape(b, c, gh, sh, gw, sw).permute(0, 1, 3, 5, 2, 4).reshape(b, c * sh * sw, gh, gw)
+        return torch.fft.rfft2(poly).permute(2, 3, 0, 1)
+
+    def from_blocks(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.shape
+        (sh, sw), (gh, gw) = self.stride, self.grid
+        poly = torch.fft.irfft2(z.permute(2, 3, 0, 1), s=(gh, gw))
+        b = poly.shape[0]
+        return poly.reshape(b, c, sh, sw, gh, gw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+
+    def project_circular(self, x: torch.Tensor) -> torch.Tensor:
+        """Orthogonal projection onto the selected subspace of the circular-padding operator."""
+        basis = self.basis.to(x.device)
+        z = self.to_blocks(x).to(torch.complex64)
+        coef = torch.einsum("hwnk,hwbn->hwbk", basis.conj(), z)
+        return self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", basis, coef)).to(x.dtype)
+
+    def project(self, x: torch.Tensor, iters: int = 50, rtol: float = 1e-6) -> torch.Tensor:
+        """Project, then correct the border so the zero-padded operator sees what the circular one would."""
+        d = self.project_circular(x)
+        op = PixelConv(self.handle)
+        err = op.apply(d) - op.apply_circular(d)
+        return d - cgls(op, err, iters, rtol)
+
+    def describe(self) -> dict:
+        return {"view": "operator", "dim_total": self.dim, "exact": self.exact, "max_selected_sigma": self.max_sigma,
+                "null_dim_per_block": self.null_dim_min, "blocks": list(self.grid)}
+
+
+def full_spectrum_count(mask: torch.Tensor, gw: int) -> torch.Tensor:
+    """Count selected directions over the full (gh x gw) spectrum from its rfft half (gh x gw//2+1)."""
+    weight = torch.full((mask.shape[1],), 2.0)
+    weight[0] = 1.0
+    if gw % 2 == 0:
+        weight[-1] = 1.0
+    return (mask.sum(-1) * weight[None]).sum()
+
+
+class PixelConv:
+    """The first layer's linear part on pixel perturbations: delta -> conv(delta / std), zero or circular padding."""
+
+    def __init__(self, handle: ModelHandle):
+        self.f, self.std, self.size = handle.first, handle.std, handle.input_size[1:]
+
+    def apply(self, d: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(d / self.std.to(d), self.f.weight.to(d), None, self.f.stride, self.f.padding)
+
+    def apply_circular(self, d: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.f.padding
+        padded = F.pad(d / self.std.to(d), (pw, pw, ph, ph), mode="circular")
+        return F.conv2d(padded, self.f.weight.to(d), None, self.f.stride)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        out = F.conv_transpose2d(y, self.f.weight.to(y), None, self.f.stride, self.f.padding)
+        out = F.pad(out, (0, w - out.shape[-1], 0, h - out.shape[-2]))
+        return out / self.std.to(y)
+
+
+def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float) -> torch.Tensor:
+    """Minimum-norm least-squares solution of op(c) = rhs per sample, by conjugate gradients (CGLS)."""
+    b = rhs.shape[0]
+    norm = lambda t: t.flatten(1).pow(2).sum(1)  # noqa: E731
+    target = norm(rhs).sqrt() * rtol
+    r = rhs.clone()
+    s = op.adjoint(r)
+    c = torch.zeros_like(s)
+    p, gamma = s.clone(), norm(s)
+    for _ in range(iters):
+        active = norm(r).sqrt() > target
+        if not active.any():
+            break
+        q = op.apply(p)
+        alpha = torch.where(active, gamma / norm(q).clamp_min(1e-300), torch.zeros_like(gamma)).view(b, 1, 1, 1)
+        c, r = c + alpha * p, r - alpha * q
+        s = op.adjoint(r)
+        new = norm(s)
+        p = s + (new / gamma.clamp_min(1e-300)).view(b, 1, 1, 1) * p
+        gamma = new
+    return c
+
+
+def null_dimension(handle: ModelHandle) -> int:
+    """Exact null-space dimension of the first layer: per patch if non-overlapping, else per Fourier block (min)."""
+    if handle.first.non_overlapping:
+        return PatchSubspace(handle, Select("k", 1)).null_dim
+    return OperatorSubspace(handle, Select("k", 1)).null_dim_min
