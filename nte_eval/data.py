@@ -62,6 +62,11 @@ def check_images(x: torch.Tensor, what: str = "images", channels: int | None = N
                        "Pass unnormalised images; the model handle applies mean/std itself.")
 
 
+def _check_limit(limit: int | None, what: str) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise NTEError(f"{what}: limit must be a positive integer or None, got {limit!r}.")
+
+
 def _digit_colours(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded foreground/background colours per image, with enough luminance contrast to keep digits legible."""
     rng = np.random.default_rng(DIGITS_PALETTE_SEED)
@@ -83,6 +88,7 @@ def load_digits(split: str = "test", limit: int | None = None, size: int = 32) -
 
     if split not in ("train", "test", "all"):
         raise NTEError(f"digits: unknown split {split!r}; use 'train', 'test' or 'all'.")
+    _check_limit(limit, "digits")
     raw = sk_digits()
     grey = torch.from_numpy(raw.images / 16.0).float()[:, None]
     grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -113,6 +119,7 @@ def load_photos(size: int = 224, limit: int | None = None) -> ImageSet:
     """scikit-image's bundled RGB sample photos, resized and centre-cropped (labels are -1: no classes)."""
     import skimage.data
 
+    _check_limit(limit, "photos")
     imgs = []
     for name in PHOTO_NAMES[:limit]:
         arr = getattr(skimage.data, name)()
@@ -127,11 +134,15 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit greyscale: convert() would clip to 255
+                arr = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+                arr = np.repeat(arr[:, :, None], 3, axis=2) if channels == 3 else arr
+            else:
+                im = im.convert("RGB" if channels == 3 else "L")
+                arr = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise NTEError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
-    t = torch.from_numpy(arr)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 
 
@@ -142,6 +153,7 @@ def list_images(root: Path) -> list[Path]:
 
 def load_imagefolder(root: str | Path, size: int, limit: int | None = None, channels: int = 3) -> ImageSet:
     """A folder of class subfolders. Labels follow the sorted folder names, or their values if all are integers."""
+    _check_limit(limit, "imagefolder")
     root = Path(root)
     if not root.is_dir():
         raise NTEError(f"imagefolder: {root} is not a folder; point data.root at ROOT/CLASS/*.png.")

@@ -295,11 +295,12 @@ def load_model(spec: str | dict[str, Any]) -> ModelHandle:
         if "timm" not in spec:
             raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
                            "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
-        allowed = {"timm", "checkpoint", "kwargs", "mean", "std", "first_layer", "input_size"}
+        allowed = {"timm", "checkpoint", "kwargs", "mean", "std", "first_layer", "input_size", "name"}
         extra = set(spec) - allowed
         if extra:
             key = sorted(extra)[0]
-            raise NTEError(f"model mapping: unknown key {key!r}; allowed {sorted(allowed)}.{did_you_mean(key, allowed)}")
+            raise NTEError(f"model mapping: unknown key {key!r}; allowed {sorted(allowed)}."
+                           f"{did_you_mean(key, allowed)}")
         inp = spec.get("input_size")
         return from_timm(spec["timm"], spec.get("checkpoint"), spec.get("kwargs"), spec.get("mean"), spec.get("std"),
                          spec.get("first_layer"), tuple(inp) if inp else None)

@@ -10,7 +10,7 @@ Two views of the same operator A = W D^-1 (D = diag(std)):
 ``select`` picks the subspace: ``tau=1e-2`` (singular values <= tau, plus the exact null space; the reference
 default, falling back to the single weakest direction per patch/block when nothing is under tau), ``k=N`` (the N
 weakest directions per patch/block) or ``energy=F`` (the weakest directions holding at most a fraction F of the
-operator's squared Frobenius norm, over all patches/blocks jointly).
+operator's squared Frobenius norm, over all patches/blocks jointly; at least the single weakest one).
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ def select_mask(sigma: torch.Tensor, select: Select) -> torch.Tensor:
     idx = flat.argsort(stable=True)
     energy = (flat[idx] ** 2).cumsum(0)
     keep = energy <= select.value * energy[-1]
+    keep[0] = True  # at least the single weakest direction overall
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[idx[keep]] = True
-    return mask.view_as(sigma) | (~mask.view_as(sigma).any(-1, keepdim=True) & first_true(weakest))
+    return mask.view_as(sigma)
 
 
 def first_true(mask: torch.Tensor) -> torch.Tensor:
@@ -184,8 +185,10 @@ class OperatorSubspace:
         coef = torch.einsum("hwnk,hwbn->hwbk", basis.conj(), z)
         return self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", basis, coef)).to(x.dtype)
 
-    def project(self, x: torch.Tensor, iters: int = 50, rtol: float = 1e-6) -> torch.Tensor:
-        """Project, then correct the border so the zero-padded operator sees what the circular one would."""
+    def project(self, x: torch.Tensor, iters: int = 300, rtol: float = 1e-6) -> torch.Tensor:
+        """Project (circular view), then correct the border so the zero-padded operator sees what the circular one
+        would: the minimum-norm correction (CGLS). The result lies in the zero-padded operator's subspace where it
+        is exact, but this is not its orthogonal projector (the border correction is not symmetric)."""
         d = self.project_circular(x)
         op = PixelConv(self.handle)
         err = op.apply(d) - op.apply_circular(d)

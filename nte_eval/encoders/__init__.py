@@ -1,6 +1,6 @@
 """Encoders: the NTE encoder and baselines sharing one interface (``Encoder.encode``)."""
 
-from nte_eval.encoders.base import EncodeResult, Encoder, sample_seed
+from nte_eval.encoders.base import Encoder, EncodeResult, sample_seed
 from nte_eval.encoders.baselines import AdversarialEncoder, GaussianEncoder
 from nte_eval.encoders.nte import NTEEncoder
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nte_eval.encoders.base import EncodeResult, Encoder, finish, keyed_normal, scale_to_psnr
+from nte_eval.encoders.base import Encoder, EncodeResult, finish, keyed_normal, scale_to_psnr
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
 from nte_eval.metrics import noise_norm_for_psnr

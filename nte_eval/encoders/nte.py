@@ -7,7 +7,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nte_eval.encoders.base import EncodeResult, Encoder, box_scale, dykstra, finish, keyed_normal, scale_to_psnr
+from nte_eval.encoders.base import (
+    Encoder,
+    EncodeResult,
+    box_scale,
+    dykstra,
+    finish,
+    keyed_normal,
+    scale_to_psnr,
+)
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
 from nte_eval.metrics import mse, noise_norm_for_psnr

@@ -1,0 +1,115 @@
+"""The ``nte-eval`` command: run | encode | zoo. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nte_eval.errors import NTEError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nte_eval.runner import headline, run_suite
+    from nte_eval.suite import load_suite
+
+    suite = load_suite(args.suite)
+    results = run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
+    with_pd_options(lambda: print(headline(results).to_string()))
+    print(f"\nAccuracy in % (pixel-space PSNR, peak 1). Results: {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+def with_pd_options(fn) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
+        fn()
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from nte_eval.encode import encode_to_folder
+
+    manifest = encode_to_folder(
+        model=args.model, source=args.data, out=args.out, key=args.key, psnr=args.psnr, mode=args.mode,
+        select=args.select, noise=args.noise, box=args.box, quantize=args.quantize, save_key=args.save_key,
+        limit=args.limit, split=args.split, device=args.device)
+    print(f"{len(manifest['files'])} {manifest['format']} files in {args.out}; {manifest['note']}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from nte_eval.zoo import zoo_table
+
+    if args.zoo_command == "train":
+        from nte_eval.zoo.train import train_zoo
+
+        train_zoo(args.names or None)
+    rows = zoo_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        import pandas as pd
+
+        cols = ["name", "arch", "kind", "kernel", "stride", "padding", "in_channels", "out_channels", "patch_dim",
+                "exact_null_dim", "null_dim_scope", "test_accuracy"]
+        with_pd_options(lambda: print(pd.DataFrame(rows)[cols].to_string(index=False)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nte-eval", description="Build, attack and certify non-transferable examples.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="evaluate a suite YAML and write results to --out")
+    run.add_argument("suite", help="suite YAML file (see examples/quickstart.yaml)")
+    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(fn=cmd_run)
+
+    enc = sub.add_parser("encode", help="recode images for one designated model and key")
+    enc.add_argument("--model", required=True, help="zoo:NAME or timm:NAME[@checkpoint]")
+    enc.add_argument("--data", required=True, help="'digits', 'photos', or a folder of images")
+    enc.add_argument("--out", required=True, help="output folder")
+    enc.add_argument("--key", required=True, help="the NTE key (seed); not written unless --save-key")
+    enc.add_argument("--psnr", type=float, default=30.0, help="target pixel-space PSNR in dB (peak 1)")
+    enc.add_argument("--mode", default="auto", choices=["auto", "patch", "operator"])
+    enc.add_argument("--select", default="tau=0.01", help="tau=T, k=N or energy=F")
+    enc.add_argument("--noise", default="per_patch", choices=["per_patch", "tiled"])
+    enc.add_argument("--box", default="project", choices=["none", "clip", "project"])
+    enc.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
+                     help="round to 8 bit (default on: storable PNGs)")
+    enc.add_argument("--save-key", action="store_true", help="write the key into manifest.json")
+    enc.add_argument("--limit", type=int, default=None, help="encode at most this many images")
+    enc.add_argument("--split", default="test", choices=["train", "test", "all"], help="split for --data digits")
+    enc.add_argument("--device", default="cpu")
+    enc.set_defaults(fn=cmd_encode)
+
+    zoo = sub.add_parser("zoo", help="the bundled model zoo trained on digits")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zl = zsub.add_parser("list", help="list the zoo models and their first-layer geometry")
+    zl.add_argument("--json", action="store_true")
+    zt = zsub.add_parser("train", help="(re)train zoo models into the weights folder")
+    zt.add_argument("names", nargs="*")
+    zt.add_argument("--json", action="store_true")
+    zoo.set_defaults(fn=cmd_zoo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except NTEError as e:
+        print(f"nte-eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nte-eval: interrupted; finished cells are in results.csv", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The NTE encoder and baselines on small random models: PSNR targeting, keys, boxes, storable images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from nte_eval.data import load_digits
+from nte_eval.encoders import AdversarialEncoder, GaussianEncoder, NTEEncoder
+from nte_eval.errors import NTEError
+from nte_eval.handles import ModelHandle
+
+
+def make_handle(first: nn.Module, size=32, seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(first, nn.GELU(), nn.Flatten(), nn.LazyLinear(10))
+    net(torch.zeros(1, 3, size, size))
+    return ModelHandle.from_module(net, "0", mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3), input_size=(3, size, size))
+
+
+@pytest.fixture(scope="module")
+def patchify():
+    return make_handle(nn.Conv2d(3, 32, 4, 4))  # d = 48 > m = 32: exact null space per patch
+
+
+@pytest.fixture(scope="module")
+def overlapping():
+    return make_handle(nn.Conv2d(3, 16, 6, 4, 1))  # overlapping stem with an image-space null space
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_digits("test", limit=12).images
+
+
+@pytest.mark.parametrize("psnr", [40.0, 20.0, 0.0, -10.0])
+def test_unboxed_psnr_hits_target_and_stays_in_null_space(patchify, images, psnr):
+    res = NTEEncoder(patchify, psnr=psnr).encode(images, key="k")
+    assert (res.psnr - psnr).abs().max() < 0.1
+    assert res.first_layer_ratio.max() < 1e-4
+    assert res.info["exact"] and res.info["dim_per_patch"] == 16
+
+
+def test_same_key_and_index_give_bit_identical_noise(patchify, images):
+    enc = NTEEncoder(patchify, psnr=10)
+    full = enc.encode(images, key=3).images
+    part = enc.encode(images[5:9], key=3, index=[5, 6, 7, 8]).images
+    assert torch.equal(full[5:9], part)
+    assert not torch.equal(full, enc.encode(images, key=4).images)
+
+
+def test_tiled_noise_repeats_one_patch_vector(patchify, images):
+    res = NTEEncoder(patchify, psnr=10, noise="tiled").encode(images, key=1)
+    delta = res.images - images
+    patches = delta.unfold(2, 4, 4).unfold(3, 4, 4)  # (B, C, 8, 8, 4, 4)
+    assert torch.allclose(patches, patches[:, :, :1, :1].expand_as(patches), atol=1e-6)
+    per_patch = NTEEncoder(patchify, psnr=10).encode(images, key=1).images - images
+    p2 = per_patch.unfold(2, 4, 4).unfold(3, 4, 4)
+    assert not torch.allclose(p2, p2[:, :, :1, :1].expand_as(p2), atol=1e-3)
+
+
+@pytest.mark.parametrize("psnr", [30.0, 10.0])
+def test_project_box_is_an_image_in_the_subspace(patchify, images, psnr):
+    res = NTEEncoder(patchify, psnr=psnr, box="project").encode(images, key=0)
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    assert res.first_layer_ratio.max() < 1e-4
+    assert res.psnr.mean() < psnr + 3  # the box may cost noise energy, but the scale loop pushes toward the target
+    clip = NTEEncoder(patchify, psnr=psnr, box="clip").encode(images, key=0)
+    assert clip.first_layer_ratio.mean() > 10 * res.first_layer_ratio.mean()  # clipping leaves the subspace
+
+
+def test_quantized_nte_is_storable_and_png_round_trips(patchify, images, tmp_path):
+    res = NTEEncoder(patchify, psnr=25, box="project", quantize=True).encode(images, key=0)
+    assert res.storable
+    assert torch.equal(torch.round(res.images * 255) / 255, res.images)
+    arr = (res.images[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    back = torch.from_numpy(np.array(Image.open(tmp_path / "a.png"))).permute(2, 0, 1).float() / 255
+    assert torch.equal(back, res.images[0])
+    assert res.first_layer_ratio.max() < 0.05  # only 8-bit rounding leaves the subspace
+
+
+def test_operator_mode_beats_folding_on_an_overlapping_stem(overlapping, images):
+    op = NTEEncoder(overlapping, mode="auto", psnr=10).encode(images, key=0)
+    fold = NTEEncoder(overlapping, mode="patch", psnr=10).encode(images, key=0)
+    assert op.info["mode"] == "operator" and op.info["exact"]
+    assert (op.psnr - 10).abs().max() < 0.1
+    assert op.first_layer_ratio.max() < 1e-4
+    assert fold.first_layer_ratio.mean() > 0.05  # folding overlapping patches leaves the null space
+
+
+def test_operator_project_box(overlapping, images):
+    res = NTEEncoder(overlapping, psnr=25, box="project", project_iters=30).encode(images[:4], key=0)
+    assert res.images.min() >= 0 and res.images.max() <= 1 and res.first_layer_ratio.max() < 1e-4
+
+
+def test_linear_first_layer_uses_the_whole_image():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 40), nn.ReLU(), nn.Linear(40, 10))
+    h = ModelHandle.from_module(net, "1", mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 8, 8))
+    x = torch.rand(3, 3, 8, 8)
+    res = NTEEncoder(h, psnr=5).encode(x, key=0)
+    assert res.info["dim_per_patch"] == 192 - 40 and res.first_layer_ratio.max() < 1e-4
+
+
+def test_gaussian_baseline_matches_psnr_and_is_not_in_the_subspace(patchify, images):
+    res = GaussianEncoder(patchify, psnr=20).encode(images, key=0)
+    assert (res.psnr - 20).abs().max() < 0.1 and res.first_layer_ratio.mean() > 0.01
+
+
+def test_adversarial_baseline_uses_the_psnr_budget(patchify, images):
+    res = AdversarialEncoder(patchify, psnr=20, steps=10).encode(images, key=0)
+    assert res.psnr.min() >= 20 - 0.05  # PGD-L2 stays inside the L2 ball of the target PSNR
+    clean = patchify.logits(images).argmax(1)
+    adv = patchify.logits(res.images).argmax(1)
+    assert (adv != clean).float().mean() >= 0.5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"psnr": float("nan")}, "finite"), ({"psnr": 500}, "range"), ({"box": "none", "quantize": True}, "quantize"),
+    ({"mode": "operator", "noise": "tiled"}, "tiled"), ({"mode": "fourier"}, "mode"), ({"box": "boxed"}, "box"),
+    ({"select": "tau=-1"}, "select"),
+])
+def test_bad_settings(overlapping, kwargs, match):
+    with pytest.raises(NTEError, match=match):
+        NTEEncoder(overlapping, **kwargs)
+
+
+def test_bad_images(patchify, images):
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NTEError, match="NaN"):
+        NTEEncoder(patchify).encode(bad, key=0)
+    with pytest.raises(NTEError, match="expects input"):
+        NTEEncoder(patchify).encode(images[:, :1], key=0)
+    assert json.dumps(NTEEncoder(patchify).params())  # public settings are serialisable and hold no key
