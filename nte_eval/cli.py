@@ -1,4 +1,4 @@
-"""The ``nte-eval`` command: run | encode | zoo. User errors print one line and exit with code 2."""
+"""The ``nte-eval`` command: run | report | encode | zoo. User errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -16,8 +16,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     results = run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
+    from nte_eval.reports import write_report
+
     with_pd_options(lambda: print(headline(results).to_string()))
-    print(f"\nAccuracy in % (pixel-space PSNR, peak 1). Results: {Path(args.out) / 'results.csv'}")
+    report = write_report(args.out)
+    print(f"\nAccuracy in % (PSNR: pixel space, peak 1). Results: {Path(args.out) / 'results.csv'}\nReport: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nte_eval.reports import write_report
+
+    for name in ("results.csv", "manifest.json"):
+        if not (Path(args.dir) / name).is_file():
+            raise NTEError(f"{args.dir} has no {name}; point `nte-eval report` at the --out folder of a run.")
+    print(f"Report: {write_report(args.dir)}")
     return 0
 
 
@@ -69,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(fn=cmd_run)
+
+    rep = sub.add_parser("report", help="rebuild report.pdf from a run folder's files")
+    rep.add_argument("dir", help="the --out folder of a run")
+    rep.set_defaults(fn=cmd_report)
 
     enc = sub.add_parser("encode", help="recode images for one designated model and key")
     enc.add_argument("--model", required=True, help="zoo:NAME or timm:NAME[@checkpoint]")

@@ -1,10 +1,11 @@
 """Bundled and user image data, always as float tensors (N, C, H, W) in pixel space [0, 1].
 
 - ``digits``: scikit-learn's 1,797 handwritten digits (8x8, shipped in the wheel), upsampled bilinearly to
-  3x32x32 and coloured with a seeded per-image foreground and background colour, so that the three channels carry
-  different information. Fixed split: ``sklearn.model_selection.train_test_split(test_size=0.2, stratify=labels,
-  random_state=0)`` gives 1,437 train and 360 test images. The zoo is trained on ``train``; attackers' public
-  images come from ``train``; evaluation uses ``test``.
+  3x32x32 and coloured with seeded per-image foreground and background colour gradients, so that the three channels
+  carry different information (no greyscale or single-colour-line shortcut for an attacker). Fixed split:
+  ``sklearn.model_selection.train_test_split(test_size=0.2, stratify=labels, random_state=0)`` gives 1,437 train
+  and 360 test images. The zoo is trained on ``train``; attackers' public images come from ``train``; evaluation
+  uses ``test``.
 - ``photos``: scikit-image's bundled RGB sample photos, for PSNR and visual checks (no labels).
 - ``imagefolder``: a user's folder ``ROOT/CLASS/*.png|jpg|...``, resized and centre-cropped to the model's size.
 """
@@ -67,18 +68,30 @@ def _check_limit(limit: int | None, what: str) -> None:
         raise NTEError(f"{what}: limit must be a positive integer or None, got {limit!r}.")
 
 
-def _digit_colours(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded foreground/background colours per image, with enough luminance contrast to keep digits legible."""
+def _digit_colours(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-image foreground and background colour fields, (n, 3, size, size) each.
+
+    Each field is a linear gradient between two random colours along a random direction, so that within one image
+    the pixel colours do not lie on a single colour line (which an attacker could fit and project onto, deleting
+    the noise's off-line colour components). Both gradient ends keep enough luminance contrast to stay legible.
+    """
     rng = np.random.default_rng(DIGITS_PALETTE_SEED)
     lum = np.array([0.299, 0.587, 0.114])
-    fg, bg = np.empty((n, 3)), np.empty((n, 3))
+    ends = np.empty((n, 4, 3))  # fg0, fg1, bg0, bg1
+    angles = rng.uniform(0, 2 * np.pi, n)
     for i in range(n):
         while True:
-            a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-            if abs((a - b) @ lum) >= 0.35:
-                fg[i], bg[i] = a, b
+            c = rng.uniform(0, 1, (4, 3))
+            d0, d1 = (c[0] - c[2]) @ lum, (c[1] - c[3]) @ lum  # ink-paper luminance gap at both gradient ends
+            if min(abs(d0), abs(d1)) >= 0.35 and d0 * d1 > 0:  # same sign: the gap never closes in between
+                ends[i] = c
                 break
-    return fg, bg
+    grid = (np.arange(size) + 0.5) / size - 0.5
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    t = np.cos(angles)[:, None, None] * xx + np.sin(angles)[:, None, None] * yy
+    t = torch.from_numpy((t - t.min((1, 2), keepdims=True)) / np.ptp(t, (1, 2), keepdims=True)).float()[:, None]
+    e = torch.from_numpy(ends).float()[:, :, :, None, None]
+    return e[:, 0] + t * (e[:, 1] - e[:, 0]), e[:, 2] + t * (e[:, 3] - e[:, 2])
 
 
 def load_digits(split: str = "test", limit: int | None = None, size: int = 32) -> ImageSet:
@@ -92,7 +105,7 @@ def load_digits(split: str = "test", limit: int | None = None, size: int = 32) -
     raw = sk_digits()
     grey = torch.from_numpy(raw.images / 16.0).float()[:, None]
     grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-    fg, bg = (torch.from_numpy(c).float()[:, :, None, None] for c in _digit_colours(len(grey)))
+    fg, bg = _digit_colours(len(grey), size)
     images = bg + grey * (fg - bg)
     labels = torch.from_numpy(raw.target).long()
     idx = np.arange(len(labels))

@@ -185,14 +185,38 @@ class OperatorSubspace:
         coef = torch.einsum("hwnk,hwbn->hwbk", basis.conj(), z)
         return self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", basis, coef)).to(x.dtype)
 
-    def project(self, x: torch.Tensor, iters: int = 300, rtol: float = 1e-6) -> torch.Tensor:
-        """Project (circular view), then correct the border so the zero-padded operator sees what the circular one
-        would: the minimum-norm correction (CGLS). The result lies in the zero-padded operator's subspace where it
-        is exact, but this is not its orthogonal projector (the border correction is not symmetric)."""
-        d = self.project_circular(x)
+    @property
+    def coefficient_shape(self) -> tuple[int, ...]:
+        """Shape of the real normal draws that ``sample`` turns into one image's noise."""
+        return (*self.basis.shape[:2], self.basis.shape[-1], 2)
+
+    def sample(self, z: torch.Tensor, border: str = "correct") -> torch.Tensor:
+        """Isotropic Gaussian noise in the selected subspace from standard normals z (B, *coefficient_shape).
+
+        Coefficients are drawn directly per frequency (k per block instead of a full white image), then mapped by
+        V_S and one inverse FFT. On the self-conjugate rfft columns the inverse transform keeps the Hermitian part,
+        which stays in the subspace because V_S(-w) spans the conjugate of V_S(w).
+        """
+        coef = torch.view_as_complex(z.contiguous()).permute(1, 2, 0, 3)  # (gh, gw', B, k)
+        d = self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", self.basis.to(z.device), coef)).to(z.dtype)
+        return self.correct_border(d) if border == "correct" else d
+
+    def correct_border(self, d: torch.Tensor, iters: int = 300, rtol: float = 1e-6) -> torch.Tensor:
+        """Make the zero-padded operator respond to d as the circular one does (minimum-norm CGLS correction)."""
+        if self.handle.first.padding == (0, 0):  # unpadded outputs never wrap
+            return d
         op = PixelConv(self.handle)
         err = op.apply(d) - op.apply_circular(d)
         return d - cgls(op, err, iters, rtol)
+
+    def project(self, x: torch.Tensor, border: str = "correct") -> torch.Tensor:
+        """Project (circular view); with ``border='correct'``, then correct the border so the zero-padded operator
+        sees what the circular one would: the minimum-norm correction (CGLS, up to ``iters`` steps). The result lies
+        in the zero-padded operator's subspace where it is exact, but this is not its orthogonal projector (the
+        correction is not symmetric). ``border='check'`` skips the correction: one FFT pair, and the border's extra
+        response shows in the measured first-layer ratio."""
+        d = self.project_circular(x)
+        return self.correct_border(d) if border == "correct" else d
 
     def describe(self) -> dict:
         return {"view": "operator", "dim_total": self.dim, "exact": self.exact, "max_selected_sigma": self.max_sigma,

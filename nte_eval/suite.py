@@ -47,6 +47,7 @@ class NTEConfig(Strict):
     noise: Literal["per_patch", "tiled"] | list[Literal["per_patch", "tiled"]] = "per_patch"
     box: Literal["none", "clip", "project"] | list[Literal["none", "clip", "project"]] = "none"
     quantize: Bool = False
+    border: Literal["correct", "check"] | list[Literal["correct", "check"]] = "correct"
     project_iters: int = Field(default=100, ge=1)
 
     @field_validator("select")

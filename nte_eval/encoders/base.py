@@ -13,7 +13,7 @@ import torch
 
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
-from nte_eval.metrics import noise_norm_for_psnr, psnr, relative_change
+from nte_eval.metrics import mse, noise_norm_for_psnr, relative_change
 
 BOXES = ("none", "clip", "project")
 
@@ -95,14 +95,18 @@ def box_scale(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def finish(clean: torch.Tensor, encoded: torch.Tensor, handle: ModelHandle, quantize: bool,
-           info: dict[str, Any]) -> EncodeResult:
-    """Optionally quantize to 8 bit, then measure PSNR and the designated first-layer response ratio."""
+           info: dict[str, Any], record: bool = True) -> EncodeResult:
+    """Optionally quantize to 8 bit, then measure PSNR and (if ``record``) the first-layer response ratio."""
     if quantize:
         encoded = torch.round(encoded.clamp(0, 1) * 255) / 255
     storable = bool(quantize)
-    base = handle.first_layer_response(clean)
-    ratio = relative_change(handle.first_layer_response(encoded), base)
-    return EncodeResult(encoded, psnr(encoded, clean).float(), ratio.float(), {**info, "storable": storable})
+    if record:
+        base = handle.first_layer_response(clean)
+        ratio = relative_change(handle.first_layer_response(encoded), base).float()
+    else:
+        ratio = torch.full((clean.shape[0],), float("nan"), device=clean.device)
+    achieved = -10 * torch.log10(mse(encoded, clean).clamp_min(1e-30))  # pixel-space PSNR, peak 1
+    return EncodeResult(encoded, achieved, ratio, {**info, "storable": storable})
 
 
 class Encoder(ABC):
@@ -120,8 +124,11 @@ class Encoder(ABC):
 
     @abstractmethod
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
-               labels: torch.Tensor | None = None) -> EncodeResult:
-        """Encode images ``x`` in [0, 1]; ``index`` (dataset positions) with ``key`` fixes each sample's noise."""
+               labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
+        """Encode images ``x`` in [0, 1]; ``index`` (dataset positions) with ``key`` fixes each sample's noise.
+
+        ``record=False`` skips measuring the first-layer response ratio (NaN in the result), for throughput.
+        """
 
     def params(self) -> dict[str, Any]:
         """Public settings, as written to results and manifests (never the key)."""

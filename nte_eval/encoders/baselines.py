@@ -19,12 +19,12 @@ class GaussianEncoder(Encoder):
     name = "gaussian"
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
-               labels: torch.Tensor | None = None) -> EncodeResult:
+               labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
         self.handle.check_input(x)
         delta = scale_to_psnr(keyed_normal(tuple(x.shape[1:]), key, self.indices(x, index), x.device, x.dtype),
                               self.psnr)
         out = x + delta if self.box == "none" else (x + delta).clamp(0, 1)
-        return finish(x, out, self.handle, self.quantize, {"mode": "gaussian"})
+        return finish(x, out, self.handle, self.quantize, {"mode": "gaussian"}, record)
 
 
 class _PixelModel(nn.Module):
@@ -58,7 +58,7 @@ class AdversarialEncoder(Encoder):
         return {**super().params(), "steps": self.steps}
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
-               labels: torch.Tensor | None = None) -> EncodeResult:
+               labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
         import torchattacks
 
         self.handle.check_input(x)
@@ -67,4 +67,4 @@ class AdversarialEncoder(Encoder):
         attack = torchattacks.PGDL2(_PixelModel(self.handle), eps=eps, alpha=2.5 * eps / self.steps,
                                     steps=self.steps, random_start=False)
         out = attack(x, target).detach()
-        return finish(x, out, self.handle, self.quantize, {"mode": "pgd_l2", "eps_l2": eps})
+        return finish(x, out, self.handle, self.quantize, {"mode": "pgd_l2", "eps_l2": eps}, record)

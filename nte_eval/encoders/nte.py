@@ -14,7 +14,6 @@ from nte_eval.encoders.base import (
     dykstra,
     finish,
     keyed_normal,
-    scale_to_psnr,
 )
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
@@ -23,6 +22,7 @@ from nte_eval.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, S
 
 MODES = ("auto", "patch", "operator")
 NOISES = ("per_patch", "tiled")
+BORDERS = ("correct", "check")
 
 
 class NTEEncoder(Encoder):
@@ -33,13 +33,15 @@ class NTEEncoder(Encoder):
     approach, kept to show what folding breaks). ``mode='operator'`` uses the whole strided, padded convolution, so
     overlapping stems get exact image-space NTEs. ``auto`` picks patch for non-overlapping layers, else operator.
     ``noise='tiled'`` repeats one patch vector over the image (the reference behaviour, estimable by averaging).
+    ``border`` (operator mode): ``correct`` makes the zero-padded border exact with CGLS; ``check`` skips that
+    (one FFT pair per image) and leaves the border's extra response to be measured.
     """
 
     name = "nte"
 
     def __init__(self, handle: ModelHandle, mode: str = "auto", select: str | Select = DEFAULT_SELECT,
                  psnr: float = 30.0, noise: str = "per_patch", box: str = "none", quantize: bool = False,
-                 project_iters: int = 100):
+                 border: str = "correct", project_iters: int = 100):
         super().__init__(handle, psnr, box, quantize)
         if mode not in MODES:
             raise NTEError(f"mode {mode!r}: use one of {', '.join(MODES)}.")
@@ -53,12 +55,16 @@ class NTEEncoder(Encoder):
         if box == "project" and self.mode == "patch" and not first.non_overlapping:
             raise NTEError("box='project' needs an exact subspace projector; for an overlapping first layer use "
                            "mode='operator' (or 'auto').")
-        self.requested_mode, self.select, self.noise = mode, Select.parse(select), noise
+        if border not in BORDERS:
+            raise NTEError(f"border {border!r}: use one of {', '.join(BORDERS)}.")
+        self.requested_mode, self.select, self.noise, self.border = mode, Select.parse(select), noise, border
         self.project_iters = int(project_iters)
         self.subspace: PatchSubspace | OperatorSubspace | None = None
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "mode": self.requested_mode, "select": str(self.select), "noise": self.noise}
+        extra = {"border": self.border} if self.mode == "operator" else {}
+        return {**super().params(), "mode": self.requested_mode, "select": str(self.select), "noise": self.noise,
+                **extra}
 
     def fit(self) -> NTEEncoder:
         if self.subspace is None:
@@ -85,15 +91,14 @@ class NTEEncoder(Encoder):
         c, h, w = self.handle.input_size
         if f.non_overlapping and h % f.kernel[0] == 0 and w % f.kernel[1] == 0:
             (kh, kw), b = f.kernel, p.shape[0]
-            img = p.reshape(b, h // kh, w // kw, c, kh, kw).permute(0, 3, 1, 4, 2, 5)
-            return img.reshape(b, c, h, w)
+            return p.reshape(b, h // kh, w // kw, c, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
         return F.fold(p.transpose(1, 2), (h, w), f.kernel, stride=f.stride, padding=f.padding)
 
     def project(self, d: torch.Tensor) -> torch.Tensor:
         """Project image-space perturbations onto the selected subspace (exact unless patch mode folds)."""
         self.fit()
         if self.mode == "operator":
-            return self.subspace.project(d)
+            return self.subspace.project(d, self.border)
         basis = self._basis.to(d)
         return self._from_patches(self._to_patches(d) @ basis @ basis.T)
 
@@ -101,26 +106,29 @@ class NTEEncoder(Encoder):
         """Unscaled noise in the subspace, fixed by (key, index) per sample."""
         self.fit()
         if self.mode == "operator":
-            return self.subspace.project(keyed_normal(tuple(x.shape[1:]), key, idx, x.device, x.dtype))
+            z = keyed_normal(self.subspace.coefficient_shape, key, idx, x.device, x.dtype)
+            return self.subspace.sample(z, self.border)
         basis = self._basis.to(x)
         n_patches = self._to_patches(x[:1]).shape[1]
         rows = 1 if self.noise == "tiled" else n_patches
         z = keyed_normal((rows, basis.shape[1]), key, idx, x.device, x.dtype)
-        return self._from_patches((z @ basis.T).expand(-1, n_patches, -1))
+        return self._from_patches(z.expand(-1, n_patches, -1) @ basis.T)
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
-               labels: torch.Tensor | None = None) -> EncodeResult:
+               labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
         idx = self.indices(x, index)
         self.handle.check_input(x)
-        delta = scale_to_psnr(self.draw(x, key, idx), self.psnr)
+        delta = self.draw(x, key, idx)
+        norms = torch.linalg.vector_norm(delta, dim=(1, 2, 3))
+        factor = (noise_norm_for_psnr(self.psnr, x[0].numel()) / norms.clamp_min(1e-30)).view(-1, 1, 1, 1)
         if self.box == "none":
-            out = x + delta
+            out = torch.addcmul(x, delta, factor)  # one pass: x + scaled noise
         elif self.box == "clip":
-            out = (x + delta).clamp(0, 1)
+            out = torch.addcmul(x, delta, factor).clamp_(0, 1)
         else:
-            out = self._project_box(x, delta)
+            out = self._project_box(x, delta * factor)
         info = {"mode": self.mode, **self.subspace.describe()}
-        return finish(x, out, self.handle, self.quantize, info)
+        return finish(x, out, self.handle, self.quantize, info, record)
 
     def _project_box(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """A point of (x + subspace) inside [0, 1] near x + delta, rescaled up to 3 times toward the target PSNR.

@@ -1,0 +1,86 @@
+"""A first PDF report from ``results.csv`` and ``manifest.json``: the headline table and accuracy against PSNR.
+
+(The "Reports" issue extends this to the full report: attacks, certificates, spectra, gallery.)
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "v", "D", "x", "P", "*"]
+
+
+def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Long table of accuracy (%) per designated model, encoder setting and model, with parsed parameters."""
+    acc = results[results.metric == "accuracy"].copy()
+    params = acc.encoder_params.map(json.loads)
+    acc["designated"] = params.map(lambda p: p["designated"])
+    acc["target_psnr"] = params.map(lambda p: p.get("psnr"))
+    acc["storable"] = params.map(lambda p: p.get("box", "none") != "none" and bool(p.get("quantize")))
+    acc["accuracy"] = 100 * acc.value
+    return acc
+
+
+def _title_page(pdf: PdfPages, manifest: dict, headline: pd.DataFrame) -> None:
+    fig = plt.figure(figsize=(11.69, 8.27))
+    env = manifest.get("environment", {})
+    lines = [f"nte-eval report: {manifest.get('suite')}",
+             f"data: {manifest['data']['source']} / {manifest['data']['split']}, n = {manifest['data']['n']}, "
+             f"seed {manifest.get('seed')}, config {manifest.get('config_hash')}",
+             f"nte-eval {env.get('nte_eval')}, torch {env.get('torch')}, timm {env.get('timm')}",
+             "Accuracy in %. PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR, peak 255)."]
+    fig.text(0.04, 0.96, lines[0], fontsize=16, weight="bold", va="top")
+    fig.text(0.04, 0.92, "\n".join(lines[1:]), fontsize=9, va="top", family="monospace")
+    body = headline.to_string(max_colwidth=40)
+    fig.text(0.04, 0.80, textwrap.shorten(body, 100000) if len(body) > 100000 else body, fontsize=6,
+             va="top", family="monospace")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _psnr_page(pdf: PdfPages, acc: pd.DataFrame, designated: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11.69, 5.5), sharey=True)
+    sub = acc[(acc.designated == designated) & (acc.encoder == "nte")]
+    for ax, storable in zip(axes, (False, True), strict=True):
+        part = sub[sub.storable == storable]
+        for i, (model, g) in enumerate(part.groupby("model", sort=False)):
+            g = g.groupby("target_psnr").accuracy.mean().sort_index()
+            is_des = model == designated
+            ax.plot(g.index, g.values, LINESTYLES[i % 4] if not is_des else "-", marker=MARKERS[i % 8],
+                    lw=3 if is_des else 1.2, color="black" if is_des else None,
+                    label=f"{model} (designated)" if is_des else model)
+        ax.set_title(f"{'storable 8-bit' if storable else 'unboxed float'} NTEs", fontsize=10)
+        ax.set_xlabel("target PSNR (dB, pixel space, peak 1)")
+        ax.grid(alpha=0.3)
+        if len(part):
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    fig.suptitle(f"Accuracy against PSNR, designated: {designated}")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Build ``report.pdf`` in ``run_dir`` from its ``results.csv`` and ``manifest.json`` alone."""
+    from nte_eval.runner import headline
+
+    run_dir = Path(run_dir)
+    results = pd.read_csv(run_dir / "results.csv")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    acc = accuracy_table(results)
+    path = run_dir / "report.pdf"
+    with PdfPages(path) as pdf:
+        _title_page(pdf, manifest, headline(results))
+        for designated in acc.designated.unique():
+            _psnr_page(pdf, acc, designated)
+    return path

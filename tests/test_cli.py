@@ -1,0 +1,172 @@
+"""The command line end to end: run, report, encode, zoo, and one-line errors with exit code 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from nte_eval.cli import main
+from nte_eval.runner import COLUMNS
+
+SMALL_SUITE = """
+name: small
+seed: 5
+data: {source: digits, split: test, limit: 60}
+designated: zoo:vit_null
+models: [zoo:resnet_stem, zoo:mlp_linear]
+encoders:
+  - {type: nte, psnr: [30, 0]}
+"""
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "suite.yaml").write_text(SMALL_SUITE)
+    assert main(["run", str(root / "suite.yaml"), "--out", str(root / "out"), "--quiet"]) == 0
+    return root / "out"
+
+
+def test_run_writes_tidy_results_and_a_report(small_run):
+    results = pd.read_csv(small_run / "results.csv")
+    assert list(results.columns) == COLUMNS
+    assert set(results.metric) >= {"clean_accuracy", "accuracy", "agreement", "psnr", "first_layer_ratio"}
+    assert set(results.role) == {"designated", "unauthorized"}
+    params = results.encoder_params.map(json.loads)
+    assert all(p["designated"] == "zoo:vit_null" for p in params)
+    assert results.encoder_params.iloc[0] == json.dumps(params.iloc[0], sort_keys=True, separators=(",", ":"))
+    des = results[results.role == "designated"].pivot_table(index="encoder_params", columns="metric", values="value")
+    assert (des.clean_accuracy - des.accuracy).max() <= 0.005  # exact null space: no accuracy lost
+    assert des.first_layer_ratio.max() <= 1e-4 and (des.agreement == 1).all()
+    zero = results[(results.role == "unauthorized") & (results.metric == "accuracy")
+                   & results.encoder_params.str.contains('"psnr":0.0')]
+    assert zero.value.max() < 0.5  # at 0 dB the other models lose most of their accuracy
+    assert (results.n == 60).all()
+    manifest = json.loads((small_run / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and len(manifest["config_hash"]) == 16 and "torch" in manifest["environment"]
+    assert manifest["timings"]["total_seconds"] > 0
+    assert (small_run / "report.pdf").stat().st_size > 1000
+    assert pd.read_parquet(small_run / "results.parquet").shape == results.shape
+
+
+def test_report_rebuilds_from_files(small_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("results.csv", "manifest.json"):
+        shutil.copy(small_run / name, copy / name)
+    code, out, _ = run_cli(["report", copy], capsys)
+    assert code == 0 and (copy / "report.pdf").is_file()
+    code, _, err = run_cli(["report", tmp_path / "nothing"], capsys)
+    assert code == 2 and "results.csv" in err
+
+
+def test_encode_writes_storable_pngs_without_the_key(tmp_path, capsys):
+    out = tmp_path / "nte"
+    code, stdout, _ = run_cli(["encode", "--model", "zoo:vit_null", "--data", "digits", "--limit", "5", "--out", out,
+                               "--key", "secret-key", "--psnr", "25"], capsys)
+    assert code == 0 and "png" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "key" not in manifest and "secret-key" not in (out / "manifest.json").read_text()
+    assert manifest["format"] == "png" and len(manifest["files"]) == 5 and manifest["subspace"]["exact"]
+    assert all(abs(f["psnr"] - 25) < 1.0 for f in manifest["files"])
+    from nte_eval.data import load_digits
+    from nte_eval.handles import load_model
+
+    handle = load_model("zoo:vit_null")
+    clean = load_digits("test", limit=5).images
+    png = torch.stack([torch.from_numpy(np.array(Image.open(out / f["file"]))).permute(2, 0, 1).float() / 255
+                       for f in manifest["files"]])
+    ratio = (handle.first_layer_response(png) - handle.first_layer_response(clean)).flatten(1).norm(dim=1) \
+        / handle.first_layer_response(clean).flatten(1).norm(dim=1)
+    assert torch.allclose(ratio, torch.tensor([f["first_layer_ratio"] for f in manifest["files"]]), rtol=1e-3)
+    assert (handle.logits(png).argmax(1) == handle.logits(clean).argmax(1)).all()
+    code, _, _ = run_cli(["encode", "--model", "zoo:vit_null", "--data", "digits", "--limit", "2", "--out",
+                          tmp_path / "k", "--key", "abc", "--save-key"], capsys)
+    assert json.loads((tmp_path / "k" / "manifest.json").read_text())["key"] == "abc"
+
+
+def test_encode_unboxed_writes_npy_and_says_why(tmp_path, capsys):
+    code, stdout, _ = run_cli(["encode", "--model", "zoo:vit_null", "--data", "digits", "--limit", "3", "--out",
+                               tmp_path / "o", "--key", "1", "--box", "none", "--no-quantize", "--psnr", "0"], capsys)
+    assert code == 0 and "not images" in stdout
+    files = sorted((tmp_path / "o").glob("*.npy"))
+    assert len(files) == 3 and np.load(files[0]).max() > 1
+
+
+def test_encode_a_folder_with_a_corrupt_image(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
+    code, _, _ = run_cli(["encode", "--model", "zoo:vit_null", "--data", folder, "--out", tmp_path / "o1",
+                          "--key", "1"], capsys)
+    assert code == 0 and (tmp_path / "o1" / "a.png").is_file()
+    (folder / "b.png").write_bytes(b"definitely not a png")
+    code, _, err = run_cli(["encode", "--model", "zoo:vit_null", "--data", folder, "--out", tmp_path / "o2",
+                            "--key", "1"], capsys)
+    assert code == 2 and "b.png" in err and len(err.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(["encode", "--model", "zoo:vit_null", "--data", empty, "--out", tmp_path / "o3",
+                            "--key", "1"], capsys)
+    assert code == 2 and "no image files" in err
+
+
+@pytest.mark.parametrize("suite,match", [
+    ("name: x\ndesignated: [zoo:vit_null\n", "malformed YAML"),
+    ("name: x\ndesignated: zoo:vit_nul\nencoders: [{type: nte}]\n", "Did you mean 'vit_null'"),
+    ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, psnr: [30, abc]}]\n", "encoders[0].psnr"),
+    ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, box: maybe}]\n", "'none', 'clip' or 'project'"),
+    ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, psnr: 1000}]\n", "psnr 1000"),
+    ("name: x\ndesignated: zoo:vit_null\nencodrs: [{type: nte}]\n", "Did you mean 'encoders'"),
+    ("name: x\ndesignated: timm:resnet18@missing.pth\nencoders: [{type: nte}]\n", "does not exist"),
+    ("name: x\ndesignated: zoo:vit_null\ndata: {source: digits, size: 64}\nencoders: [{type: nte}]\n", "expects"),
+    ("name: x\ndesignated: zoo:vit_null\ndata: {source: imagefolder, root: /nonexistent, size: 32}\n"
+     "encoders: [{type: nte}]\n", "not a folder"),
+])
+def test_bad_suites_give_one_line_and_exit_2(tmp_path, capsys, suite, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(suite)
+    code, _, err = run_cli(["run", path, "--out", tmp_path / "out", "--quiet"], capsys)
+    assert code == 2
+    assert match in err and err.startswith("nte-eval: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path, capsys):
+    import timm
+
+    class Payload:
+        pass
+
+    torch.save({"model": timm.create_model("resnet18").state_dict(), "extra": Payload()}, tmp_path / "evil.pth")
+    code, _, err = run_cli(["encode", "--model", f"timm:resnet18@{tmp_path / 'evil.pth'}", "--data", "digits",
+                            "--out", tmp_path / "o", "--key", "1"], capsys)
+    assert code == 2 and "not safe" in err
+
+
+def test_zoo_list_json(capsys):
+    code, out, _ = run_cli(["zoo", "list", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 7
+    for row in rows:
+        assert {"name", "arch", "kernel", "stride", "exact_null_dim", "test_accuracy"} <= set(row)
+        assert row["test_accuracy"] >= 0.95
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "nte-eval"  # installed beside the interpreter by `pip install -e .`
+    assert exe.is_file()
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "run" in proc.stdout and "encode" in proc.stdout
