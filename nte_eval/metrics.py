@@ -7,7 +7,7 @@ import torch
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared pixel difference per sample."""
-    return (a - b).flatten(1).pow(2).mean(1)
+    return torch.linalg.vector_norm((a - b).flatten(1), dim=1).double() ** 2 / a[0].numel()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -127,7 +127,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
         images, psnrs = [], []
         for i in range(0, len(data), batch):
             res = encoder.encode(data.images[i:i + batch].to(device), key=suite.seed,
-                                 index=list(range(i, min(i + batch, len(data)))), labels=data.labels[i:i + batch])
+                                 index=list(range(i, min(i + batch, len(data)))))
             images.append(res.images.cpu())
             psnrs.append(res.psnr.cpu())
         enc_params = compact({**encoder.params(), "designated": d})

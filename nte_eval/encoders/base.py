@@ -95,8 +95,11 @@ def box_scale(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def finish(clean: torch.Tensor, encoded: torch.Tensor, handle: ModelHandle, quantize: bool,
-           info: dict[str, Any], record: bool = True) -> EncodeResult:
-    """Optionally quantize to 8 bit, then measure PSNR and (if ``record``) the first-layer response ratio."""
+           info: dict[str, Any], record: bool = True, noise_norm: torch.Tensor | None = None) -> EncodeResult:
+    """Optionally quantize to 8 bit, then measure PSNR and (if ``record``) the first-layer response ratio.
+
+    ``noise_norm``: the L2 norm of the perturbation actually added, when it is known (saves a pass over the images).
+    """
     if quantize:
         encoded = torch.round(encoded.clamp(0, 1) * 255) / 255
     storable = bool(quantize)
@@ -105,7 +108,8 @@ def finish(clean: torch.Tensor, encoded: torch.Tensor, handle: ModelHandle, quan
         ratio = relative_change(handle.first_layer_response(encoded), base).float()
     else:
         ratio = torch.full((clean.shape[0],), float("nan"), device=clean.device)
-    achieved = -10 * torch.log10(mse(encoded, clean).clamp_min(1e-30))  # pixel-space PSNR, peak 1
+    err = mse(encoded, clean) if noise_norm is None else noise_norm.double() ** 2 / clean[0].numel()
+    achieved = (-10 * torch.log10(err.clamp_min(1e-30))).float()  # pixel-space PSNR, peak 1
     return EncodeResult(encoded, achieved, ratio, {**info, "storable": storable})
 
 

@@ -103,7 +103,11 @@ class NTEEncoder(Encoder):
         return self._from_patches(self._to_patches(d) @ basis @ basis.T)
 
     def draw(self, x: torch.Tensor, key: int | str, idx: list[int]) -> torch.Tensor:
-        """Unscaled noise in the subspace, fixed by (key, index) per sample."""
+        """Unscaled noise in the subspace, fixed by (key, index) per sample.
+
+        Image-shaped (B, C, H, W), except for non-overlapping patches tiling the image: then a strided view
+        (B, C, gh, kh, gw, kw) of the patch-major noise, which ``x.view`` matches without copying either.
+        """
         self.fit()
         if self.mode == "operator":
             z = keyed_normal(self.subspace.coefficient_shape, key, idx, x.device, x.dtype)
@@ -112,43 +116,57 @@ class NTEEncoder(Encoder):
         n_patches = self._to_patches(x[:1]).shape[1]
         rows = 1 if self.noise == "tiled" else n_patches
         z = keyed_normal((rows, basis.shape[1]), key, idx, x.device, x.dtype)
-        return self._from_patches(z.expand(-1, n_patches, -1) @ basis.T)
+        patches = z.expand(-1, n_patches, -1) @ basis.T  # (B, L, d)
+        f, (c, h, w) = self.handle.first, self.handle.input_size
+        if f.non_overlapping and h % f.kernel[0] == 0 and w % f.kernel[1] == 0:
+            (kh, kw), b = f.kernel, x.shape[0]
+            return patches.view(b, h // kh, w // kw, c, kh, kw).permute(0, 3, 1, 4, 2, 5)
+        return self._from_patches(patches)
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
         idx = self.indices(x, index)
         self.handle.check_input(x)
         delta = self.draw(x, key, idx)
-        norms = torch.linalg.vector_norm(delta, dim=(1, 2, 3))
-        factor = (noise_norm_for_psnr(self.psnr, x[0].numel()) / norms.clamp_min(1e-30)).view(-1, 1, 1, 1)
-        if self.box == "none":
-            out = torch.addcmul(x, delta, factor)  # one pass: x + scaled noise
-        elif self.box == "clip":
-            out = torch.addcmul(x, delta, factor).clamp_(0, 1)
-        else:
-            out = self._project_box(x, delta * factor)
+        dims = tuple(range(1, delta.dim()))
+        norms = torch.linalg.vector_norm(delta, dim=dims)
+        factor = (noise_norm_for_psnr(self.psnr, x[0].numel()) / norms.clamp_min(1e-30))
+        factor = factor.view(-1, *([1] * len(dims)))
+        added = None
+        if self.box == "project":
+            out = self._project_box(x, (delta * factor).reshape(x.shape))
+        else:  # one pass: x + scaled noise, written in x's layout
+            out = torch.addcmul(x.contiguous().view(delta.shape), delta, factor).reshape(x.shape)
+            added = norms * factor.flatten()  # the noise actually added, before any clipping
+            if self.box == "clip":
+                out, added = out.clamp_(0, 1), None
         info = {"mode": self.mode, **self.subspace.describe()}
-        return finish(x, out, self.handle, self.quantize, info, record)
+        return finish(x, out, self.handle, self.quantize, info, record, None if self.quantize else added)
 
     def _project_box(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """A point of (x + subspace) inside [0, 1] near x + delta, rescaled up to 3 times toward the target PSNR.
 
-        Dykstra's projections approach the nearest point of the intersection; its last iterate on the subspace is
-        then shrunk toward x (per patch in patch mode, per image in operator mode) until it lies exactly in the box,
-        so the result stays exactly in the subspace.
+        Dykstra's projections (onto the subspace offset and the box) approach the nearest point of the intersection.
+        Operator mode iterates with the circular-view projector and corrects the border once at the end. The last
+        iterate on the subspace is then shrunk toward x (per patch in patch mode, per image in operator mode) until
+        it lies exactly in the box, so the result stays exactly in the subspace.
         """
         target = noise_norm_for_psnr(self.psnr, x[0].numel()) ** 2 / x[0].numel()
         scale = torch.ones(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype)
+        operator = self.mode == "operator"
+        project = self.subspace.project_circular if operator else self.project
         for _ in range(3):
-            d = dykstra(x + scale * delta, lambda y: x + self.project(y - x), self.project_iters) - x
+            d = dykstra(x + scale * delta, lambda y: x + project(y - x), self.project_iters) - x
+            if operator and self.border == "correct":
+                d = self.subspace.correct_border(d)
             t = box_scale(x, d)
-            if self.mode == "patch":
-                t = self._from_patches(self._to_patches(t).amin(-1, keepdim=True).expand(-1, -1, t[0].numel()
-                                       // self._to_patches(t[:1]).shape[1]))
-            else:
+            if operator:
                 t = t.flatten(1).amin(1).view_as(scale)
+            else:
+                patches = self._to_patches(t)
+                t = self._from_patches(patches.amin(-1, keepdim=True).expand_as(patches))
             out = (x + t * d).clamp(0, 1)
-            got = mse(out, x).clamp_min(1e-30).view_as(scale)
+            got = mse(out, x).to(x.dtype).clamp_min(1e-30).view_as(scale)
             if torch.allclose(got, torch.full_like(got, target), rtol=0.02):
                 break
             scale = scale * (target / got).sqrt().clamp(max=4.0)

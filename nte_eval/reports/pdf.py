@@ -70,8 +70,17 @@ def _psnr_page(pdf: PdfPages, acc: pd.DataFrame, designated: str) -> None:
     plt.close(fig)
 
 
+def _text_page(pdf: PdfPages, title: str, body: str) -> None:
+    fig = plt.figure(figsize=(11.69, 8.27))
+    fig.text(0.03, 0.96, title, fontsize=12, weight="bold", va="top")
+    fig.text(0.03, 0.92, body, fontsize=5.5, va="top", family="monospace")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Build ``report.pdf`` in ``run_dir`` from its ``results.csv`` and ``manifest.json`` alone."""
+    from nte_eval.reports.tables import transfer_matrix
     from nte_eval.runner import headline
 
     run_dir = Path(run_dir)
@@ -81,6 +90,10 @@ def write_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.pdf"
     with PdfPages(path) as pdf:
         _title_page(pdf, manifest, headline(results))
+        matrix = transfer_matrix(results)
         for designated in acc.designated.unique():
             _psnr_page(pdf, acc, designated)
+            part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
+            _text_page(pdf, f"Transfer matrix, designated {designated} (accuracy %, PSNR in dB pixel space)",
+                       part.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return path
