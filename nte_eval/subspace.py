@@ -253,8 +253,14 @@ class PixelConv:
         return out / self.std.to(y)
 
 
-def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float) -> torch.Tensor:
-    """Minimum-norm least-squares solution of op(c) = rhs per sample, by conjugate gradients (CGLS)."""
+def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float, ntol: float = 1e-6,
+         window: int = 10) -> torch.Tensor:
+    """Minimum-norm least-squares solution of op(c) = rhs per sample, by conjugate gradients (CGLS).
+
+    A sample stops when its residual is below ``rtol`` of the right-hand side (consistent systems: exact), when its
+    normal-equation residual ||op^T r|| fell below ``ntol`` of its start (inconsistent systems: least squares
+    reached), or when its residual dropped by less than 1% over ``window`` steps (float32 stagnation).
+    """
     b = rhs.shape[0]
     norm = lambda t: t.flatten(1).pow(2).sum(1)  # noqa: E731
     target = norm(rhs).sqrt() * rtol
@@ -262,8 +268,13 @@ def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float) -> torch.Ten
     s = op.adjoint(r)
     c = torch.zeros_like(s)
     p, gamma = s.clone(), norm(s)
-    for _ in range(iters):
-        active = norm(r).sqrt() > target
+    gamma_stop = gamma * ntol**2
+    history = [norm(r).sqrt()]
+    active = torch.ones(b, dtype=torch.bool, device=rhs.device)
+    for step in range(iters):
+        active &= (history[-1] > target) & (gamma > gamma_stop)
+        if step >= window:
+            active &= history[-1] < 0.99 * history[-1 - window]
         if not active.any():
             break
         q = op.apply(p)
@@ -272,7 +283,8 @@ def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float) -> torch.Ten
         s = op.adjoint(r)
         new = norm(s)
         p = s + (new / gamma.clamp_min(1e-300)).view(b, 1, 1, 1) * p
-        gamma = new
+        gamma = torch.where(active, new, gamma)
+        history.append(norm(r).sqrt())
     return c
 
 

@@ -79,8 +79,9 @@ def _text_page(pdf: PdfPages, title: str, body: str) -> None:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Build ``report.pdf`` in ``run_dir`` from its ``results.csv`` and ``manifest.json`` alone."""
-    from nte_eval.reports.tables import transfer_matrix
+    """Build ``report.pdf`` (and ``transfer_matrix.csv``, ``collapse_psnr.csv``) in ``run_dir`` from its
+    ``results.csv`` and ``manifest.json`` alone."""
+    from nte_eval.reports.tables import collapse_psnr, transfer_matrix
     from nte_eval.runner import headline
 
     run_dir = Path(run_dir)
@@ -91,6 +92,8 @@ def write_report(run_dir: str | Path) -> Path:
     with PdfPages(path) as pdf:
         _title_page(pdf, manifest, headline(results))
         matrix = transfer_matrix(results)
+        matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
+        collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
         for designated in acc.designated.unique():
             _psnr_page(pdf, acc, designated)
             part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
