@@ -26,6 +26,10 @@ encoders:
 """
 
 
+class Payload:
+    """A pickled object that torch.load(weights_only=True) must refuse."""
+
+
 def run_cli(args, capsys):
     code = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -51,9 +55,9 @@ def test_run_writes_tidy_results_and_a_report(small_run):
     des = results[results.role == "designated"].pivot_table(index="encoder_params", columns="metric", values="value")
     assert (des.clean_accuracy - des.accuracy).max() <= 0.005  # exact null space: no accuracy lost
     assert des.first_layer_ratio.max() <= 1e-4 and (des.agreement == 1).all()
-    zero = results[(results.role == "unauthorized") & (results.metric == "accuracy")
-                   & results.encoder_params.str.contains('"psnr":0.0')]
-    assert zero.value.max() < 0.5  # at 0 dB the other models lose most of their accuracy
+    unauth = results[(results.role == "unauthorized") & results.encoder_params.str.contains('"psnr":0.0')]
+    acc = unauth.pivot_table(index="model", columns="metric", values="value")
+    assert (acc.clean_accuracy - acc.accuracy).min() > 0.25  # at 0 dB every other model loses > 25 points
     assert (results.n == 60).all()
     manifest = json.loads((small_run / "manifest.json").read_text())
     assert manifest["seed"] == 5 and len(manifest["config_hash"]) == 16 and "torch" in manifest["environment"]
@@ -146,9 +150,6 @@ def test_bad_suites_give_one_line_and_exit_2(tmp_path, capsys, suite, match):
 
 def test_unsafe_checkpoint_is_refused(tmp_path, capsys):
     import timm
-
-    class Payload:
-        pass
 
     torch.save({"model": timm.create_model("resnet18").state_dict(), "extra": Payload()}, tmp_path / "evil.pth")
     code, _, err = run_cli(["encode", "--model", f"timm:resnet18@{tmp_path / 'evil.pth'}", "--data", "digits",
