@@ -14,16 +14,6 @@ from torch import nn
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle, from_timm, load_model, load_state_dict, resolve_first_layer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is fastest, and avoids OpenMP spin contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # family -> (timm name, kwargs, input size). All of these have a single-conv str `first_conv` in timm.
 TIMM_FAMILIES = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, (3, 32, 32)),
