@@ -75,10 +75,16 @@ class NTEEncoder(Encoder):
         return self
 
     # ---------------------------------------------------------------------------------- patch view helpers
+    @property
+    def _tiles_image(self) -> bool:
+        """Non-overlapping patches that tile the whole image: patches <-> image is a pure reshape."""
+        f, (_, h, w) = self.handle.first, self.handle.input_size
+        return f.non_overlapping and h % f.kernel[0] == 0 and w % f.kernel[1] == 0
+
     def _to_patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, d) patches in the kernel's (C, kh, kw) order."""
         f = self.handle.first
-        if f.non_overlapping and x.shape[-2] % f.kernel[0] == 0 and x.shape[-1] % f.kernel[1] == 0:
+        if self._tiles_image:
             b, c, h, w = x.shape
             (kh, kw) = f.kernel
             p = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
@@ -89,7 +95,7 @@ class NTEEncoder(Encoder):
         """(B, L, d) -> image; overlapping patches are summed (fold), as the reference code does."""
         f = self.handle.first
         c, h, w = self.handle.input_size
-        if f.non_overlapping and h % f.kernel[0] == 0 and w % f.kernel[1] == 0:
+        if self._tiles_image:
             (kh, kw), b = f.kernel, p.shape[0]
             return p.reshape(b, h // kh, w // kw, c, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
         return F.fold(p.transpose(1, 2), (h, w), f.kernel, stride=f.stride, padding=f.padding)
@@ -117,9 +123,8 @@ class NTEEncoder(Encoder):
         rows = 1 if self.noise == "tiled" else n_patches
         z = keyed_normal((rows, basis.shape[1]), key, idx, x.device, x.dtype)
         patches = z.expand(-1, n_patches, -1) @ basis.T  # (B, L, d)
-        f, (c, h, w) = self.handle.first, self.handle.input_size
-        if f.non_overlapping and h % f.kernel[0] == 0 and w % f.kernel[1] == 0:
-            (kh, kw), b = f.kernel, x.shape[0]
+        if self._tiles_image:
+            (kh, kw), (c, h, w), b = self.handle.first.kernel, self.handle.input_size, x.shape[0]
             return patches.view(b, h // kh, w // kw, c, kh, kw).permute(0, 3, 1, 4, 2, 5)
         return self._from_patches(patches)
 
