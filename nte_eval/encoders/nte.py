@@ -149,7 +149,8 @@ class NTEEncoder(Encoder):
         return finish(x, out, self.handle, self.quantize, info, record, None if self.quantize else added)
 
     def _project_box(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """A point of (x + subspace) inside [0, 1] near x + delta, rescaled up to 3 times toward the target PSNR.
+        """A point of (x + subspace) inside [0, 1] near x + delta: up to 3 rescaled tries toward the target PSNR,
+        keeping per sample the one with the most noise that does not exceed the target.
 
         Dykstra's projections (onto the subspace offset and the box) approach the nearest point of the intersection.
         Operator mode iterates with the circular-view projector and corrects the border once at the end. The last
@@ -160,6 +161,7 @@ class NTEEncoder(Encoder):
         scale = torch.ones(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype)
         operator = self.mode == "operator"
         project = self.subspace.project_circular if operator else self.project
+        best, best_err = x.clone(), torch.zeros_like(scale)  # x itself: zero noise, trivially in both sets
         for _ in range(3):
             d = dykstra(x + scale * delta, lambda y: x + project(y - x), self.project_iters) - x
             if operator and self.border == "correct":
@@ -172,7 +174,9 @@ class NTEEncoder(Encoder):
                 t = self._from_patches(patches.amin(-1, keepdim=True).expand_as(patches))
             out = (x + t * d).clamp(0, 1)
             got = mse(out, x).to(x.dtype).clamp_min(1e-30).view_as(scale)
+            better = (got <= 1.05 * target) & (got > best_err)  # more noise, but not beyond the target
+            best, best_err = torch.where(better, out, best), torch.where(better, got, best_err)
             if torch.allclose(got, torch.full_like(got, target), rtol=0.02):
                 break
             scale = scale * (target / got).sqrt().clamp(max=4.0)
-        return out
+        return best
