@@ -155,11 +155,15 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
 
 
 def headline(results: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per (designated, encoder setting) and model: a wide table to print after a run."""
+    """Accuracy (%) per (designated, encoder setting): the designated model's first (column ``DESIGNATED``), then
+    each unauthorized model's (blank in the designated model's own column)."""
     acc = results[results.metric == "accuracy"].copy()
     params = acc.encoder_params.map(json.loads)
     acc["designated"] = params.map(lambda p: p.pop("designated"))
     acc["setting"] = acc.encoder + " " + params.map(
         lambda p: " ".join(f"{k}={v}" for k, v in p.items() if k in ("psnr", "box", "quantize", "mode", "noise")))
-    table = acc.pivot_table(index=["designated", "setting"], columns="model", values="value", sort=False)
+    acc["column"] = acc.model.where(acc.role == "unauthorized", "DESIGNATED")
+    table = acc.pivot_table(index=["designated", "setting"], columns="column", values="value", sort=False)
+    table = table[["DESIGNATED", *[c for c in table.columns if c != "DESIGNATED"]]]
+    table.columns.name = "accuracy %"
     return (100 * table).round(1)
