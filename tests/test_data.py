@@ -17,15 +17,6 @@ from nte_eval.data import (
 )
 from nte_eval.errors import NTEError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is fastest, and avoids OpenMP spin contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
