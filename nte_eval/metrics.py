@@ -10,9 +10,14 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm((a - b).flatten(1), dim=1).double() ** 2 / a[0].numel()
 
 
+def psnr_from_mse(err: torch.Tensor) -> torch.Tensor:
+    """Pixel-space PSNR in dB (peak 1) from a per-sample mean squared error."""
+    return -10 * torch.log10(err.clamp_min(1e-30))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pixel-space PSNR in dB per sample, peak 1 (inf for identical images)."""
-    return -10 * torch.log10(mse(a.double(), b.double()))
+    """Pixel-space PSNR in dB per sample, peak 1."""
+    return psnr_from_mse(mse(a, b))
 
 
 def noise_norm_for_psnr(psnr_db: float, numel: int) -> float:

@@ -12,6 +12,7 @@ from nte_eval.data import load_digits
 from nte_eval.encoders import AdversarialEncoder, GaussianEncoder, NTEEncoder
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
+from nte_eval.metrics import psnr as measured_psnr
 
 
 def make_handle(first: nn.Module, size=32, seed=0):
@@ -40,6 +41,7 @@ def images():
 def test_unboxed_psnr_hits_target_and_stays_in_null_space(patchify, images, psnr):
     res = NTEEncoder(patchify, psnr=psnr).encode(images, key="k")
     assert (res.psnr - psnr).abs().max() < 0.1
+    assert (measured_psnr(res.images, images) - psnr).abs().max() < 0.1  # measured on the images themselves
     assert res.first_layer_ratio.max() < 1e-4
     assert res.info["exact"] and res.info["dim_per_patch"] == 16
 

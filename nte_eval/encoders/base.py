@@ -13,7 +13,7 @@ import torch
 
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
-from nte_eval.metrics import mse, noise_norm_for_psnr, relative_change
+from nte_eval.metrics import mse, noise_norm_for_psnr, psnr_from_mse, relative_change
 
 BOXES = ("none", "clip", "project")
 
@@ -109,7 +109,7 @@ def finish(clean: torch.Tensor, encoded: torch.Tensor, handle: ModelHandle, quan
     else:
         ratio = torch.full((clean.shape[0],), float("nan"), device=clean.device)
     err = mse(encoded, clean) if noise_norm is None else noise_norm.double() ** 2 / clean[0].numel()
-    achieved = (-10 * torch.log10(err.clamp_min(1e-30))).float()  # pixel-space PSNR, peak 1
+    achieved = psnr_from_mse(err).float()
     return EncodeResult(encoded, achieved, ratio, {**info, "storable": storable})
 
 
