@@ -161,7 +161,7 @@ def headline(results: pd.DataFrame) -> pd.DataFrame:
     params = acc.encoder_params.map(json.loads)
     acc["designated"] = params.map(lambda p: p.pop("designated"))
     acc["setting"] = acc.encoder + " " + params.map(
-        lambda p: " ".join(f"{k}={v}" for k, v in p.items() if k in ("psnr", "box", "quantize", "mode", "noise")))
+        lambda p: " ".join(f"{k}={p[k]}" for k in ("psnr", "box", "quantize", "mode", "noise") if k in p))
     acc["column"] = acc.model.where(acc.role == "unauthorized", "DESIGNATED")
     table = acc.pivot_table(index=["designated", "setting"], columns="column", values="value", sort=False)
     table = table[["DESIGNATED", *[c for c in table.columns if c != "DESIGNATED"]]]
