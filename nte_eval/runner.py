@@ -116,8 +116,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     data = load_suite_data(suite, handles)
     evaluated = {name: Evaluated(h, batched_logits(h, data.images, batch, device)) for name, h in handles.items()}
     designated = [spec_name(s) for s in suite.designated_list()]
-    cells = [(d, enc.type, params, att.type, expand(att)[0] if len(expand(att)) else {})
-             for d in designated for enc in suite.encoders for params in expand(enc) for att in suite.attacks]
+    cells = [(d, enc.type, params, att.type, att_params) for d in designated for enc in suite.encoders
+             for params in expand(enc) for att in suite.attacks for att_params in expand(att)]
     csv_path = out / "results.csv"
     csv_path.unlink(missing_ok=True)
     timings, subspaces, frames = [], {}, []

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -20,21 +19,6 @@ LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "v", "D", "x", "P", "*"]
 
 
-def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Long table of accuracy (%) per designated model, encoder setting and model, with parsed parameters."""
-    acc = results[results.metric == "accuracy"].copy()
-    params = acc.encoder_params.map(json.loads)
-    acc["designated"] = params.map(lambda p: p["designated"])
-    acc["target_psnr"] = params.map(lambda p: p.get("psnr"))
-    acc["storable"] = params.map(lambda p: p.get("box", "none") != "none" and bool(p.get("quantize")))
-    acc["accuracy"] = 100 * acc.value
-    achieved = results[results.metric == "psnr"].set_index(["encoder", "encoder_params", "attack", "attack_params",
-                                                            "model"]).value
-    acc["achieved_psnr"] = acc.set_index(["encoder", "encoder_params", "attack", "attack_params", "model"]).index \
-        .map(achieved).to_numpy()
-    return acc
-
-
 def _title_page(pdf: PdfPages, manifest: dict, headline: pd.DataFrame) -> None:
     fig = plt.figure(figsize=(11.69, 8.27))
     env = manifest.get("environment", {})
@@ -45,20 +29,19 @@ def _title_page(pdf: PdfPages, manifest: dict, headline: pd.DataFrame) -> None:
              "Accuracy in %. PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR, peak 255)."]
     fig.text(0.04, 0.96, lines[0], fontsize=16, weight="bold", va="top")
     fig.text(0.04, 0.92, "\n".join(lines[1:]), fontsize=9, va="top", family="monospace")
-    body = headline.to_string(max_colwidth=40)
-    fig.text(0.04, 0.80, textwrap.shorten(body, 100000) if len(body) > 100000 else body, fontsize=6,
-             va="top", family="monospace")
+    fig.text(0.04, 0.80, headline.to_string(max_colwidth=40), fontsize=6, va="top", family="monospace")
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def _psnr_page(pdf: PdfPages, acc: pd.DataFrame, designated: str) -> None:
+def _psnr_page(pdf: PdfPages, table: pd.DataFrame, designated: str) -> None:
+    """Accuracy against the achieved PSNR for one designated model's NTEs, unboxed and storable side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(11.69, 5.5), sharey=True)
-    sub = acc[(acc.designated == designated) & (acc.encoder == "nte")]
+    sub = table[(table.designated == designated) & (table.encoder == "nte")]
     for ax, storable in zip(axes, (False, True), strict=True):
         part = sub[sub.storable == storable]
         for i, (model, g) in enumerate(part.groupby("model", sort=False)):
-            g = g.groupby("achieved_psnr").accuracy.mean().sort_index()
+            g = 100 * g.groupby("psnr").accuracy.mean().sort_index()
             is_des = model == designated
             ax.plot(g.index, g.values, LINESTYLES[i % 4] if not is_des else "-", marker=MARKERS[i % 8],
                     lw=3 if is_des else 1.2, color="black" if is_des else None,
@@ -85,21 +68,21 @@ def _text_page(pdf: PdfPages, title: str, body: str) -> None:
 def write_report(run_dir: str | Path) -> Path:
     """Build ``report.pdf`` (and ``transfer_matrix.csv``, ``collapse_psnr.csv``) in ``run_dir`` from its
     ``results.csv`` and ``manifest.json`` alone."""
-    from nte_eval.reports.tables import collapse_psnr, transfer_matrix
+    from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
     from nte_eval.runner import headline
 
     run_dir = Path(run_dir)
     results = pd.read_csv(run_dir / "results.csv")
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    acc = accuracy_table(results)
+    table = wide(results)
     path = run_dir / "report.pdf"
     with PdfPages(path) as pdf:
         _title_page(pdf, manifest, headline(results))
         matrix = transfer_matrix(results)
         matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
         collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
-        for designated in acc.designated.unique():
-            _psnr_page(pdf, acc, designated)
+        for designated in table.designated.unique():
+            _psnr_page(pdf, table, designated)
             part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
             _text_page(pdf, f"Transfer matrix, designated {designated} (accuracy %, PSNR in dB pixel space)",
                        part.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -15,9 +15,10 @@ def wide(results: pd.DataFrame) -> pd.DataFrame:
     params = df.encoder_params.map(json.loads)
     df["designated"] = params.map(lambda p: p["designated"])
     df["target_psnr"] = params.map(lambda p: p.get("psnr"))
+    df["storable"] = params.map(lambda p: p.get("box", "none") != "none" and bool(p.get("quantize")))
     df["setting"] = df.encoder + params.map(
         lambda p: "".join(f" {k}={p[k]}" for k in SETTING_KEYS if k in p))
-    index = ["designated", "encoder", "setting", "target_psnr", "attack", "attack_params", "model", "role"]
+    index = ["designated", "encoder", "setting", "target_psnr", "storable", "attack", "attack_params", "model", "role"]
     return df.pivot_table(index=index, columns="metric", values="value", sort=False).reset_index()
 
 
