@@ -123,7 +123,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     timings, subspaces, frames = [], {}, []
     for d, enc_type, params, att_type, att_params in tqdm(cells, desc="cells", disable=not progress):
         tc = time.time()
-        encoder = ENCODERS[enc_type](handles[d], **params).fit()
+        encoder = ENCODERS.get(enc_type)(handles[d], **params).fit()
         images, psnrs = [], []
         for i in range(0, len(data), batch):
             res = encoder.encode(data.images[i:i + batch].to(device), key=suite.seed,

@@ -14,8 +14,12 @@ import torch
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
 from nte_eval.metrics import mse, noise_norm_for_psnr, psnr_from_mse, relative_change
+from nte_eval.registry import Registry
 
 BOXES = ("none", "clip", "project")
+
+ENCODERS: Registry[Encoder] = Registry("encoder", "nte_eval.encoders",
+                                       ("nte_eval.encoders.nte", "nte_eval.encoders.baselines"))
 
 
 @dataclass
@@ -117,6 +121,11 @@ class Encoder(ABC):
     """An encoder recodes pixel-space images for one designated model. Subclasses implement ``encode``."""
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            ENCODERS.register(cls)
 
     def __init__(self, handle: ModelHandle, psnr: float, box: str = "none", quantize: bool = False):
         check_box(box, quantize)

@@ -1,0 +1,154 @@
+"""The attacker interface: ``Attack`` (declared parameters, optional ``fit``, abstract ``run``, final ``__call__``)
+and ``AttackContext``, which hands each attacker exactly what its threat model (``knowledge``) allows."""
+
+from __future__ import annotations
+
+import copy
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, final
+
+import torch
+
+from nte_eval.data import ImageSet
+from nte_eval.errors import NTEError
+from nte_eval.handles import ModelHandle
+from nte_eval.params import Fields, describe_params, expand_sweeps, param_model, validate_params
+from nte_eval.registry import Registry
+
+KNOWLEDGE = ("none", "method", "surrogate", "oracle")
+Knowledge = Literal["none", "method", "surrogate", "oracle"]
+
+# What each knowledge level may read from the context (each level includes the ones before it).
+GRANTS = {"none": set(), "method": {"public", "ntes", "encoder"}, "surrogate": {"surrogates"},
+          "oracle": {"designated"}}
+
+ATTACKS: Registry[Attack] = Registry("attack", "nte_eval.attacks", ("nte_eval.attacks.builtin",))
+
+
+def allowed_fields(knowledge: str) -> set[str]:
+    levels = KNOWLEDGE[:KNOWLEDGE.index(knowledge) + 1]
+    return set().union(*(GRANTS[k] for k in levels))
+
+
+@dataclass(repr=False, eq=False)
+class AttackContext:
+    """Everything an attacker could be given. Read it through ``restricted(knowledge)``: a field beyond the
+    attacker's threat model raises instead of returning.
+
+    public: clean labelled images, disjoint from the evaluated ones. ntes: the released NTE corpus (no clean
+    counterparts, no labels). encoder: the encoder's public settings (type, parameters, first-layer geometry and
+    normalisation of the designated architecture; never the key or the weights). surrogates: model handles the
+    attacker holds. designated: the designated model itself (oracle only).
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    public: ImageSet | None = None
+    ntes: torch.Tensor | None = None
+    encoder: dict[str, Any] | None = None
+    surrogates: dict[str, ModelHandle] = field(default_factory=dict)
+    designated: ModelHandle | None = None
+    knowledge: str = "oracle"
+
+    def restricted(self, knowledge: str) -> AttackContext:
+        view = copy.copy(self)
+        object.__setattr__(view, "knowledge", knowledge)
+        return view
+
+    def __repr__(self) -> str:
+        return f"AttackContext(knowledge={object.__getattribute__(self, 'knowledge')!r})"
+
+    def __getattribute__(self, key: str) -> Any:
+        if key in ("public", "ntes", "encoder", "surrogates", "designated"):
+            knowledge = object.__getattribute__(self, "knowledge")
+            if key not in allowed_fields(knowledge):
+                need = next(k for k in KNOWLEDGE if key in allowed_fields(k))
+                raise NTEError(f"an attack with knowledge={knowledge!r} has no access to context.{key}; "
+                               f"that needs knowledge={need!r} (declare it in the attack class).")
+            value = object.__getattribute__(self, key)
+            if value is None or (key == "surrogates" and not value):
+                raise NTEError(f"context.{key} is not available in this run (e.g. no public images or no "
+                               f"surrogates given in the suite).")
+            return value
+        return object.__getattribute__(self, key)
+
+
+class Attack(ABC):
+    """A reconstruction attacker: maps released images (pixel space) to its best guess of the clean images.
+
+    Subclasses set ``name`` and ``knowledge``, declare parameters as annotated class attributes with defaults
+    (``quality: Annotated[int, Field(ge=1, le=100)] = 75``), optionally override ``fit(context)`` (call
+    ``super().fit(context)``), and implement ``run(x)``. Defining a subclass with a ``name`` registers it.
+    """
+
+    name: ClassVar[str]
+    knowledge: ClassVar[str] = "none"
+    #: The parameter that sets the attack's strength, and +1 if larger means stronger, -1 if smaller does.
+    strength: ClassVar[tuple[str, int] | None] = None
+    _fields: ClassVar[Fields] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hints = typing.get_type_hints(cls, include_extras=True)
+        cls._fields = {k: (hint, getattr(cls, k)) for k, hint in hints.items()
+                       if typing.get_origin(hint) is not ClassVar and hint is not ClassVar
+                       and not k.startswith("_") and hasattr(cls, k)}
+        cls._model = param_model(cls.__name__, cls._fields)
+        if "name" in cls.__dict__:
+            if cls.knowledge not in KNOWLEDGE:
+                raise NTEError(f"attack {cls.name!r}: knowledge {cls.knowledge!r} must be one of {KNOWLEDGE}.")
+            ATTACKS.register(cls)
+
+    def __init__(self, **params: Any):
+        values = validate_params(f"attack {self.name!r}", self._model, params)
+        for k, v in values.items():
+            setattr(self, k, v)
+        self._params = values
+        self.context: AttackContext | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The validated parameters (defaults included), as written to the results."""
+        return dict(self._params)
+
+    def fit(self, context: AttackContext) -> Attack:
+        """Learn whatever the attack needs from the context (restricted to its knowledge); returns self."""
+        self.context = context.restricted(self.knowledge)
+        return self
+
+    @abstractmethod
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct a batch ``x`` (B, C, H, W) in pixel space; same shape out."""
+
+    @final
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise NTEError(f"attack {self.name!r}: expected images (B, C, H, W), got shape {tuple(x.shape)}.")
+        if not torch.isfinite(x).all():
+            raise NTEError(f"attack {self.name!r}: the input images contain NaN or infinite values.")
+        out = self.run(x)
+        if out.shape != x.shape or not torch.isfinite(out).all():
+            raise NTEError(f"attack {self.name!r} returned shape {tuple(out.shape)} (input {tuple(x.shape)}) "
+                           f"or non-finite values: a bug in the attack.")
+        return out
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        return {"name": cls.name, "knowledge": cls.knowledge, "params": describe_params(cls._fields),
+                "description": doc}
+
+    @classmethod
+    def sweep(cls, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """All settings of a sweep (list values of non-list parameters expand)."""
+        return expand_sweeps(cls._fields, params)
+
+
+def build_attack(spec: dict[str, Any] | str) -> Attack:
+    """An attack from ``'name'`` or ``{'type': name, **params}`` (one setting, no sweeps)."""
+    spec = {"type": spec} if isinstance(spec, str) else dict(spec)
+    if "type" not in spec:
+        raise NTEError(f"attack {spec}: needs a 'type' key naming the attack (see `nte-eval list attacks`).")
+    cls = ATTACKS.get(spec.pop("type"))
+    return cls(**spec)

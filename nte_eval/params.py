@@ -1,0 +1,83 @@
+"""Declared plugin parameters (type + default): validation with clear errors, sweep expansion, description."""
+
+from __future__ import annotations
+
+import itertools
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from nte_eval.errors import NTEError, did_you_mean
+
+Fields = dict[str, tuple[Any, Any]]  # name -> (annotation, default)
+
+
+def param_model(owner: str, fields: Fields) -> type[BaseModel]:
+    """A pydantic model validating ``fields`` (unknown keys forbidden, no silent coercion of str/float to int)."""
+    config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    return create_model(f"{owner}_params", __config__=config, **fields)
+
+
+def validate_params(owner: str, model: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
+    """Validated parameters with defaults filled in; NTEError names the bad parameter and what is allowed."""
+    unknown = [k for k in params if k not in model.model_fields]
+    if unknown:
+        raise NTEError(f"{owner}: unknown parameter {unknown[0]!r}; parameters: "
+                       f"{', '.join(model.model_fields) or '(none)'}.{did_you_mean(unknown[0], model.model_fields)}")
+    try:
+        values = model(**params)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "lax-")))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "literal_error":
+                msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
+            msgs.append(f"{where}: {msg}")
+        raise NTEError(f"{owner}: " + "; ".join(dict.fromkeys(msgs))) from None
+    return values.model_dump()
+
+
+def is_list_type(annotation: Any) -> bool:
+    """True when the declared type itself is a list (then a list value is one setting, a list of lists a sweep)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return is_list_type(typing.get_args(annotation)[0])
+    if origin in (list, tuple):
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(is_list_type(a) for a in typing.get_args(annotation))
+    return annotation in (list, tuple)
+
+
+def expand_sweeps(fields: Fields, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the list-valued (swept) parameters, in declaration order of ``params``."""
+    grids = []
+    for key, value in params.items():
+        listy = key in fields and is_list_type(fields[key][0])
+        sweep = isinstance(value, list) and (not listy or (value and all(isinstance(v, list) for v in value)))
+        grids.append(value if sweep else [value])
+    return [dict(zip(params, combo, strict=True)) for combo in itertools.product(*grids)]
+
+
+def type_name(annotation: Any) -> str:
+    """A readable type, e.g. ``int >= 1``, ``'bilinear' | 'nearest'``, ``list[str]``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *meta = typing.get_args(annotation)
+        bounds = []
+        for m in meta:
+            for item in getattr(m, "metadata", [m]):
+                for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                    if getattr(item, attr, None) is not None:
+                        bounds.append(f"{op} {getattr(item, attr)}")
+        return type_name(base) + (f" {', '.join(bounds)}" if bounds else "")
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def describe_params(fields: Fields) -> dict[str, dict[str, Any]]:
+    return {k: {"type": type_name(ann), "default": default} for k, (ann, default) in fields.items()}
