@@ -1,4 +1,4 @@
-"""The ``nte-eval`` command: run | report | encode | zoo. User errors print one line and exit with code 2."""
+"""The ``nte-eval`` command: run | list | report | encode | zoo. User errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -15,12 +15,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nte_eval.suite import load_suite
 
     suite = load_suite(args.suite)
-    results = run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
+    results = run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+                        resume=args.resume, overwrite=args.overwrite,
+                        log=lambda line: print(line, file=sys.stderr))
     from nte_eval.reports import write_report
+    from nte_eval.runner import worst_case_table
 
+    print("Accuracy (%) without attack:")
     with_pd_options(lambda: print(headline(results).to_string()))
+    print("\nAccuracy (%) of the unauthorized models under the best single attack (see worst_case.csv):")
+    with_pd_options(lambda: print(worst_case_table(Path(args.out) / "worst_case.csv").to_string()))
     report = write_report(args.out)
-    print(f"\nAccuracy in % (PSNR: pixel space, peak 1). Results: {Path(args.out) / 'results.csv'}\nReport: {report}")
+    print(f"\nPSNR: pixel space, peak 1. Results: {Path(args.out) / 'results.csv'}\nReport: {report}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Names, knowledge levels, parameters and defaults of the registered attacks / encoders, or the zoo models."""
+    if args.what == "models":
+        from nte_eval.zoo import zoo_table
+
+        rows = [{"name": f"zoo:{r['name']}", "arch": r["arch"], "test_accuracy": r["test_accuracy"]}
+                for r in zoo_table()]
+        note = "Also: timm:NAME[@checkpoint] or a mapping {timm: NAME, checkpoint: PATH, ...} in a suite."
+    else:
+        from nte_eval.attacks import ATTACKS
+        from nte_eval.encoders import ENCODERS
+
+        registry = ATTACKS if args.what == "attacks" else ENCODERS
+        rows = [registry.get(name).describe() for name in registry.names()]
+        note = "List-valued parameters in a suite are sweeps. Plugins: entry-point group " + registry.group + "."
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        head = row["name"] + (f"  [knowledge: {row['knowledge']}]" if "knowledge" in row else "")
+        print(head + (f"  {row['description']}" if row.get("description") else "")
+              + (f"  {row['arch']}, test accuracy {row['test_accuracy']}" if "arch" in row else ""))
+        for pname, spec in row.get("params", {}).items():
+            print(f"    {pname} = {spec['default']!r}  ({spec['type']})")
+    print(note)
     return 0
 
 
@@ -81,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     run.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--resume", action="store_true", help="continue a killed run: skip the cells already finished")
+    run.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
     run.set_defaults(fn=cmd_run)
+
+    lst = sub.add_parser("list", help="list attacks, encoders or models with their parameters")
+    lst.add_argument("what", nargs="?", default="attacks", choices=["attacks", "encoders", "models"])
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(fn=cmd_list)
 
     rep = sub.add_parser("report", help="rebuild report.pdf from a run folder's files")
     rep.add_argument("dir", help="the --out folder of a run")

@@ -19,24 +19,32 @@ def param_model(owner: str, fields: Fields) -> type[BaseModel]:
     return create_model(f"{owner}_params", __config__=config, **fields)
 
 
-def validate_params(owner: str, model: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
-    """Validated parameters with defaults filled in; NTEError names the bad parameter and what is allowed."""
+def param_errors(model: type[BaseModel], params: dict[str, Any]) -> list[tuple[str, str]]:
+    """(parameter, message) for every problem with ``params``; empty when they validate."""
     unknown = [k for k in params if k not in model.model_fields]
     if unknown:
-        raise NTEError(f"{owner}: unknown parameter {unknown[0]!r}; parameters: "
-                       f"{', '.join(model.model_fields) or '(none)'}.{did_you_mean(unknown[0], model.model_fields)}")
+        return [(unknown[0], f"unknown parameter; parameters: {', '.join(model.model_fields) or '(none)'}."
+                             f"{did_you_mean(unknown[0], model.model_fields)}")]
     try:
-        values = model(**params)
+        model(**params)
     except ValidationError as e:
-        msgs = []
+        out = []
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "lax-")))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "literal_error":
                 msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
-            msgs.append(f"{where}: {msg}")
-        raise NTEError(f"{owner}: " + "; ".join(dict.fromkeys(msgs))) from None
-    return values.model_dump()
+            out.append((where, msg))
+        return list(dict.fromkeys(out))
+    return []
+
+
+def validate_params(owner: str, model: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
+    """Validated parameters with defaults filled in; NTEError names the bad parameter and what is allowed."""
+    errors = param_errors(model, params)
+    if errors:
+        raise NTEError(f"{owner}: " + "; ".join(f"{k}: {m}" for k, m in errors))
+    return model(**params).model_dump()
 
 
 def is_list_type(annotation: Any) -> bool:

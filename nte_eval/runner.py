@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 import nte_eval
+from nte_eval.attacks.base import Attack, AttackContext, build_attack
+from nte_eval.checks import run_checks
 from nte_eval.data import ImageSet, check_images, load_data
-from nte_eval.encoders import ENCODERS
+from nte_eval.encoders import ENCODERS, Encoder, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle, load_model
-from nte_eval.metrics import relative_change
-from nte_eval.suite import Suite, expand, spec_name
-
-COLUMNS = ["encoder", "encoder_params", "attack", "attack_params", "model", "role", "metric", "value", "n"]
+from nte_eval.metrics import psnr, relative_change
+from nte_eval.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key
+from nte_eval.suite import Suite, spec_name
+from nte_eval.summary import worst_case
 
 
 def compact(params: dict[str, Any]) -> str:
@@ -48,7 +52,7 @@ def batched_logits(handle: ModelHandle, x: torch.Tensor, batch: int, device: str
 def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
     """Load every model named in the suite once, keyed by display name."""
     handles: dict[str, ModelHandle] = {}
-    for spec in [*suite.designated_list(), *suite.models]:
+    for spec in [*suite.designated_list(), *suite.models, *suite.surrogates]:
         name = spec_name(spec)
         if name not in handles:
             clean = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else spec
@@ -74,27 +78,77 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     return data
 
 
-def evaluate_cell(x_att: torch.Tensor, clean: ImageSet, models: dict[str, Evaluated], designated: str,
-                  psnr: torch.Tensor, batch: int, device: str) -> list[tuple[str, str, str, float, int]]:
-    """Metrics of every model on one cell's images: (model, role, metric, value, n)."""
-    rows = []
+def load_public(suite: Suite, data: ImageSet) -> ImageSet | None:
+    """The attackers' public clean images at the data's size; an error if any of them is an evaluated image."""
+    cfg = suite.public_config()
+    if cfg is None:
+        return None
+    c, h, _ = data.images.shape[1:]
+    public = load_data(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
+    check_images(public.images, f"public ({cfg.source})", channels=c)
+    if tuple(public.images.shape[1:]) != tuple(data.images.shape[1:]):
+        raise NTEError(f"public images are {tuple(public.images.shape[1:])} but the data is "
+                       f"{tuple(data.images.shape[1:])}; set public.size.")
+    seen = {_digest(x) for x in data.images}
+    overlap = sum(_digest(x) in seen for x in public.images)
+    if overlap:
+        raise NTEError(f"{overlap} public image(s) are also evaluated images; the attackers' public images must be "
+                       f"disjoint from the data (e.g. data split 'test', public split 'train').")
+    return public
+
+
+def _digest(x: torch.Tensor) -> bytes:
+    return hashlib.sha1(torch.round(x * 255).to(torch.uint8).numpy().tobytes()).digest()
+
+
+def public_settings(encoder: Encoder) -> dict[str, Any]:
+    """What a method-knowledge attacker knows (Kerckhoffs): the encoder, its settings and the designated
+    architecture's first-layer geometry and normalisation; never the key or the weights."""
+    h = encoder.handle
+    geometry = {k: v for k, v in h.first.geometry().items() if k != "layer"}
+    return {"type": encoder.name, "params": encoder.params(), "view": getattr(encoder, "mode", None),
+            "first_layer": geometry, "mean": h.mean.flatten().tolist(), "std": h.std.flatten().tolist(),
+            "input_size": list(h.input_size)}
+
+
+def apply_attack(attack: Attack, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
+    return torch.cat([attack(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+
+
+def _bits(correct: torch.Tensor) -> str:
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor, clean: ImageSet,
+                  models: dict[str, Evaluated], designated: str, encoded_correct: torch.Tensor, batch: int,
+                  device: str) -> tuple[list[tuple], list[tuple]]:
+    """Metrics of every model on one cell: (model, role, metric, value, n) rows and per-sample correctness rows
+    (model, input, bits) for the reconstructions of the NTEs ('attacked') and of the clean images ('clean')."""
+    rows, samples = [], []
     labels = clean.labels
     n = len(labels)
+    image_metrics = (("psnr", psnr(x_nte, clean.images).mean()), ("recon_psnr", psnr(x_rec, clean.images).mean()),
+                     ("change_psnr", psnr(x_rec, x_nte).mean()))
     for name, ev in models.items():
-        logits = batched_logits(ev.handle, x_att, batch, device)
-        preds = logits.argmax(1)
-        ratio = torch.cat([relative_change(ev.handle.first_layer_response(x_att[i:i + batch].to(device)),
+        logits = batched_logits(ev.handle, x_rec, batch, device)
+        correct = logits.argmax(1) == labels
+        cal_correct = batched_logits(ev.handle, x_cal, batch, device).argmax(1) == labels
+        ratio = torch.cat([relative_change(ev.handle.first_layer_response(x_rec[i:i + batch].to(device)),
                                            ev.handle.first_layer_response(clean.images[i:i + batch].to(device)))
                            .cpu() for i in range(0, n, batch)])
         role = "designated" if name == designated else "unauthorized"
-        for metric, value in (("clean_accuracy", (ev.preds == labels).float().mean()),
-                              ("accuracy", (preds == labels).float().mean()),
-                              ("agreement", (preds == ev.preds).float().mean()),
-                              ("logit_change", (logits - ev.logits).norm(dim=1).mean()),
-                              ("psnr", psnr.mean()),
-                              ("first_layer_ratio", ratio.mean())):
-            rows.append((name, role, metric, float(value), n))
-    return rows
+        metrics = [("clean_accuracy", (ev.preds == labels).double().mean()),
+                   ("accuracy", correct.double().mean()),
+                   ("agreement", (logits.argmax(1) == ev.preds).double().mean()),
+                   ("logit_change", (logits - ev.logits).norm(dim=1).mean()),
+                   *image_metrics,
+                   ("first_layer_ratio", ratio.mean()),
+                   ("attacked_clean_accuracy", cal_correct.double().mean())]
+        if role == "designated":
+            metrics.append(("encoded_accuracy", encoded_correct.double().mean()))
+        rows += [(name, role, metric, float(value), n) for metric, value in metrics]
+        samples += [(name, "attacked", _bits(correct)), (name, "clean", _bits(cal_correct))]
+    return rows, samples
 
 
 def environment() -> dict[str, str]:
@@ -105,51 +159,94 @@ def environment() -> dict[str, str]:
             "timm": timm.__version__, "numpy": numpy.__version__, "platform": platform.platform()}
 
 
+def knowledge_of(attack: str, params: str) -> str:
+    """An attack setting's threat-model level (a chain's is its strongest step's)."""
+    return build_attack({"type": attack, **json.loads(params)}).knowledge
+
+
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: int | None = None,
-              progress: bool = True) -> pd.DataFrame:
-    """Evaluate the suite and write ``results.csv``/``.parquet`` and ``manifest.json`` under ``out``."""
+              progress: bool = True, resume: bool = False, overwrite: bool = False,
+              log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Evaluate every cell of the suite; write ``results.csv``/``.parquet``, ``samples.csv``, ``worst_case.csv``,
+    ``warnings.json`` and ``manifest.json`` under ``out``. With ``resume``, journalled cells are skipped."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     batch = batch_size or suite.batch_size
     t0 = time.time()
     handles = load_models(suite, device)
     data = load_suite_data(suite, handles)
-    evaluated = {name: Evaluated(h, batched_logits(h, data.images, batch, device)) for name, h in handles.items()}
+    public = load_public(suite, data)
     designated = [spec_name(s) for s in suite.designated_list()]
-    cells = [(d, enc.type, params, att.type, att_params) for d in designated for enc in suite.encoders
-             for params in expand(enc) for att in suite.attacks for att_params in expand(att)]
-    csv_path = out / "results.csv"
-    csv_path.unlink(missing_ok=True)
-    timings, subspaces, frames = [], {}, []
-    for d, enc_type, params, att_type, att_params in tqdm(cells, desc="cells", disable=not progress):
+    surrogate_names = [spec_name(s) for s in suite.surrogates]
+    evaluated_names = [n for n in handles if n in designated or n in {spec_name(s) for s in suite.models}]
+    # Every encoder and attack is built (and so validated) before any work starts.
+    encoders = {(d, i): ENCODERS.get(name)(handles[d], **params)
+                for d in designated for i, (name, params) in enumerate(suite.encoder_settings())}
+    attack_settings = [(name, build_attack({"type": name, **params}).params())
+                       for name, params in suite.attack_settings()]
+    store = ResultStore(out, suite.config_hash(), resume=resume, overwrite=overwrite)
+    evaluated = {n: Evaluated(handles[n], batched_logits(handles[n], data.images, batch, device))
+                 for n in evaluated_names}
+    attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
+    timings, subspaces = [], {}
+    overall = tqdm(total=len(encoders) * len(attack_settings), desc="cells", disable=not progress,
+                   initial=len(store.done))
+    for (d, _), encoder in encoders.items():
+        enc_params = compact({**encoder.params(), "designated": d})
+        keys = [cell_key(encoder.name, enc_params, a, compact(p)) for a, p in attack_settings]
+        if all(store.is_done(k) for k in keys):
+            continue
         tc = time.time()
-        encoder = ENCODERS.get(enc_type)(handles[d], **params).fit()
-        images, psnrs = [], []
+        encoder.fit()
+        images = []
         for i in range(0, len(data), batch):
             res = encoder.encode(data.images[i:i + batch].to(device), key=suite.seed,
-                                 index=list(range(i, min(i + batch, len(data)))))
+                                 index=list(range(i, min(i + batch, len(data)))), record=False)
             images.append(res.images.cpu())
-            psnrs.append(res.psnr.cpu())
-        enc_params = compact({**encoder.params(), "designated": d})
-        subspaces[f"{enc_type} {enc_params}"] = res.info
-        x_att = torch.cat(images)  # identity attack: the attacks issue adds reconstructions here
-        # The cell's models: the designated one and every other model of the suite (unauthorized).
+        subspaces[f"{encoder.name} {enc_params}"] = res.info
+        x_nte = torch.cat(images)
+        encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
+        context = AttackContext(seed=attacker_seed, device=device, public=public, ntes=x_nte,
+                                encoder=public_settings(encoder), designated=handles[d],
+                                surrogates={s: handles[s] for s in surrogate_names if s != d})
+        # The cell's models: the designated one and every other evaluated model (unauthorized).
         models = {d: evaluated[d], **{k: v for k, v in evaluated.items() if k != d}}
-        rows = evaluate_cell(x_att, data, models, d, torch.cat(psnrs), batch, device)
-        frame = pd.DataFrame([(enc_type, enc_params, att_type, compact(att_params), *r) for r in rows],
-                             columns=COLUMNS)
-        frame.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
-        frames.append(frame)
-        timings.append({"designated": d, "encoder": enc_type, "encoder_params": enc_params, "attack": att_type,
+        timings.append({"designated": d, "encoder_params": enc_params, "stage": "encode",
                         "seconds": round(time.time() - tc, 3)})
-    results = pd.concat(frames, ignore_index=True)
+        for (att_name, att_params), key in zip(attack_settings, keys, strict=True):
+            if store.is_done(key):
+                continue
+            tc = time.time()
+            steps = tqdm(total=3, desc=f"{att_name}", leave=False, disable=not progress)
+            attack = build_attack({"type": att_name, **att_params}).fit(context)
+            steps.update()
+            x_rec = apply_attack(attack, x_nte, batch, device)
+            x_cal = apply_attack(attack, data.images, batch, device)
+            steps.update()
+            rows, samples = evaluate_cell(x_nte, x_rec, x_cal, data, models, d, encoded_correct, batch, device)
+            steps.update()
+            steps.close()
+            head = (encoder.name, enc_params, att_name, compact(att_params))
+            store.add(key, pd.DataFrame([(*head, *r) for r in rows], columns=COLUMNS),
+                      pd.DataFrame([(*head, *r) for r in samples], columns=SAMPLE_COLUMNS))
+            timings.append({"designated": d, "encoder_params": enc_params, "attack": att_name,
+                            "attack_params": compact(att_params), "seconds": round(time.time() - tc, 3)})
+            overall.update()
+    overall.close()
+    results, samples = store.load()
     results.to_parquet(out / "results.parquet", index=False)
-    manifest = {"suite": suite.name, "config_hash": suite.config_hash(), "seed": suite.seed, "device": device,
-                "batch_size": batch, "config": suite.model_dump(), "environment": environment(),
+    worst_case(results, samples, knowledge_of).to_csv(out / "worst_case.csv", index=False)
+    warnings = run_checks(results)
+    for w in warnings:
+        log(f"warning [{w['check']}]: {w['message']}")
+    (out / "warnings.json").write_text(json.dumps(warnings, indent=2))
+    manifest = {"suite": suite.name, "config_hash": suite.config_hash(), "status": "complete", "seed": suite.seed,
+                "device": device, "batch_size": batch, "config": suite.model_dump(), "environment": environment(),
                 "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
                          "shape": list(data.images.shape[1:])},
+                "public": None if public is None else {"n": len(public), **suite.public_config().model_dump()},
                 "models": {name: h.describe() for name, h in handles.items()}, "subspaces": subspaces,
-                "timings": {"total_seconds": round(time.time() - t0, 3), "cells": timings}}
+                "attacks": [{"type": a, "params": p} for a, p in attack_settings],
+                "timings": {"total_seconds": round(time.time() - t0, 3), "resumed": resume, "cells": timings}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return results
 
@@ -157,7 +254,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
 def headline(results: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (%) per (designated, encoder setting): the designated model's first (column ``DESIGNATED``), then
     each unauthorized model's (blank in the designated model's own column)."""
-    acc = results[results.metric == "accuracy"].copy()
+    acc = results[(results.metric == "accuracy") & (results.attack == "identity")].copy()
     params = acc.encoder_params.map(json.loads)
     acc["designated"] = params.map(lambda p: p.pop("designated"))
     acc["setting"] = acc.encoder + " " + params.map(
@@ -166,4 +263,16 @@ def headline(results: pd.DataFrame) -> pd.DataFrame:
     table = acc.pivot_table(index=["designated", "setting"], columns="column", values="value", sort=False)
     table = table[["DESIGNATED", *[c for c in table.columns if c != "DESIGNATED"]]]
     table.columns.name = "accuracy %"
+    return (100 * table).round(1)
+
+
+def worst_case_table(path: str | Path) -> pd.DataFrame:
+    """Accuracy (%) per (designated, encoder setting) and unauthorized model under the best single attack."""
+    wc = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
+    wc = wc[(wc.role == "unauthorized") & (wc.summary == "best_single")].copy()
+    params = wc.encoder_params.map(json.loads)
+    wc["setting"] = wc.encoder + " " + params.map(
+        lambda p: " ".join(f"{k}={p[k]}" for k in ("psnr", "box", "quantize", "mode", "noise") if k in p))
+    table = wc.pivot_table(index=["designated", "setting"], columns="model", values="value", sort=False)
+    table.columns.name = "best single attack, accuracy %"
     return (100 * table).round(1)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
+import importlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nte_eval.attacks.base import ATTACKS, KNOWLEDGE
+from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
-from nte_eval.subspace import DEFAULT_SELECT, Select
+from nte_eval.params import param_errors
 
 ModelSpec = str | dict[str, Any]
 
@@ -35,80 +39,108 @@ class DataConfig(Strict):
         return self
 
 
-Psnr = float | list[float]
-Bool = bool | list[bool]
-
-
-class NTEConfig(Strict):
-    type: Literal["nte"]
-    mode: Literal["auto", "patch", "operator"] | list[Literal["auto", "patch", "operator"]] = "auto"
-    select: str | list[str] = DEFAULT_SELECT
-    psnr: Psnr = 30.0
-    noise: Literal["per_patch", "tiled"] | list[Literal["per_patch", "tiled"]] = "per_patch"
-    box: Literal["none", "clip", "project"] | list[Literal["none", "clip", "project"]] = "none"
-    quantize: Bool = False
-    border: Literal["correct", "check"] | list[Literal["correct", "check"]] = "correct"
-    project_iters: int = Field(default=100, ge=1)
-
-    @field_validator("select")
-    @classmethod
-    def _select(cls, v: str | list[str]) -> str | list[str]:
-        for s in v if isinstance(v, list) else [v]:
-            try:
-                Select.parse(s)
-            except NTEError as e:
-                raise ValueError(str(e)) from None
-        return v
-
-
-class GaussianConfig(Strict):
-    type: Literal["gaussian"]
-    psnr: Psnr = 30.0
-    box: Literal["none", "clip"] | list[Literal["none", "clip"]] = "none"
-    quantize: Bool = False
-
-
-class AdversarialConfig(Strict):
-    type: Literal["adversarial"]
-    psnr: Psnr = 30.0
-    box: Literal["clip"] = "clip"
-    quantize: Bool = False
-    steps: int | list[int] = 20
-
-
-class AttackConfig(Strict):
-    type: Literal["identity"]
-
-
-EncoderConfig = Annotated[NTEConfig | GaussianConfig | AdversarialConfig, Field(discriminator="type")]
-ENCODER_CONFIGS = {"nte": NTEConfig, "gaussian": GaussianConfig, "adversarial": AdversarialConfig}
-
-
 class Suite(Strict):
     name: str
     seed: int | str = 0
+    plugins: list[str] = []
     data: DataConfig = DataConfig()
+    public: DataConfig | None = None
     designated: ModelSpec | list[ModelSpec]
     models: list[ModelSpec] = []
-    encoders: list[EncoderConfig] = Field(min_length=1)
-    attacks: list[AttackConfig] = [AttackConfig(type="identity")]
+    surrogates: list[ModelSpec] = []
+    encoders: list[dict[str, Any]] = Field(min_length=1)
+    attacks: list[dict[str, Any] | str] = [{"type": "identity"}]
+    knowledge: list[Literal["none", "method", "surrogate", "oracle"]] = list(KNOWLEDGE)
     batch_size: int = Field(default=128, ge=1)
 
     @field_validator("encoders", mode="before")
     @classmethod
-    def _encoder_types(cls, v: Any) -> Any:
+    def _encoders(cls, v: Any) -> Any:
         for i, item in enumerate(v if isinstance(v, list) else []):
-            t = item.get("type") if isinstance(item, dict) else None
-            if t not in ENCODER_CONFIGS:
-                raise ValueError(f"[{i}].type: unknown encoder {t!r}; allowed: "
-                                 f"{', '.join(ENCODER_CONFIGS)}.{did_you_mean(str(t), ENCODER_CONFIGS)}")
+            encoder_class(item, f"[{i}]")
+            for params in sweep_of(item, encoder_class(item, f"[{i}]")):
+                errors = param_errors(ENCODERS.get(item["type"]).param_model(), params)
+                if errors:
+                    raise ValueError("; ".join(f"[{i}].{k}: {m}" for k, m in errors))
         return v
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, v: Any) -> Any:
+        for i, item in enumerate(v if isinstance(v, list) else []):
+            item = {"type": item} if isinstance(item, str) else item
+            attack_cls = attack_class(item, f"[{i}]")
+            for params in sweep_of(item, attack_cls):
+                try:
+                    attack_cls(**params)
+                except NTEError as e:
+                    raise ValueError(f"[{i}] {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _threat_model(self) -> Suite:
+        for name, params in self.attack_settings():
+            level = ATTACKS.get(name)(**params).knowledge
+            if level not in self.knowledge:
+                raise ValueError(f"attacks: {name!r} needs knowledge {level!r}, which the suite does not allow "
+                                 f"(knowledge: {self.knowledge}); allow it or remove the attack.")
+            if level != "none" and self.public_config() is None:
+                raise ValueError(f"attacks: {name!r} (knowledge {level!r}) needs public clean images disjoint from "
+                                 f"the evaluated ones; set `public:` (e.g. {{source: digits, split: train}}).")
+            if level == "surrogate" and not self.surrogates:
+                raise ValueError(f"attacks: {name!r} needs surrogate models; list them under `surrogates:`.")
+        return self
 
     def designated_list(self) -> list[ModelSpec]:
         return self.designated if isinstance(self.designated, list) else [self.designated]
 
+    def public_config(self) -> DataConfig | None:
+        """The attackers' public images: as given, else the digits training split when evaluating digits test."""
+        if self.public is not None:
+            return self.public
+        if self.data.source == "digits" and self.data.split == "test":
+            return DataConfig(source="digits", split="train", size=self.data.size)
+        return None
+
+    def encoder_settings(self) -> list[tuple[str, dict[str, Any]]]:
+        """(encoder name, parameters) for every setting of every encoder sweep."""
+        return [(item["type"], params) for item in self.encoders
+                for params in sweep_of(item, ENCODERS.get(item["type"]))]
+
+    def attack_settings(self) -> list[tuple[str, dict[str, Any]]]:
+        """(attack name, parameters) for every attack setting; ``identity`` first (added when missing): the
+        no-attack baseline every summary and check needs."""
+        items = [{"type": a} if isinstance(a, str) else a for a in self.attacks]
+        settings = [(item["type"], params) for item in items for params in sweep_of(item, ATTACKS.get(item["type"]))]
+        if not any(name == "identity" for name, _ in settings):
+            settings.insert(0, ("identity", {}))
+        return settings
+
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encoder_class(item: Any, where: str) -> type:
+    if not isinstance(item, dict) or "type" not in item:
+        raise ValueError(f"{where}: each encoder is a mapping with a 'type' (one of {', '.join(ENCODERS.names())})")
+    try:
+        return ENCODERS.get(str(item["type"]))
+    except NTEError as e:
+        raise ValueError(f"{where}.type: {e}") from None
+
+
+def attack_class(item: Any, where: str) -> type:
+    if not isinstance(item, dict) or "type" not in item:
+        raise ValueError(f"{where}: each attack is a name or a mapping with a 'type' (see `nte-eval list attacks`)")
+    try:
+        return ATTACKS.get(str(item["type"]))
+    except NTEError as e:
+        raise ValueError(f"{where}.type: {e}") from None
+
+
+def sweep_of(item: dict[str, Any], cls: Any) -> list[dict[str, Any]]:
+    """The settings of one encoder/attack entry: its list-valued parameters expand (``type`` excluded)."""
+    return cls.sweep({k: v for k, v in item.items() if k != "type"})
 
 
 def spec_name(spec: ModelSpec) -> str:
@@ -122,15 +154,7 @@ def spec_name(spec: ModelSpec) -> str:
     return f"timm:{spec.get('timm')}" + (f"@{spec['checkpoint']}" if spec.get("checkpoint") else "")
 
 
-def expand(config: BaseModel) -> list[dict[str, Any]]:
-    """All parameter combinations of a config whose list-valued fields are sweeps (``type`` excluded)."""
-    params = {k: v for k, v in config.model_dump().items() if k != "type"}
-    keys = list(params)
-    grids = [v if isinstance(v, list) else [v] for v in params.values()]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grids)]
-
-
-BRANCH_TAGS = {"str", "int", "float", "bool", "dict[str,any]", *ENCODER_CONFIGS}
+BRANCH_TAGS = {"str", "int", "float", "bool", "dict[str,any]"}
 
 
 def _format_errors(err: ValidationError) -> str:
@@ -150,10 +174,41 @@ def _format_errors(err: ValidationError) -> str:
     return "; ".join(f"{p}{m}" if m.startswith("[") else f"{p}: {m}" for p, m in lines.items())
 
 
-def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
-    """Validate a suite mapping; raise NTEError naming each bad key path and its allowed values."""
+def import_plugins(plugins: Any, base: Path) -> None:
+    """Import the suite's ``plugins``: module names, or ``.py`` files relative to the suite file. Importing a module
+    defines its Attack/Encoder subclasses, which registers them."""
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise NTEError("plugins: a list of module names or .py files, e.g. [my_attacks.py].")
+    for item in plugins:
+        try:
+            if item.endswith(".py"):
+                path = (base / item).resolve()
+                if not path.is_file():
+                    raise NTEError(f"file {path} does not exist")
+                name = f"nte_eval_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                if name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(name, path)
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[name] = module
+                    try:
+                        spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+            else:
+                importlib.import_module(item)
+        except Exception as e:
+            raise NTEError(f"plugins: {item!r} failed to import: {type(e).__name__}: {e}") from None
+
+
+def parse_suite(data: dict[str, Any], source: str = "suite", base: str | Path = ".") -> Suite:
+    """Validate a suite mapping; raise NTEError naming each bad key path and its allowed values.
+
+    ``base``: the folder that relative plugin files are resolved against (the suite file's folder).
+    """
     if not isinstance(data, dict):
         raise NTEError(f"{source}: the suite must be a YAML mapping with keys name, designated, encoders, ...")
+    import_plugins(data.get("plugins", []), Path(base))
     unknown = set(data) - set(Suite.model_fields)
     if unknown:
         key = sorted(unknown)[0]
@@ -175,4 +230,4 @@ def load_suite(path: str | Path) -> Suite:
     except yaml.YAMLError as e:
         raise NTEError(f"{path}: malformed YAML: {str(e).splitlines()[0]} "
                        f"({getattr(e, 'problem_mark', '') or 'see above'})".replace("\n", " ")) from None
-    return parse_suite(data, str(path))
+    return parse_suite(data, str(path), path.parent)

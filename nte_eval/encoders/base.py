@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
 from nte_eval.metrics import mse, noise_norm_for_psnr, psnr_from_mse, relative_change
+from nte_eval.params import Fields, describe_params, expand_sweeps, param_model
 from nte_eval.registry import Registry
 
 BOXES = ("none", "clip", "project")
@@ -127,9 +130,33 @@ class Encoder(ABC):
         if "name" in cls.__dict__:
             ENCODERS.register(cls)
 
-    def __init__(self, handle: ModelHandle, psnr: float, box: str = "none", quantize: bool = False):
+    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: Literal["none", "clip", "project"] = "none",
+                 quantize: bool = False):
         check_box(box, quantize)
         self.handle, self.psnr, self.box, self.quantize = handle, check_psnr(psnr), box, bool(quantize)
+
+    @classmethod
+    def fields(cls) -> Fields:
+        """The constructor's parameters after ``handle``: (annotation, default), as a suite declares them."""
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+        return {k: (hints.get(k, Any), p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
+                if k not in ("self", "handle")}
+
+    @classmethod
+    def param_model(cls) -> type:
+        if "_params_model" not in cls.__dict__:
+            cls._params_model = param_model(cls.__name__, cls.fields())
+        return cls._params_model
+
+    @classmethod
+    def sweep(cls, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """All settings of a sweep (list values expand)."""
+        return expand_sweeps(cls.fields(), params)
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        return {"name": cls.name, "params": describe_params(cls.fields()), "description": doc}
 
     def fit(self) -> Encoder:
         """Compute and cache whatever the encoder needs (e.g. the subspace); returns self."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -17,6 +17,10 @@ class GaussianEncoder(Encoder):
     """i.i.d. Gaussian pixel noise scaled to exactly the target pixel-space PSNR (before any box)."""
 
     name = "gaussian"
+
+    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: Literal["none", "clip"] = "none",
+                 quantize: bool = False):
+        super().__init__(handle, psnr, box, quantize)
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
@@ -47,8 +51,8 @@ class AdversarialEncoder(Encoder):
 
     name = "adversarial"
 
-    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: str = "clip", quantize: bool = False,
-                 steps: int = 20):
+    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: Literal["clip"] = "clip",
+                 quantize: bool = False, steps: int = 20):
         super().__init__(handle, psnr, box, quantize)
         if not isinstance(steps, int) or steps < 1:
             raise NTEError(f"adversarial: steps must be a positive integer, got {steps!r}.")

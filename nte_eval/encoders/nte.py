@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,10 @@ class NTEEncoder(Encoder):
 
     name = "nte"
 
-    def __init__(self, handle: ModelHandle, mode: str = "auto", select: str | Select = DEFAULT_SELECT,
-                 psnr: float = 30.0, noise: str = "per_patch", box: str = "none", quantize: bool = False,
-                 border: str = "correct", project_iters: int = 100):
+    def __init__(self, handle: ModelHandle, mode: Literal["auto", "patch", "operator"] = "auto",
+                 select: str = DEFAULT_SELECT, psnr: float = 30.0, noise: Literal["per_patch", "tiled"] = "per_patch",
+                 box: Literal["none", "clip", "project"] = "none", quantize: bool = False,
+                 border: Literal["correct", "check"] = "correct", project_iters: int = 100):
         super().__init__(handle, psnr, box, quantize)
         if mode not in MODES:
             raise NTEError(f"mode {mode!r}: use one of {', '.join(MODES)}.")

@@ -70,11 +70,12 @@ def write_report(run_dir: str | Path) -> Path:
     ``results.csv`` and ``manifest.json`` alone."""
     from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
     from nte_eval.runner import headline
+    from nte_eval.store import COLUMNS, read_rows
 
     run_dir = Path(run_dir)
-    results = pd.read_csv(run_dir / "results.csv")
+    results = read_rows(run_dir / "results.csv", COLUMNS)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    table = wide(results)
+    table = wide(results[results.attack == "identity"])
     path = run_dir / "report.pdf"
     with PdfPages(path) as pdf:
         _title_page(pdf, manifest, headline(results))

@@ -23,9 +23,9 @@ def wide(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def transfer_matrix(results: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (%) per designated model, setting and target PSNR: designated accuracy and agreement, then every
-    other model's accuracy; the achieved PSNR (pixel space, peak 1) beside the target."""
-    w = wide(results)
+    """Accuracy (%) per designated model, setting and target PSNR without attack (``identity``): designated
+    accuracy and agreement, then every other model's accuracy; the achieved PSNR (pixel space, peak 1)."""
+    w = wide(results[results.attack == "identity"])
     rows = []
     for key, g in w.groupby(["designated", "setting", "target_psnr"], sort=False):
         des = g[g.role == "designated"].iloc[0]
@@ -41,8 +41,8 @@ def transfer_matrix(results: pd.DataFrame) -> pd.DataFrame:
 
 def collapse_psnr(results: pd.DataFrame, chance: float = 10.0, margin: float = 5.0) -> pd.DataFrame:
     """Per designated model, setting and unauthorized model: the highest target PSNR at which that model's accuracy
-    is at or below chance + margin (percent), or NaN if it never gets there in the sweep."""
-    w = wide(results)
+    is at or below chance + margin (percent) without attack, or NaN if it never gets there in the sweep."""
+    w = wide(results[results.attack == "identity"])
     w = w[w.role == "unauthorized"]
     rows = []
     for (des, setting, model), g in w.groupby(["designated", "setting", "model"], sort=False):

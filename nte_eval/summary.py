@@ -1,0 +1,53 @@
+"""Attacker summaries per model and encoder setting (``worst_case.csv``).
+
+The headline is the best single attack: an attacker without labels must commit to one reconstruction. The per-sample
+union over attacks ("some attack made the model correct") picks the right attack per sample with hindsight, so it
+is reported beside the same union on clean inputs, which shows how much of it is lucky hits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from nte_eval.attacks.base import KNOWLEDGE
+
+SUMMARIES = ("clean", "no_attack", "best_single", *(f"best_{k}" for k in KNOWLEDGE), "union", "union_clean")
+WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
+                 "knowledge", "value", "n"]
+
+
+def _union(bits: pd.Series) -> float:
+    """Mean over samples of 'correct under at least one attack' from per-attack bit strings."""
+    rows = np.array([np.frombuffer(b.encode(), dtype=np.uint8) == ord("1") for b in bits])
+    return float(rows.any(axis=0).mean())
+
+
+def worst_case(results: pd.DataFrame, samples: pd.DataFrame, knowledge: Callable[[str, str], str]) -> pd.DataFrame:
+    """One row per (encoder setting, model, summary); ``knowledge(attack, attack_params)`` gives an attack's level."""
+    acc = results[results.metric == "accuracy"].copy()
+    acc["knowledge"] = [knowledge(a, p) for a, p in zip(acc.attack, acc.attack_params, strict=True)]
+    clean = results[results.metric == "clean_accuracy"]
+    rows = []
+    for (enc, params, model), g in acc.groupby(["encoder", "encoder_params", "model"], sort=False):
+        base = {"designated": json.loads(params)["designated"], "encoder": enc, "encoder_params": params,
+                "model": model, "role": g.role.iloc[0], "n": int(g.n.iloc[0])}
+        c = clean[(clean.encoder == enc) & (clean.encoder_params == params) & (clean.model == model)]
+        rows.append({**base, "summary": "clean", "attack": "", "attack_params": "", "knowledge": "",
+                     "value": float(c.value.iloc[0])})
+        for summary, part in [("no_attack", g[g.attack == "identity"]), ("best_single", g),
+                              *((f"best_{k}", g[g.knowledge == k]) for k in KNOWLEDGE)]:
+            if len(part):
+                best = part.loc[part.value.idxmax()]
+                rows.append({**base, "summary": summary, "attack": best.attack, "attack_params": best.attack_params,
+                             "knowledge": best.knowledge, "value": float(best.value)})
+        s = samples[(samples.encoder == enc) & (samples.encoder_params == params) & (samples.model == model)]
+        for summary, inp in (("union", "attacked"), ("union_clean", "clean")):
+            part = s[s.input == inp]
+            if len(part):
+                rows.append({**base, "summary": summary, "attack": f"any of {len(part)}", "attack_params": "",
+                             "knowledge": "", "value": _union(part.correct)})
+    return pd.DataFrame(rows, columns=WORST_COLUMNS)
