@@ -34,11 +34,11 @@ def _append(path: Path, frame: pd.DataFrame) -> None:
 
 
 def read_rows(path: Path, columns: list[str]) -> pd.DataFrame:
-    """A results/samples CSV with parameters kept as strings; a line cut short by a kill is skipped."""
+    """A results/samples CSV with parameters kept as strings."""
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=columns)
     frame = pd.read_csv(path, dtype={c: str for c in columns if c not in ("value", "n")},
-                        on_bad_lines="skip", keep_default_na=False, float_precision="round_trip")
+                        keep_default_na=False)
     return frame[columns]
 
 
@@ -56,8 +56,6 @@ class ResultStore:
         self.done: set[str] = set()
         if resume and has_results:
             self._check_same_suite()
-            self.done = {line for line in self.journal.read_text().splitlines() if line} \
-                if self.journal.exists() else set()
             self._keep_done()
         else:
             for name in FILES:
@@ -72,7 +70,12 @@ class ResultStore:
                            f"--resume needs the same suite: use another --out or --overwrite.")
 
     def _keep_done(self) -> None:
-        """Rewrite the CSVs with only the journalled cells' rows."""
+        """Rewrite the CSVs with only the journalled cells' rows (a line cut short by a kill is dropped first)."""
+        for path in (self.results, self.samples, self.journal):
+            if path.exists():
+                data = path.read_bytes()
+                path.write_bytes(data[:data.rfind(b"\n") + 1])
+        self.done = set(self.journal.read_text().splitlines()) if self.journal.exists() else set()
         for path, columns in ((self.results, COLUMNS), (self.samples, SAMPLE_COLUMNS)):
             frame = read_rows(path, columns)
             keys = [cell_key(*k) for k in frame[CELL].itertuples(index=False)]

@@ -1,0 +1,177 @@
+"""The plugin registry, declared attack parameters, the context's threat-model gate, and plugins from a suite (the
+README's example) or from an installed distribution's entry point."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import pytest
+import torch
+from pydantic import Field
+
+from nte_eval.attacks import ATTACKS, Attack, AttackContext, build_attack
+from nte_eval.cli import main
+from nte_eval.data import load_digits
+from nte_eval.encoders import ENCODERS
+from nte_eval.errors import NTEError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+class Scale(Attack):
+    """Multiply by a factor (test attack)."""
+
+    name = "test_scale"
+    knowledge = "none"
+    factor: Annotated[float, Field(gt=0, le=4)] = 1.0
+    channels: list[int] = []
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(NTEError, match="Did you mean 'identity'"):
+        ATTACKS.get("identty")
+    with pytest.raises(NTEError, match="Did you mean 'gaussian'"):
+        ENCODERS.get("gausian")
+
+
+def test_duplicate_name_names_both_classes():
+    with pytest.raises(NTEError, match=r"duplicate attack name 'test_scale'.*test_registry\.Scale.*Other"):
+        class Other(Attack):
+            name = "test_scale"
+
+            def run(self, x):
+                return x
+
+
+def test_lazy_builtins_load_on_first_lookup():
+    """Importing the package imports no attack module; the first lookup does."""
+    code = ("import sys; from nte_eval.attacks import ATTACKS; assert 'nte_eval.attacks.none' not in sys.modules; "
+            "assert ATTACKS.get('identity').knowledge == 'none'; assert 'nte_eval.attacks.none' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_declared_parameters_validate_type_range_and_name():
+    assert Scale(factor=2).factor == 2.0 and Scale().params() == {"factor": 1.0, "channels": []}
+    for bad, match in [({"factor": 0}, "greater than 0"), ({"factor": "2"}, "valid number"),
+                       ({"factr": 2}, "Did you mean 'factor'"), ({"channels": 3}, "valid list")]:
+        with pytest.raises(NTEError, match=match):
+            Scale(**bad)
+    # Sweeps: list values of scalar parameters expand; a list-typed parameter needs a list of lists to sweep.
+    assert Scale.sweep({"factor": [1, 2], "channels": [0, 1]}) == [
+        {"factor": 1, "channels": [0, 1]}, {"factor": 2, "channels": [0, 1]}]
+    assert len(Scale.sweep({"channels": [[0], [1]]})) == 2
+    assert Scale.describe()["params"]["factor"] == {"type": "float > 0, <= 4", "default": 1.0}
+
+
+def test_call_checks_shapes_and_values():
+    with pytest.raises(NTEError, match="expected images"):
+        Scale()(torch.rand(3, 4, 4))
+    with pytest.raises(NTEError, match="NaN"):
+        Scale()(torch.full((1, 3, 4, 4), float("nan")))
+
+
+def test_context_hands_out_only_what_the_knowledge_allows():
+    public = load_digits("train", limit=4)
+    ctx = AttackContext(public=public, ntes=torch.zeros(1, 3, 32, 32), encoder={"type": "nte"})
+    assert ctx.restricted("method").public is public
+    with pytest.raises(NTEError, match="knowledge='none' has no access to context.public"):
+        _ = ctx.restricted("none").public
+    with pytest.raises(NTEError, match="needs knowledge='oracle'"):
+        _ = ctx.restricted("surrogate").designated
+    with pytest.raises(NTEError, match="not available in this run"):
+        _ = ctx.restricted("oracle").designated  # allowed, but the run did not provide it
+    attack = Scale().fit(ctx)
+    with pytest.raises(NTEError, match="no access"):
+        _ = attack.context.ntes
+
+
+def _readme_block(lang: str, after: str) -> str:
+    text = README.read_text()
+    section = text[text.index(after):]
+    return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_attack_example_runs_from_yaml(tmp_path, capsys):
+    code = _readme_block("python", "## Writing an attack")
+    suite = _readme_block("yaml", "## Writing an attack")
+    assert 12 <= len(code.strip().splitlines()) <= 30
+    (tmp_path / "my_attacks.py").write_text(code)
+    (tmp_path / "my-suite.yaml").write_text(suite)
+    assert main(["run", str(tmp_path / "my-suite.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    results = pd.read_csv(tmp_path / "out" / "results.csv", dtype={"attack_params": str})
+    ours = results[results.attack == "shrink_to_public_mean"]
+    assert sorted(ours.attack_params.unique()) == ['{"weight":0.25}', '{"weight":0.5}']
+    change = ours[ours.metric == "change_psnr"].groupby("attack_params").value.first()
+    assert change['{"weight":0.5}'] < change['{"weight":0.25}']  # a larger weight changes the images more
+    warnings = json.loads((tmp_path / "out" / "warnings.json").read_text())
+    assert not [w for w in warnings if w["check"] == "monotone"]
+    capsys.readouterr()
+    assert main(["list", "attacks", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["shrink_to_public_mean"]["knowledge"] == "method"
+    assert listed["shrink_to_public_mean"]["params"]["weight"]["default"] == 0.5
+
+
+PLUGIN = '''
+import torch
+from nte_eval.attacks import Attack
+
+
+class Negate(Attack):
+    """Invert the image (an entry-point test attack)."""
+
+    name = "ep_negate"
+    knowledge = "none"
+    offset: float = 1.0
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.offset - x
+'''
+
+
+def test_entry_point_plugin_runs_from_yaml(tmp_path):
+    """A separate 'installed' distribution (a dist-info folder on the path) registers an attack by entry point."""
+    site = tmp_path / "site"
+    (site / "nte_eval_ep_test").mkdir(parents=True)
+    (site / "nte_eval_ep_test" / "__init__.py").write_text(PLUGIN)
+    info = site / "nte_eval_ep_test-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nte-eval-ep-test\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[nte_eval.attacks]\nep_negate = nte_eval_ep_test:Negate\n")
+    (tmp_path / "suite.yaml").write_text(textwrap.dedent("""
+        name: ep
+        data: {source: digits, split: test, limit: 30}
+        designated: zoo:vit_null
+        models: [zoo:mlp_linear]
+        encoders: [{type: nte, psnr: 30}]
+        attacks: [{type: ep_negate, offset: 1.0}]
+    """))
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "nte_eval.cli", "run", str(tmp_path / "suite.yaml"), "--out",
+                           str(tmp_path / "out"), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    neg = results[(results.attack == "ep_negate") & (results.metric == "recon_psnr")]
+    assert len(neg) and neg.value.max() < 10  # an inverted digit is far from the clean one
+    listed = subprocess.run([sys.executable, "-m", "nte_eval.cli", "list", "attacks"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert "ep_negate" in listed.stdout and "Invert the image" in listed.stdout
+    without = subprocess.run([sys.executable, "-m", "nte_eval.cli", "run", str(tmp_path / "suite.yaml"), "--out",
+                              str(tmp_path / "out2"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert without.returncode == 2 and "unknown attack 'ep_negate'" in without.stderr
+
+
+def test_build_attack_from_name_or_mapping():
+    assert build_attack("identity").name == "identity"
+    with pytest.raises(NTEError, match="needs a 'type'"):
+        build_attack({"quality": 3})
