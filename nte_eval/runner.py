@@ -180,7 +180,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     evaluated_names = [n for n in handles if n in designated or n in {spec_name(s) for s in suite.models}]
     # Every encoder and attack is built (and so validated) before any work starts.
     encoders = {(d, i): ENCODERS.get(name)(handles[d], **params)
-                for d in designated for i, (name, params) in enumerate(suite.encoder_settings())}
+                for d in designated for i, (name, params) in enumerate(suite.encoder_settings(d))}
     attack_settings = [(name, build_attack({"type": name, **params}).params())
                        for name, params in suite.attack_settings()]
     store = ResultStore(out, suite.config_hash(), resume=resume, overwrite=overwrite)

@@ -78,6 +78,16 @@ class Suite(Strict):
         return v
 
     @model_validator(mode="after")
+    def _encoder_designated(self) -> Suite:
+        names = self.designated_names()
+        for i, item in enumerate(self.encoders):
+            unknown = [d for d in restriction(item, names) if d not in names]
+            if unknown:
+                raise ValueError(f"encoders[{i}].designated: {unknown[0]!r} is not one of the suite's designated "
+                                 f"models ({', '.join(names)}).")
+        return self
+
+    @model_validator(mode="after")
     def _threat_model(self) -> Suite:
         for name, params in self.attack_settings():
             level = ATTACKS.get(name)(**params).knowledge
@@ -102,10 +112,15 @@ class Suite(Strict):
             return DataConfig(source="digits", split="train", size=self.data.size)
         return None
 
-    def encoder_settings(self) -> list[tuple[str, dict[str, Any]]]:
-        """(encoder name, parameters) for every setting of every encoder sweep."""
+    def encoder_settings(self, designated: str) -> list[tuple[str, dict[str, Any]]]:
+        """(encoder name, parameters) for every setting of every encoder sweep that applies to ``designated`` (an
+        encoder entry's own ``designated`` key restricts it to some of the suite's designated models)."""
         return [(item["type"], params) for item in self.encoders
+                if designated in restriction(item, self.designated_names())
                 for params in sweep_of(item, ENCODERS.get(item["type"]))]
+
+    def designated_names(self) -> list[str]:
+        return [spec_name(s) for s in self.designated_list()]
 
     def attack_settings(self) -> list[tuple[str, dict[str, Any]]]:
         """(attack name, parameters) for every attack setting; ``identity`` first (added when missing): the
@@ -139,8 +154,15 @@ def attack_class(item: Any, where: str) -> type:
 
 
 def sweep_of(item: dict[str, Any], cls: Any) -> list[dict[str, Any]]:
-    """The settings of one encoder/attack entry: its list-valued parameters expand (``type`` excluded)."""
-    return cls.sweep({k: v for k, v in item.items() if k != "type"})
+    """The settings of one encoder/attack entry: its list-valued parameters expand (``type`` and an encoder's
+    ``designated`` restriction excluded)."""
+    return cls.sweep({k: v for k, v in item.items() if k not in ("type", "designated")})
+
+
+def restriction(item: dict[str, Any], designated: list[str]) -> list[str]:
+    """The designated models an encoder entry applies to: its ``designated`` key (one spec or a list), else all."""
+    value = item.get("designated", designated)
+    return [spec_name(v) for v in (value if isinstance(value, list) else [value])]
 
 
 def spec_name(spec: ModelSpec) -> str:
@@ -171,7 +193,8 @@ def _format_errors(err: ValidationError) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
         lines.setdefault(path.removesuffix(".type") if msg.startswith("[") else path, msg)
-    return "; ".join(f"{p}{m}" if m.startswith("[") else f"{p}: {m}" for p, m in lines.items())
+    return "; ".join(m if p == "(top level)" else f"{p}{m}" if m.startswith("[") else f"{p}: {m}"
+                     for p, m in lines.items())
 
 
 def import_plugins(plugins: Any, base: Path) -> None:

@@ -16,6 +16,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 LINESTYLES = ["-", "--", "-.", ":"]
+SUMMARY_ORDER = ["clean", "no_attack", "best_none", "best_method", "best_surrogate", "best_oracle", "best_single",
+                 "union", "union_clean"]
 MARKERS = ["o", "s", "^", "v", "D", "x", "P", "*"]
 
 
@@ -65,6 +67,23 @@ def _text_page(pdf: PdfPages, title: str, body: str) -> None:
     plt.close(fig)
 
 
+def _worst_case_pages(pdf: PdfPages, wc: pd.DataFrame) -> None:
+    """Per designated model: each model's accuracy clean, without attack, under the best attack of each knowledge
+    level, the best single attack, and the per-sample union beside its clean calibration."""
+    wc = wc.assign(setting=wc.encoder + " " + wc.encoder_params.map(
+        lambda p: " ".join(f"{k}={v}" for k, v in json.loads(p).items() if k != "designated")))
+    for designated, part in wc.groupby("designated", sort=False):
+        table = part.pivot_table(index=["setting", "model"], columns="summary", values="value", aggfunc="first",
+                                 sort=False)
+        table = (100 * table[[c for c in SUMMARY_ORDER if c in table.columns]]).round(1)
+        best = part[part.summary == "best_single"].groupby(["setting", "model"], sort=False).attack.first()
+        table["best attack"] = best
+        note = ("best_single is the headline (one reconstruction, committed to without labels); union is the "
+                "per-sample best of all attacks,\nan upper bound inflated by lucky hits: compare it with union_clean, "
+                "the same union on clean inputs.\n\n")
+        _text_page(pdf, f"Attacks, designated {designated} (accuracy %)", note + table.to_string(max_colwidth=70))
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Build ``report.pdf`` (and ``transfer_matrix.csv``, ``collapse_psnr.csv``) in ``run_dir`` from its
     ``results.csv`` and ``manifest.json`` alone."""
@@ -82,6 +101,9 @@ def write_report(run_dir: str | Path) -> Path:
         matrix = transfer_matrix(results)
         matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
         collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
+        worst = run_dir / "worst_case.csv"
+        if worst.exists():
+            _worst_case_pages(pdf, pd.read_csv(worst, keep_default_na=False))
         for designated in table.designated.unique():
             _psnr_page(pdf, table, designated)
             part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
