@@ -175,3 +175,13 @@ def test_build_attack_from_name_or_mapping():
     assert build_attack("identity").name == "identity"
     with pytest.raises(NTEError, match="needs a 'type'"):
         build_attack({"quality": 3})
+
+
+def test_list_encoders_and_models(capsys):
+    assert main(["list", "encoders"]) == 0
+    out = capsys.readouterr().out
+    assert "nte  Non-transferable" in out and "    psnr = 30.0  (float)" in out
+    assert "    box = 'none'  ('none' | 'clip' | 'project')" in out
+    assert main(["list", "models", "--json"]) == 0
+    names = [row["name"] for row in json.loads(capsys.readouterr().out)]
+    assert "zoo:vit_null" in names and len(names) == 7
