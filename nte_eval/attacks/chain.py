@@ -1,1 +1,51 @@
-"""(being written)"""
+"""A chain of attacks applied in order (e.g. ``[resize, jpeg, tv_chambolle]``), itself an attack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nte_eval.attacks.base import KNOWLEDGE, Attack, AttackContext, build_attack
+from nte_eval.errors import NTEError
+
+
+class Chain(Attack):
+    """Apply attacks in order; each step is 'name' or {'type': name, **params}; knowledge: the highest step's."""
+
+    name = "chain"
+    knowledge = "none"  # per instance: the highest knowledge among the steps
+    steps: list[str | dict[str, Any]] = ["resize", "jpeg"]
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if not self.steps:
+            raise NTEError("attack 'chain': steps is empty; give at least one attack, e.g. "
+                           "steps: [resize, {type: jpeg, quality: 50}].")
+        self.attacks: list[Attack] = []
+        for i, spec in enumerate(self.steps):
+            try:
+                attack = build_attack(spec)
+            except NTEError as e:
+                raise NTEError(f"attack 'chain': step {i} ({spec!r}): {e}") from None
+            if isinstance(attack, Chain):
+                raise NTEError(f"attack 'chain': step {i} is itself a chain; a chain cannot contain a chain "
+                               f"(it could contain itself). List all the steps in one chain instead.")
+            self.attacks.append(attack)
+        self.knowledge = max((a.knowledge for a in self.attacks), key=KNOWLEDGE.index)
+
+    def params(self) -> dict[str, Any]:
+        """The steps with their full validated parameters, as written to the results."""
+        return {"steps": [{"type": a.name, **a.params()} for a in self.attacks]}
+
+    def fit(self, context: AttackContext) -> Chain:
+        """Fit every step with the same context (each step sees only what its own knowledge allows)."""
+        super().fit(context)
+        for attack in self.attacks:
+            attack.fit(context)
+        return self
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        for attack in self.attacks:
+            x = attack(x)
+        return x
