@@ -170,3 +170,48 @@ def test_public_images_must_be_disjoint(tmp_path):
                          "public": {"source": "digits", "split": "train"}})
     with pytest.raises(NTEError, match="disjoint"):
         runner.run_suite(suite, tmp_path / "o", progress=False)
+
+
+KILL_SUITE = """
+name: kill
+seed: 7
+data: {source: digits, split: test, limit: 40}
+designated: zoo:vit_null
+models: [zoo:mlp_linear]
+encoders: [{type: nte, psnr: [30, 0]}]
+attacks:
+  - {type: gaussian_noise, sigma: [0.02, 0.1], seed: 3}
+  - {type: jpeg, quality: 50}
+"""
+
+
+def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A real kill -9 of the CLI in the middle of a run; --resume completes it to the same files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "suite.yaml").write_text(KILL_SUITE)
+    cmd = [sys.executable, "-m", "nte_eval.cli", "run", str(tmp_path / "suite.yaml"), "--quiet"]
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = tmp_path / "killed" / "cells.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(journal.read_text().splitlines())
+    assert 2 <= finished < 8
+    subprocess.run([*cmd, "--out", str(tmp_path / "killed"), "--resume"], check=True, timeout=300,
+                   capture_output=True)
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], check=True, timeout=300, capture_output=True)
+    for name in ("results.csv", "samples.csv", "worst_case.csv"):
+        a, b = pd.read_csv(tmp_path / "killed" / name), pd.read_csv(tmp_path / "whole" / name)
+        pd.testing.assert_frame_equal(a.sort_values(list(a.columns)).reset_index(drop=True),
+                                      b.sort_values(list(b.columns)).reset_index(drop=True))
