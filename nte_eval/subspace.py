@@ -149,34 +149,16 @@ class OperatorSubspace:
         self.null_dim_min = int((self.sigma <= self.tol).sum(-1).min())
 
     def _blocks(self, w: torch.Tensor) -> torch.Tensor:
-        """M(omega)[o, (c, rh, rw)] = sum over taps of phase (rh, rw) of w * exp(2 pi i omega . q / grid)."""
-        m, c, kh, kw = w.shape
-        (sh, sw), (gh, gw), (ph, pw) = self.stride, self.grid, self.handle.first.padding
-        fh = torch.arange(gh, dtype=torch.float64)
-        fw = torch.arange(gw // 2 + 1, dtype=torch.float64)
-        out = torch.zeros(gh, gw // 2 + 1, m, c, sh, sw, dtype=torch.complex128)
-        for a in range(kh):
-            qa, ra = divmod(a - ph, sh)
-            for b in range(kw):
-                qb, rb = divmod(b - pw, sw)
-                phase = torch.exp(2j * math.pi * (fh[:, None] * qa / gh + fw[None, :] * qb / gw))
-                out[:, :, :, :, ra, rb] += phase[:, :, None, None] * w[None, None, :, :, a, b]
-        return out.reshape(gh, gw // 2 + 1, m, c * sh * sw)
+        """M(omega) per rfft frequency (see ``polyphase_operator``)."""
+        return polyphase_operator(w, self.stride, self.handle.first.padding, self.grid)
 
     # ------------------------------------------------------------------ image <-> polyphase Fourier coefficients
     def to_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) real -> (gh, gw', B, n) complex polyphase rfft coefficients."""
-        b, c, _, _ = x.shape
-        (sh, sw), (gh, gw) = self.stride, self.grid
-        poly = x.reshape(b, c, gh, sh, gw, sw).permute(0, 1, 3, 5, 2, 4).reshape(b, c * sh * sw, gh, gw)
-        return torch.fft.rfft2(poly).permute(2, 3, 0, 1)
+        return polyphase_rfft(x, self.stride)
 
     def from_blocks(self, z: torch.Tensor) -> torch.Tensor:
-        c, h, w = self.shape
-        (sh, sw), (gh, gw) = self.stride, self.grid
-        poly = torch.fft.irfft2(z.permute(2, 3, 0, 1), s=(gh, gw))
-        b = poly.shape[0]
-        return poly.reshape(b, c, sh, sw, gh, gw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+        return polyphase_irfft(z, self.stride, self.shape)
 
     def project_circular(self, x: torch.Tensor) -> torch.Tensor:
         """Orthogonal projection onto the selected subspace of the circular-padding operator."""
@@ -223,6 +205,51 @@ class OperatorSubspace:
                 "null_dim_per_block": self.null_dim_min, "blocks": list(self.grid)}
 
 
+def polyphase_operator(w: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                       grid: tuple[int, int]) -> torch.Tensor:
+    """Fourier blocks of a strided, padded convolution with circular padding on a (gh*sh, gw*sw) image.
+
+    M(omega)[o, (c, rh, rw)] = sum over taps of phase (rh, rw) of w * exp(2 pi i omega . q / grid): the circular
+    convolution's output rfft2 at omega is M(omega) times the input's ``polyphase_rfft`` at omega.
+    Returns (gh, gw//2+1, m, C*sh*sw) complex128.
+    """
+    m, c, kh, kw = w.shape
+    (sh, sw), (gh, gw), (ph, pw) = stride, grid, padding
+    fh = torch.arange(gh, dtype=torch.float64)
+    fw = torch.arange(gw // 2 + 1, dtype=torch.float64)
+    out = torch.zeros(gh, gw // 2 + 1, m, c, sh, sw, dtype=torch.complex128)
+    for a in range(kh):
+        qa, ra = divmod(a - ph, sh)
+        for b in range(kw):
+            qb, rb = divmod(b - pw, sw)
+            phase = torch.exp(2j * math.pi * (fh[:, None] * qa / gh + fw[None, :] * qb / gw))
+            out[:, :, :, :, ra, rb] += phase[:, :, None, None] * w[None, None, :, :, a, b].to(torch.float64)
+    return out.reshape(gh, gw // 2 + 1, m, c * sh * sw)
+
+
+def polyphase_rfft(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) real -> (gh, gw//2+1, B, C*sh*sw) complex: rfft2 over the grid of each polyphase component.
+
+    With stride == tile, the vector at a frequency is in a tile's (C, sh, sw) order, so a per-tile subspace acts
+    the same at every frequency. H and W must be multiples of the stride.
+    """
+    b, c, h, w = x.shape
+    (sh, sw) = stride
+    gh, gw = h // sh, w // sw
+    poly = x.reshape(b, c, gh, sh, gw, sw).permute(0, 1, 3, 5, 2, 4).reshape(b, c * sh * sw, gh, gw)
+    return torch.fft.rfft2(poly).permute(2, 3, 0, 1)
+
+
+def polyphase_irfft(z: torch.Tensor, stride: tuple[int, int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Inverse of ``polyphase_rfft``: (gh, gw//2+1, B, n) complex -> (B, C, H, W) real for image ``shape``."""
+    c, h, w = shape
+    (sh, sw) = stride
+    gh, gw = h // sh, w // sw
+    poly = torch.fft.irfft2(z.permute(2, 3, 0, 1), s=(gh, gw))
+    b = poly.shape[0]
+    return poly.reshape(b, c, sh, sw, gh, gw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+
+
 def full_spectrum_count(mask: torch.Tensor, gw: int) -> torch.Tensor:
     """Count selected directions over the full (gh x gw) spectrum from its rfft half (gh x gw//2+1)."""
     weight = torch.full((mask.shape[1],), 2.0)
@@ -247,9 +274,11 @@ class PixelConv:
         return F.conv2d(padded, self.f.weight.to(d), None, self.f.stride)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        h, w = self.size
-        out = F.conv_transpose2d(y, self.f.weight.to(y), None, self.f.stride, self.f.padding)
-        out = F.pad(out, (0, w - out.shape[-1], 0, h - out.shape[-2]))
+        """The transpose of ``apply``: output_padding restores the input rows/columns that the last outputs read
+        but a plain transposed convolution would not reach."""
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = self.size, self.f.kernel, self.f.stride, self.f.padding
+        extra = (h - ((y.shape[-2] - 1) * sh - 2 * ph + kh), w - ((y.shape[-1] - 1) * sw - 2 * pw + kw))
+        out = F.conv_transpose2d(y, self.f.weight.to(y), None, self.f.stride, self.f.padding, output_padding=extra)
         return out / self.std.to(y)
 
 

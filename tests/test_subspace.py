@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
+from nte_eval.handles import ModelHandle, load_model
 from nte_eval.subspace import OperatorSubspace, PatchSubspace, PixelConv, Select, null_dimension, select_mask
 
 
@@ -98,3 +98,14 @@ def test_operator_mode_geometry_errors():
         OperatorSubspace(conv_handle(3, 4, 6, 4, 1, 10), Select("k", 1))
     with pytest.raises(NTEError, match="padding"):
         OperatorSubspace(conv_handle(3, 4, 3, 1, 2, 8), Select("k", 1))
+
+
+@pytest.mark.parametrize("name", ["resnet_stem", "resnet_nullstem", "vit_null"])
+def test_pixel_conv_adjoint_is_the_transpose(name):
+    """<A x, y> = <x, A^T y> for the zero-padded first layer (the border correction's CGLS relies on it)."""
+    op = PixelConv(load_model(f"zoo:{name}"))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=gen)
+    y = torch.randn(op.apply(x).shape, generator=gen)
+    lhs, rhs = (op.apply(x).double() * y).sum(), (x.double() * op.adjoint(y).double()).sum()
+    assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
