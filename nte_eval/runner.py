@@ -35,10 +35,11 @@ def compact(params: dict[str, Any]) -> str:
 
 @dataclass
 class Evaluated:
-    """A model's clean logits on the evaluation data."""
+    """A model's clean logits and clean first-layer responses on the evaluation data."""
 
     handle: ModelHandle
     logits: torch.Tensor
+    response: torch.Tensor
 
     @property
     def preds(self) -> torch.Tensor:
@@ -47,6 +48,10 @@ class Evaluated:
 
 def batched_logits(handle: ModelHandle, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
     return torch.cat([handle.logits(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+
+
+def first_layer_responses(handle: ModelHandle, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
+    return torch.cat([handle.first_layer_response(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
 
 
 def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
@@ -133,9 +138,7 @@ def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor,
         logits = batched_logits(ev.handle, x_rec, batch, device)
         correct = logits.argmax(1) == labels
         cal_correct = batched_logits(ev.handle, x_cal, batch, device).argmax(1) == labels
-        ratio = torch.cat([relative_change(ev.handle.first_layer_response(x_rec[i:i + batch].to(device)),
-                                           ev.handle.first_layer_response(clean.images[i:i + batch].to(device)))
-                           .cpu() for i in range(0, n, batch)])
+        ratio = relative_change(first_layer_responses(ev.handle, x_rec, batch, device), ev.response)
         role = "designated" if name == designated else "unauthorized"
         metrics = [("clean_accuracy", (ev.preds == labels).double().mean()),
                    ("accuracy", correct.double().mean()),
@@ -184,7 +187,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     attack_settings = [(name, build_attack({"type": name, **params}).params())
                        for name, params in suite.attack_settings()]
     store = ResultStore(out, suite.config_hash(), resume=resume, overwrite=overwrite)
-    evaluated = {n: Evaluated(handles[n], batched_logits(handles[n], data.images, batch, device))
+    evaluated = {n: Evaluated(handles[n], batched_logits(handles[n], data.images, batch, device),
+                              first_layer_responses(handles[n], data.images, batch, device))
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
     timings, subspaces = [], {}
