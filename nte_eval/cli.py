@@ -15,6 +15,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nte_eval.suite import load_suite
 
     suite = load_suite(args.suite)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
                         resume=args.resume, overwrite=args.overwrite,
                         log=lambda line: print(line, file=sys.stderr))
@@ -115,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     run.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a busy CPU)")
     run.add_argument("--resume", action="store_true", help="continue a killed run: skip the cells already finished")
     run.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
     run.set_defaults(fn=cmd_run)
