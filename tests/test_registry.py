@@ -158,7 +158,8 @@ def test_entry_point_plugin_runs_from_yaml(tmp_path):
     """))
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-m", "nte_eval.cli", "run", str(tmp_path / "suite.yaml"), "--out",
-                           str(tmp_path / "out"), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "out"), "--quiet", "--threads", "1"], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     neg = results[(results.attack == "ep_negate") & (results.metric == "recon_psnr")]

@@ -194,7 +194,7 @@ def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path)
     import time
 
     (tmp_path / "suite.yaml").write_text(KILL_SUITE)
-    cmd = [sys.executable, "-m", "nte_eval.cli", "run", str(tmp_path / "suite.yaml"), "--quiet"]
+    cmd = [sys.executable, "-m", "nte_eval.cli", "run", str(tmp_path / "suite.yaml"), "--quiet", "--threads", "1"]
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     journal = tmp_path / "killed" / "cells.jsonl"
