@@ -159,6 +159,9 @@ def test_checks_pass_on_a_real_run(full_run):
     ({"attacks": ["test_peek"], "data": {"source": "photos"}}, "needs public clean images"),
     ({"encoders": [{"type": "nte", "mode": "sideways"}]}, "encoders[0].mode: got 'sideways'"),
     ({"plugins": ["missing_file.py"]}, "does not exist"),
+    ({"attacks": [{"type": "chain", "steps": []}]}, "attacks[0]"),
+    ({"attacks": [{"type": "chain", "steps": ["jpeg", {"type": "chain", "steps": ["resize"]}]}]}, "chain"),
+    ({"attacks": [{"type": "chain", "steps": ["jpeg", "oracle_fill"]}], "knowledge": ["none"]}, "needs knowledge"),
 ])
 def test_bad_attack_settings_fail_before_any_work(change, match):
     with pytest.raises(NTEError, match=match.replace("[", r"\[").replace("]", r"\]")):
