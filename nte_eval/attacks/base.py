@@ -40,7 +40,8 @@ class AttackContext:
     public: clean labelled images, disjoint from the evaluated ones. ntes: the released NTE corpus (no clean
     counterparts, no labels). encoder: the encoder's public settings (type, parameters, first-layer geometry and
     normalisation of the designated architecture; never the key or the weights). surrogates: model handles the
-    attacker holds. designated: the designated model itself (oracle only).
+    attacker holds. designated: the designated model itself (oracle only). Images in the context are CPU tensors;
+    ``device`` is where the run evaluates (an attack may use it for heavy work, e.g. training).
     """
 
     seed: int = 0
@@ -127,7 +128,7 @@ class Attack(ABC):
             raise NTEError(f"attack {self.name!r}: expected images (B, C, H, W), got shape {tuple(x.shape)}.")
         if not torch.isfinite(x).all():
             raise NTEError(f"attack {self.name!r}: the input images contain NaN or infinite values.")
-        out = self.run(x)
+        out = self.run(x).to(x.device)  # attacks may compute elsewhere (scikit-image on the CPU, say)
         if out.shape != x.shape or not torch.isfinite(out).all():
             raise NTEError(f"attack {self.name!r} returned shape {tuple(out.shape)} (input {tuple(x.shape)}) "
                            f"or non-finite values: a bug in the attack.")

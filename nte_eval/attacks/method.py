@@ -142,6 +142,7 @@ class TileAverage(Attack):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         self.view.check(x)
+        x = x.to(self.mean.device)  # fitted on the context's (CPU) tensors
         if self.view.tiles == 1:
             return x
         pattern = self.pattern(x) if self.weight is None else self.pattern(x) @ self.weight.T
