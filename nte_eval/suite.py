@@ -17,6 +17,7 @@ from nte_eval.attacks.base import ATTACKS, KNOWLEDGE
 from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.params import param_errors
+from nte_eval.registry import Registry
 
 ModelSpec = str | dict[str, Any]
 
@@ -57,8 +58,7 @@ class Suite(Strict):
     @classmethod
     def _encoders(cls, v: Any) -> Any:
         for i, item in enumerate(v if isinstance(v, list) else []):
-            encoder_class(item, f"[{i}]")
-            for params in sweep_of(item, encoder_class(item, f"[{i}]")):
+            for params in sweep_of(item, plugin_class(ENCODERS, item, f"[{i}]")):
                 errors = param_errors(ENCODERS.get(item["type"]).param_model(), params)
                 if errors:
                     raise ValueError("; ".join(f"[{i}].{k}: {m}" for k, m in errors))
@@ -69,7 +69,7 @@ class Suite(Strict):
     def _attacks(cls, v: Any) -> Any:
         for i, item in enumerate(v if isinstance(v, list) else []):
             item = {"type": item} if isinstance(item, str) else item
-            attack_cls = attack_class(item, f"[{i}]")
+            attack_cls = plugin_class(ATTACKS, item, f"[{i}]")
             for params in sweep_of(item, attack_cls):
                 try:
                     attack_cls(**params)
@@ -135,20 +135,13 @@ class Suite(Strict):
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encoder_class(item: Any, where: str) -> type:
+def plugin_class(registry: Registry, item: Any, where: str) -> type:
+    """The registered class an encoder/attack entry names; a ValueError naming the entry's key path otherwise."""
     if not isinstance(item, dict) or "type" not in item:
-        raise ValueError(f"{where}: each encoder is a mapping with a 'type' (one of {', '.join(ENCODERS.names())})")
+        raise ValueError(f"{where}: each {registry.kind} is a mapping with a 'type' "
+                         f"(see `nte-eval list {registry.kind}s`)")
     try:
-        return ENCODERS.get(str(item["type"]))
-    except NTEError as e:
-        raise ValueError(f"{where}.type: {e}") from None
-
-
-def attack_class(item: Any, where: str) -> type:
-    if not isinstance(item, dict) or "type" not in item:
-        raise ValueError(f"{where}: each attack is a name or a mapping with a 'type' (see `nte-eval list attacks`)")
-    try:
-        return ATTACKS.get(str(item["type"]))
+        return registry.get(str(item["type"]))
     except NTEError as e:
         raise ValueError(f"{where}.type: {e}") from None
 

@@ -20,22 +20,27 @@ def designated_subspace(context: AttackContext) -> Subspace:
                          params.get("border", "correct"), context.public.images)
 
 
-class OracleProjection(Attack):
-    """Replaces the designated model's own low-sensitivity subspace with the public mean's (exact removal)."""
+class _Oracle(Attack):
+    """Shared fit: the designated model's subspace, exactly as the encoder selected it."""
 
-    name = "oracle_projection"
     knowledge = "oracle"
 
-    def fit(self, context: AttackContext) -> OracleProjection:
+    def fit(self, context: AttackContext) -> _Oracle:
         super().fit(context)
         self.subspace = designated_subspace(self.context)
         return self
+
+
+class OracleProjection(_Oracle):
+    """Replaces the designated model's own low-sensitivity subspace with the public mean's (exact removal)."""
+
+    name = "oracle_projection"
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.subspace.project(x)
 
 
-class OracleFill(Attack):
+class OracleFill(_Oracle):
     """Fills the designated model's own subspace with its Gaussian conditional mean given the rest of the image.
 
     The prior comes from public clean images; in the operator view it is stationary (per Fourier block) and, at a
@@ -43,12 +48,6 @@ class OracleFill(Attack):
     """
 
     name = "oracle_fill"
-    knowledge = "oracle"
-
-    def fit(self, context: AttackContext) -> OracleFill:
-        super().fit(context)
-        self.subspace = designated_subspace(self.context)
-        return self
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.subspace.fill(x)
