@@ -116,7 +116,6 @@ class LearnedDenoiser(Attack):
 
     name = "learned_denoiser"
     knowledge = "method"
-    strength = ("steps", 1)
     steps: Annotated[int, Field(ge=1, le=100_000)] = 500
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
