@@ -109,6 +109,8 @@ def test_needs_public_images_and_settings(vit_null_case, public):
     with pytest.raises(NTEError, match="public images are"):
         small = load_digits("train", limit=4, size=16)
         LearnedDenoiser(steps=1).fit(AttackContext(public=small, encoder=context.encoder))
+    with pytest.raises(NTEError, match="knowledge='none' has no access"):
+        LearnedDenoiser(steps=1).fit(context.restricted("none"))
 
 
 def test_run_checks_fit_and_shape(vit_null_case):

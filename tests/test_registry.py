@@ -90,6 +90,8 @@ def test_context_hands_out_only_what_the_knowledge_allows():
         _ = ctx.restricted("surrogate").designated
     with pytest.raises(NTEError, match="not available in this run"):
         _ = ctx.restricted("oracle").designated  # allowed, but the run did not provide it
+    with pytest.raises(NTEError, match="knowledge='none' has no access"):
+        _ = ctx.restricted("none").restricted("oracle").public  # restricting never widens
     attack = Scale().fit(ctx)
     with pytest.raises(NTEError, match="no access"):
         _ = attack.context.ntes

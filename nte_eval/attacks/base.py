@@ -54,8 +54,10 @@ class AttackContext:
     knowledge: str = "oracle"
 
     def restricted(self, knowledge: str) -> AttackContext:
+        """A view no wider than this one: the lower of its knowledge and ``knowledge``."""
+        current = object.__getattribute__(self, "knowledge")
         view = copy.copy(self)
-        object.__setattr__(view, "knowledge", knowledge)
+        object.__setattr__(view, "knowledge", min(current, knowledge, key=KNOWLEDGE.index))
         return view
 
     def __repr__(self) -> str:
