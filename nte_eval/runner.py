@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -162,6 +163,7 @@ def environment() -> dict[str, str]:
             "timm": timm.__version__, "numpy": numpy.__version__, "platform": platform.platform()}
 
 
+@functools.cache
 def knowledge_of(attack: str, params: str) -> str:
     """An attack setting's threat-model level (a chain's is its strongest step's)."""
     return build_attack({"type": attack, **json.loads(params)}).knowledge
@@ -255,14 +257,18 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     return results
 
 
+def setting_label(params: dict[str, Any]) -> str:
+    """The encoder parameters that tell settings apart in the printed tables, PSNR first."""
+    return " ".join(f"{k}={params[k]}" for k in ("psnr", "box", "quantize", "mode", "noise") if k in params)
+
+
 def headline(results: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (%) per (designated, encoder setting): the designated model's first (column ``DESIGNATED``), then
     each unauthorized model's (blank in the designated model's own column)."""
     acc = results[(results.metric == "accuracy") & (results.attack == "identity")].copy()
     params = acc.encoder_params.map(json.loads)
     acc["designated"] = params.map(lambda p: p.pop("designated"))
-    acc["setting"] = acc.encoder + " " + params.map(
-        lambda p: " ".join(f"{k}={p[k]}" for k in ("psnr", "box", "quantize", "mode", "noise") if k in p))
+    acc["setting"] = acc.encoder + " " + params.map(setting_label)
     acc["column"] = acc.model.where(acc.role == "unauthorized", "DESIGNATED")
     table = acc.pivot_table(index=["designated", "setting"], columns="column", values="value", sort=False)
     table = table[["DESIGNATED", *[c for c in table.columns if c != "DESIGNATED"]]]
@@ -275,8 +281,7 @@ def worst_case_table(path: str | Path) -> pd.DataFrame:
     wc = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
     wc = wc[(wc.role == "unauthorized") & (wc.summary == "best_single")].copy()
     params = wc.encoder_params.map(json.loads)
-    wc["setting"] = wc.encoder + " " + params.map(
-        lambda p: " ".join(f"{k}={p[k]}" for k in ("psnr", "box", "quantize", "mode", "noise") if k in p))
+    wc["setting"] = wc.encoder + " " + params.map(setting_label)
     table = wc.pivot_table(index=["designated", "setting"], columns="model", values="value", sort=False)
     table.columns.name = "best single attack, accuracy %"
     return (100 * table).round(1)

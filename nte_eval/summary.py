@@ -30,21 +30,22 @@ def worst_case(results: pd.DataFrame, samples: pd.DataFrame, knowledge: Callable
     """One row per (encoder setting, model, summary); ``knowledge(attack, attack_params)`` gives an attack's level."""
     acc = results[results.metric == "accuracy"].copy()
     acc["knowledge"] = [knowledge(a, p) for a, p in zip(acc.attack, acc.attack_params, strict=True)]
-    clean = results[results.metric == "clean_accuracy"]
+    key = ["encoder", "encoder_params", "model"]
+    clean = results[results.metric == "clean_accuracy"].groupby(key, sort=False).value.first()
+    per_sample = dict(tuple(samples.groupby(key, sort=False)))
     rows = []
-    for (enc, params, model), g in acc.groupby(["encoder", "encoder_params", "model"], sort=False):
+    for (enc, params, model), g in acc.groupby(key, sort=False):
         base = {"designated": json.loads(params)["designated"], "encoder": enc, "encoder_params": params,
                 "model": model, "role": g.role.iloc[0], "n": int(g.n.iloc[0])}
-        c = clean[(clean.encoder == enc) & (clean.encoder_params == params) & (clean.model == model)]
         rows.append({**base, "summary": "clean", "attack": "", "attack_params": "", "knowledge": "",
-                     "value": float(c.value.iloc[0])})
+                     "value": float(clean[(enc, params, model)])})
         for summary, part in [("no_attack", g[g.attack == "identity"]), ("best_single", g),
                               *((f"best_{k}", g[g.knowledge == k]) for k in KNOWLEDGE)]:
             if len(part):
                 best = part.loc[part.value.idxmax()]
                 rows.append({**base, "summary": summary, "attack": best.attack, "attack_params": best.attack_params,
                              "knowledge": best.knowledge, "value": float(best.value)})
-        s = samples[(samples.encoder == enc) & (samples.encoder_params == params) & (samples.model == model)]
+        s = per_sample.get((enc, params, model), samples.iloc[:0])
         for summary, inp in (("union", "attacked"), ("union_clean", "clean")):
             part = s[s.input == inp]
             if len(part):
