@@ -58,8 +58,9 @@ class Suite(Strict):
     @classmethod
     def _encoders(cls, v: Any) -> Any:
         for i, item in enumerate(v if isinstance(v, list) else []):
-            for params in sweep_of(item, plugin_class(ENCODERS, item, f"[{i}]")):
-                errors = param_errors(ENCODERS.get(item["type"]).param_model(), params)
+            encoder_cls = plugin_class(ENCODERS, item, f"[{i}]")
+            for params in sweep_of(item, encoder_cls):
+                errors = param_errors(encoder_cls.param_model(), params)
                 if errors:
                     raise ValueError("; ".join(f"[{i}].{k}: {m}" for k, m in errors))
         return v
