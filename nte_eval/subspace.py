@@ -176,10 +176,14 @@ class OperatorSubspace:
         """Isotropic Gaussian noise in the selected subspace from standard normals z (B, *coefficient_shape).
 
         Coefficients are drawn directly per frequency (k per block instead of a full white image), then mapped by
-        V_S and one inverse FFT. On the self-conjugate rfft columns the inverse transform keeps the Hermitian part,
-        which stays in the subspace because V_S(-w) spans the conjugate of V_S(w).
+        V_S and one inverse FFT. On the self-conjugate rfft columns the inverse transform keeps only the Hermitian
+        part (which stays in the subspace because V_S(-w) spans the conjugate of V_S(w)), i.e. half of the draw's
+        variance: those columns are scaled by sqrt(2) so that every direction of the subspace gets the same variance.
         """
-        coef = torch.view_as_complex(z.contiguous()).permute(1, 2, 0, 3)  # (gh, gw', B, k)
+        gw = self.grid[1]
+        scale = torch.ones(self.basis.shape[1], device=z.device, dtype=z.dtype)
+        scale[0] = scale[-1 if gw % 2 == 0 else 0] = 2 ** 0.5
+        coef = torch.view_as_complex(z.contiguous()).permute(1, 2, 0, 3) * scale[:, None, None]  # (gh, gw', B, k)
         d = self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", self.basis.to(z.device), coef)).to(z.dtype)
         return self.correct_border(d) if border == "correct" else d
 
@@ -292,6 +296,7 @@ def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float, ntol: float 
     """
     b = rhs.shape[0]
     norm = lambda t: t.flatten(1).pow(2).sum(1)  # noqa: E731
+    tiny = torch.finfo(rhs.dtype).tiny
     target = norm(rhs).sqrt() * rtol
     r = rhs.clone()
     s = op.adjoint(r)
@@ -307,11 +312,12 @@ def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float, ntol: float 
         if not active.any():
             break
         q = op.apply(p)
-        alpha = torch.where(active, gamma / norm(q).clamp_min(1e-300), torch.zeros_like(gamma)).view(b, 1, 1, 1)
+        alpha = torch.where(active, gamma / norm(q).clamp_min(tiny), torch.zeros_like(gamma)).view(b, 1, 1, 1)
         c, r = c + alpha * p, r - alpha * q
         s = op.adjoint(r)
         new = norm(s)
-        p = s + (new / gamma.clamp_min(1e-300)).view(b, 1, 1, 1) * p
+        step = s + (new / gamma.clamp_min(tiny)).view(b, 1, 1, 1) * p
+        p = torch.where(active.view(b, 1, 1, 1), step, p)  # a finished sample's direction stays finite and unused
         gamma = torch.where(active, new, gamma)
         history.append(norm(r).sqrt())
     return c

@@ -109,3 +109,27 @@ def test_pixel_conv_adjoint_is_the_transpose(name):
     y = torch.randn(op.apply(x).shape, generator=gen)
     lhs, rhs = (op.apply(x).double() * y).sum(), (x.double() * op.adjoint(y).double()).sum()
     assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
+
+
+@pytest.mark.parametrize("size", [8, 12])
+def test_operator_sample_is_isotropic_in_the_subspace(size):
+    """Every direction of the subspace gets the same variance: the noise map N from coefficients to images has
+    N Nᵀ = c · P (P the circular projector), on odd and even Fourier grids alike."""
+    h = conv_handle(3, 4, 6, 4, 1, size)
+    sub = OperatorSubspace(h, Select("tau", 1e-6))
+    p = int(torch.tensor(sub.coefficient_shape).prod())
+    noise_map = sub.sample(torch.eye(p).view(p, *sub.coefficient_shape), "check")
+    n = noise_map.reshape(p, -1).double().T  # (pixels, coefficients)
+    eig = torch.linalg.eigvalsh(n @ n.T)
+    nonzero = eig[eig > 1e-6 * eig.max()]
+    assert len(nonzero) == sub.dim
+    assert torch.allclose(nonzero, nonzero.mean().expand_as(nonzero), rtol=1e-3)
+
+
+def test_cgls_border_correction_of_a_zero_image_stays_finite():
+    h = conv_handle(3, 4, 6, 4, 1, 8)
+    sub = OperatorSubspace(h, Select("tau", 1e-6))
+    x = torch.randn(3, 3, 8, 8)
+    x[1] = 0
+    d = sub.correct_border(sub.project_circular(x))
+    assert torch.isfinite(d).all() and d[1].abs().max() == 0
