@@ -71,6 +71,7 @@ class ModelHandle:
         self.first = resolve_first_layer(module, first_layer, self.input_size, spec)
         self.class_names = class_names
         self.num_classes = len(class_names) if class_names else None
+        self.memo: dict[Any, Any] = {}  # quantities derived from the first layer (subspaces), cleared by ``to``
 
     @classmethod
     def from_module(cls, module: nn.Module, first_layer: str, mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -87,6 +88,7 @@ class ModelHandle:
         self.module.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         self.first = resolve_first_layer(self.module, self.first.path, self.input_size, self.spec)
+        self.memo.clear()
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nte_eval.errors import NTEError
@@ -16,7 +17,7 @@ CELL = ["encoder", "encoder_params", "attack", "attack_params"]
 COLUMNS = [*CELL, "model", "role", "metric", "value", "n"]
 SAMPLE_COLUMNS = [*CELL, "model", "input", "correct"]
 FILES = ("results.csv", "samples.csv", "cells.jsonl", "manifest.json", "results.parquet", "worst_case.csv",
-         "warnings.json", "report.pdf")
+         "warnings.json", "report.pdf", "certificates.csv", "lipschitz.csv", "angles.csv", "certify.json")
 
 
 def cell_key(encoder: str, encoder_params: str, attack: str, attack_params: str) -> str:
@@ -75,24 +76,30 @@ class ResultStore:
             if path.exists():
                 data = path.read_bytes()
                 path.write_bytes(data[:data.rfind(b"\n") + 1])
-        self.done = set(self.journal.read_text().splitlines()) if self.journal.exists() else set()
+        self.done = set()
+        for line in self.journal.read_text().splitlines() if self.journal.exists() else []:
+            entry = json.loads(line)
+            self.done.update([line] if isinstance(entry, list) else [entry["cell"], *entry["rows"]])
         for path, columns in ((self.results, COLUMNS), (self.samples, SAMPLE_COLUMNS)):
             frame = read_rows(path, columns)
             keys = [cell_key(*k) for k in frame[CELL].itertuples(index=False)]
-            frame[[k in self.done for k in keys]].to_csv(path, index=False)
+            frame[np.array([k in self.done for k in keys], dtype=bool)].to_csv(path, index=False)
 
     def is_done(self, key: str) -> bool:
         return key in self.done
 
     def add(self, key: str, rows: pd.DataFrame, samples: pd.DataFrame) -> None:
-        """Write one finished cell: its rows first, then (once they are on disk) its journal line."""
+        """Write one finished cell: its rows first, then (once they are on disk) its journal line. A cell whose rows
+        carry other cell keys (the certification step's summaries) journals them on the same line."""
         _append(self.results, rows[COLUMNS])
         _append(self.samples, samples[SAMPLE_COLUMNS])
+        others = sorted({cell_key(*k) for k in rows[CELL].itertuples(index=False)} - {key})
+        line = json.dumps({"cell": key, "rows": others}) if others else key
         with open(self.journal, "a") as f:
-            f.write(key + "\n")
+            f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.done.add(key)
+        self.done.update([key, *others])
 
     def load(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         return read_rows(self.results, COLUMNS), read_rows(self.samples, SAMPLE_COLUMNS)

@@ -103,6 +103,7 @@ class PatchSubspace:
         self.mask = select_mask(self.sigma, select)
         self.tol = null_tolerance(float(s.max()), (m, d))
         self.basis64 = vh[self.mask].T.contiguous()  # (d, k)
+        self.complement64 = vh[~self.mask].T.contiguous()  # (d, d - k): the rest of R^d, orthonormal
         self.dim = int(self.mask.sum())
         self.exact = bool((self.sigma[self.mask] <= self.tol).all())
         self.max_sigma = float(self.sigma[self.mask].max())
@@ -321,6 +322,15 @@ def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float, ntol: float 
         gamma = torch.where(active, new, gamma)
         history.append(norm(r).sqrt())
     return c
+
+
+def cached_subspace(handle: ModelHandle, mode: str, select: Select) -> PatchSubspace | OperatorSubspace:
+    """The handle's subspace for (mode, select), computed once per first layer: the SVD of a wide kernel takes
+    seconds, and every encoder of a run (and of its certification) asks for the same one."""
+    key = ("subspace", mode, str(select))
+    if key not in handle.memo:
+        handle.memo[key] = (PatchSubspace if mode == "patch" else OperatorSubspace)(handle, select)
+    return handle.memo[key]
 
 
 def null_dimension(handle: ModelHandle) -> int:

@@ -18,7 +18,7 @@ from nte_eval.encoders.base import (
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
 from nte_eval.metrics import mse, noise_norm_for_psnr
-from nte_eval.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, Select
+from nte_eval.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, Select, cached_subspace
 
 MODES = ("auto", "patch", "operator")
 NOISES = ("per_patch", "tiled")
@@ -69,10 +69,10 @@ class NTEEncoder(Encoder):
 
     def fit(self) -> NTEEncoder:
         if self.subspace is None:
-            cls = PatchSubspace if self.mode == "patch" else OperatorSubspace
-            self.subspace = cls(self.handle, self.select)
+            self.subspace = cached_subspace(self.handle, self.mode, self.select)
             if self.mode == "patch":
                 self._basis = self.subspace.basis64.float()
+                self._complement = self.subspace.complement64.float()
         return self
 
     # ---------------------------------------------------------------------------------- patch view helpers
@@ -106,8 +106,12 @@ class NTEEncoder(Encoder):
         self.fit()
         if self.mode == "operator":
             return self.subspace.project(d, self.border)
-        basis = self._basis.to(d)
-        return self._from_patches(self._to_patches(d) @ basis @ basis.T)
+        patches = self._to_patches(d)
+        if self._basis.shape[1] <= self._complement.shape[1]:
+            basis = self._basis.to(d)
+            return self._from_patches(patches @ basis @ basis.T)
+        rest = self._complement.to(d)  # a large subspace (a Linear's null space): remove the small complement
+        return self._from_patches(patches - patches @ rest @ rest.T)
 
     def draw(self, x: torch.Tensor, key: int | str, idx: list[int]) -> torch.Tensor:
         """Unscaled noise in the subspace, fixed by (key, index) per sample.
