@@ -85,8 +85,22 @@ def identity_matches_encoder(results: pd.DataFrame, tolerance: float = 1e-9) -> 
                                          f"{100 * vals['encoded_accuracy']:.2f}% on the encoder's output."))
     return out
 
+def certificates_hold(results: pd.DataFrame) -> list[Warning_]:
+    """A certified Lipschitz bound must hold on every sample (measured logit change within the bound, certified
+    predictions kept): a pass rate below 100% is a bug in the bound or the pipeline, never a property of the data."""
+    rates = results[(results.attack == "certify") & (results.metric == "cert_pass_rate")]
+    out = []
+    for row in rates.itertuples(index=False):
+        source = json.loads(row.attack_params)
+        if source["status"] == "certified" and row.value < 1:
+            out.append(_warn("certificate", f"{row.encoder} ({_setting(row.encoder_params)}): the certified "
+                                            f"{source['lipschitz']} bound fails on {100 * (1 - row.value):.1f}% of "
+                                            f"the samples (certificates.csv, column passed)."))
+    return out
+
+
 CHECKS: tuple[Callable[[pd.DataFrame], list[Warning_]], ...] = (oracle_fill_restores, strength_monotone,
-                                                                identity_matches_encoder)
+                                                                identity_matches_encoder, certificates_hold)
 
 
 def run_checks(results: pd.DataFrame) -> list[Warning_]:

@@ -1,4 +1,4 @@
-"""The ``nte-eval`` command: run | list | report | encode | zoo. User errors print one line and exit with code 2."""
+"""The ``nte-eval`` command: run | certify | list | report | encode | zoo. User errors print one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -10,18 +10,49 @@ from pathlib import Path
 from nte_eval.errors import NTEError
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from nte_eval.runner import headline, run_suite
+def _run(args: argparse.Namespace, attacks: bool):
+    from nte_eval.runner import run_suite
     from nte_eval.suite import load_suite
 
     suite = load_suite(args.suite)
+    if attacks is False and suite.certify is None:
+        raise NTEError(f"{args.suite} has no `certify:` section; add e.g. `certify: {{fidelity: true, degradation: "
+                       "true, lipschitz: [product, lipsdp, local]}` (or `certify: true` for the defaults).")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
-                        resume=args.resume, overwrite=args.overwrite,
-                        log=lambda line: print(line, file=sys.stderr))
+    return run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+                     resume=args.resume, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),
+                     attacks=attacks)
+
+
+def _print_certification(out: Path) -> None:
+    from nte_eval.certify.run import certification_table, degradation_line
+
+    if not (out / "certify.json").is_file():
+        return
+    table = certification_table(out)
+    if len(table):
+        print("\nFidelity certificates of the designated models (certified accuracy = certified and correct; pass "
+              "must be 100% for a certified source; tightness = median measured/bound; see certificates.csv):")
+        with_pd_options(lambda: print(table.to_string()))
+    line = degradation_line(out)
+    if line:
+        print("\n" + line)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    _run(args, attacks=False)
+    _print_certification(Path(args.out))
+    print(f"\nCertification files: {Path(args.out)}/certificates.csv, lipschitz.csv, angles.csv, certify.json")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nte_eval.runner import headline
+
+    results = _run(args, attacks=True)
     from nte_eval.reports import write_report
     from nte_eval.runner import worst_case_table
 
@@ -29,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with_pd_options(lambda: print(headline(results).to_string()))
     print("\nAccuracy (%) of the unauthorized models under the best single attack (see worst_case.csv):")
     with_pd_options(lambda: print(worst_case_table(Path(args.out) / "worst_case.csv").to_string()))
+    _print_certification(Path(args.out))
     report = write_report(args.out)
     print(f"\nPSNR: pixel space, peak 1. Results: {Path(args.out) / 'results.csv'}\nReport: {report}")
     return 0
@@ -113,17 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nte-eval", description="Build, attack and certify non-transferable examples.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="evaluate a suite YAML and write results to --out")
-    run.add_argument("suite", help="suite YAML file (see examples/quickstart.yaml)")
-    run.add_argument("--out", required=True, help="output folder")
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    run.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--threads", type=int, default=None,
-                     help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a busy CPU)")
-    run.add_argument("--resume", action="store_true", help="continue a killed run: skip the cells already finished")
-    run.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
-    run.set_defaults(fn=cmd_run)
+    run = sub.add_parser("run", help="evaluate a suite YAML (attacks, then its certify section) into --out")
+    cert = sub.add_parser("certify", help="run only a suite's certify section into --out")
+    for p_, fn in ((run, cmd_run), (cert, cmd_certify)):
+        p_.add_argument("suite", help="suite YAML file (see examples/quickstart.yaml)")
+        p_.add_argument("--out", required=True, help="output folder")
+        p_.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        p_.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
+        p_.add_argument("--quiet", action="store_true", help="no progress bars")
+        p_.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a busy CPU)")
+        p_.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
+        p_.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
+        p_.set_defaults(fn=fn)
 
     lst = sub.add_parser("list", help="list attacks, encoders or models with their parameters")
     lst.add_argument("what", nargs="?", default="attacks", choices=["attacks", "encoders", "models"])

@@ -171,9 +171,13 @@ def knowledge_of(attack: str, params: str) -> str:
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: int | None = None,
               progress: bool = True, resume: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Evaluate every cell of the suite; write ``results.csv``/``.parquet``, ``samples.csv``, ``worst_case.csv``,
-    ``warnings.json`` and ``manifest.json`` under ``out``. With ``resume``, journalled cells are skipped."""
+              log: Callable[[str], None] = print, attacks: bool = True) -> pd.DataFrame:
+    """Evaluate every cell of the suite, then its ``certify`` section; write ``results.csv``/``.parquet``,
+    ``samples.csv``, ``worst_case.csv``, ``warnings.json``, ``manifest.json`` (and the certification files) under
+    ``out``. With ``resume``, journalled cells are skipped; ``attacks=False`` runs the certification alone.
+
+    A certificate that a certified Lipschitz bound does not keep is a bug: after every file is written, it raises
+    NTEError naming the failing samples."""
     out = Path(out)
     batch = batch_size or suite.batch_size
     t0 = time.time()
@@ -194,9 +198,9 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
     timings, subspaces = [], {}
-    overall = tqdm(total=len(encoders) * len(attack_settings), desc="cells", disable=not progress,
+    overall = tqdm(total=len(encoders) * len(attack_settings), desc="cells", disable=not progress or not attacks,
                    initial=len(store.done))
-    for (d, _), encoder in encoders.items():
+    for (d, _), encoder in (encoders.items() if attacks else ()):
         enc_params = compact({**encoder.params(), "designated": d})
         keys = [cell_key(encoder.name, enc_params, a, compact(p)) for a, p in attack_settings]
         if all(store.is_done(k) for k in keys):
@@ -238,6 +242,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                             "attack_params": compact(att_params), "seconds": round(time.time() - tc, 3)})
             overall.update()
     overall.close()
+    broken = _certify(suite, handles, evaluated_names, data, out, batch, store, progress, log, timings)
     results, samples = store.load()
     results.to_parquet(out / "results.parquet", index=False)
     worst_case(results, samples, knowledge_of).to_csv(out / "worst_case.csv", index=False)
@@ -254,7 +259,32 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                 "attacks": [{"type": a, "params": p} for a, p in attack_settings],
                 "timings": {"total_seconds": round(time.time() - t0, 3), "resumed": resume, "cells": timings}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if len(broken):
+        raise NTEError(f"{len(broken)} certificate(s) of a certified Lipschitz bound failed (first: "
+                       f"{broken.iloc[0].designated}, sample {broken.iloc[0]['sample']}, "
+                       f"{broken.iloc[0].lipschitz_source}): a bug in nte-eval; see {out / 'certificates.csv'} "
+                       f"(column passed) and report it.")
     return results
+
+
+def _certify(suite: Suite, handles: dict[str, ModelHandle], evaluated: list[str], data: ImageSet, out: Path,
+             batch: int, store: ResultStore, progress: bool, log: Callable[[str], None],
+             timings: list[dict[str, Any]]) -> pd.DataFrame:
+    """The suite's ``certify`` section as one journalled cell; returns the failing certificates (none expected)."""
+    if suite.certify is None:
+        return pd.DataFrame()
+    from nte_eval.certify.fidelity import CERT_COLUMNS, violations
+    from nte_eval.certify.run import certify_suite
+
+    key = cell_key("certify", compact(suite.certify.model_dump()), "", "")
+    if store.is_done(key):
+        path = out / "certificates.csv"
+        return violations(pd.read_csv(path)) if path.exists() else pd.DataFrame(columns=CERT_COLUMNS)
+    tc = time.time()
+    rows, broken = certify_suite(suite, handles, evaluated, data, out, batch, progress, log)
+    store.add(key, pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(columns=SAMPLE_COLUMNS))
+    timings.append({"stage": "certify", "seconds": round(time.time() - tc, 3)})
+    return broken
 
 
 def setting_label(params: dict[str, Any]) -> str:

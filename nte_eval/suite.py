@@ -40,6 +40,22 @@ class DataConfig(Strict):
         return self
 
 
+LIPSCHITZ_SOURCES = ("product", "lipsdp", "local")
+
+
+class CertifyConfig(Strict):
+    """The ``certify`` section: fidelity certificates for the designated models and the degradation study."""
+
+    fidelity: bool = True
+    degradation: bool = True
+    lipschitz: list[Literal["product", "lipsdp", "local"]] = Field(default=list(LIPSCHITZ_SOURCES), min_length=1)
+    psnr: list[float] | None = None  # fidelity PSNRs (dB); default: each encoder setting's own
+    pairs: Literal["all", "designated"] = "all"  # who plays the designated role in the degradation study
+    degradation_psnr: float = 10.0
+    tau: float = Field(default=0.01, gt=0)  # selection threshold for S (degradation NTEs) and B's sensitive subspace
+    local_samples: int = Field(default=16, ge=1)  # clean images at which the local Lipschitz estimate is taken
+
+
 class Suite(Strict):
     name: str
     seed: int | str = 0
@@ -53,6 +69,15 @@ class Suite(Strict):
     attacks: list[dict[str, Any] | str] = [{"type": "identity"}]
     knowledge: list[Literal["none", "method", "surrogate", "oracle"]] = list(KNOWLEDGE)
     batch_size: int = Field(default=128, ge=1)
+    certify: CertifyConfig | None = None
+
+    @field_validator("certify", mode="before")
+    @classmethod
+    def _certify(cls, v: Any) -> Any:
+        """``certify: true`` means every default; ``false`` none."""
+        if isinstance(v, bool):
+            return CertifyConfig() if v else None
+        return v
 
     @field_validator("encoders", mode="before")
     @classmethod

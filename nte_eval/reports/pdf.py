@@ -84,6 +84,18 @@ def _worst_case_pages(pdf: PdfPages, wc: pd.DataFrame) -> None:
         _text_page(pdf, f"Attacks, designated {designated} (accuracy %)", note + table.to_string(max_colwidth=70))
 
 
+def _certify_page(pdf: PdfPages, run_dir: Path) -> None:
+    """The certification step's tables as text (the "Reports" issue draws them)."""
+    from nte_eval.certify.run import certification_table, degradation_line
+
+    body = certification_table(run_dir).to_string() + "\n\n" + degradation_line(run_dir)
+    lip = run_dir / "lipschitz.csv"
+    if lip.exists():
+        body += "\n\nLipschitz bounds of the network after the first layer:\n" + pd.read_csv(lip).to_string(
+            index=False, max_colwidth=90)
+    _text_page(pdf, "Certification (certified accuracy %, pass rate %, median measured/bound)", body)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Build ``report.pdf`` (and ``transfer_matrix.csv``, ``collapse_psnr.csv``) in ``run_dir`` from its
     ``results.csv`` and ``manifest.json`` alone."""
@@ -104,6 +116,8 @@ def write_report(run_dir: str | Path) -> Path:
         worst = run_dir / "worst_case.csv"
         if worst.exists():
             _worst_case_pages(pdf, pd.read_csv(worst, keep_default_na=False))
+        if (run_dir / "certify.json").exists():
+            _certify_page(pdf, run_dir)
         for designated in table.designated.unique():
             _psnr_page(pdf, table, designated)
             part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
