@@ -20,8 +20,10 @@ def _run(args: argparse.Namespace, attacks: bool):
                        "true, lipschitz: [product, lipsdp, local]}` (or `certify: true` for the defaults).")
     if args.threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # numpy/scipy BLAS too (the certification's SVDs and angles)
     return run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
                      resume=args.resume, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),
                      attacks=attacks)
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         p_.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
         p_.add_argument("--quiet", action="store_true", help="no progress bars")
         p_.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a busy CPU)")
+                        help="torch and BLAS CPU threads (default: their choice; 1 is fastest for small models)")
         p_.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
         p_.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
         p_.set_defaults(fn=fn)
