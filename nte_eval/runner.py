@@ -198,8 +198,10 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
     timings, subspaces = [], {}
-    overall = tqdm(total=len(encoders) * len(attack_settings), desc="cells", disable=not progress or not attacks,
-                   initial=len(store.done))
+    cell_keys = [cell_key(e.name, compact({**e.params(), "designated": d}), a, compact(p))
+                 for (d, _), e in encoders.items() for a, p in attack_settings]
+    overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks,
+                   initial=sum(store.is_done(k) for k in cell_keys))
     for (d, _), encoder in (encoders.items() if attacks else ()):
         enc_params = compact({**encoder.params(), "designated": d})
         keys = [cell_key(encoder.name, enc_params, a, compact(p)) for a, p in attack_settings]
@@ -247,6 +249,10 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     results.to_parquet(out / "results.parquet", index=False)
     worst_case(results, samples, knowledge_of).to_csv(out / "worst_case.csv", index=False)
     warnings = run_checks(results)
+    if (out / "angles.csv").exists():
+        from nte_eval.certify.degradation import degradation_warnings
+
+        warnings += degradation_warnings(pd.read_csv(out / "angles.csv"))
     for w in warnings:
         log(f"warning [{w['check']}]: {w['message']}")
     (out / "warnings.json").write_text(json.dumps(warnings, indent=2))

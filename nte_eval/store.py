@@ -61,6 +61,8 @@ class ResultStore:
         else:
             for name in FILES:
                 (out / name).unlink(missing_ok=True)
+            for tmp in out.glob("*.tmp"):  # a half-written file of a killed run
+                tmp.unlink()
         (out / "manifest.json").write_text(json.dumps({"config_hash": config_hash, "status": "running"}))
 
     def _check_same_suite(self) -> None:

@@ -181,9 +181,8 @@ class OperatorSubspace:
         part (which stays in the subspace because V_S(-w) spans the conjugate of V_S(w)), i.e. half of the draw's
         variance: those columns are scaled by sqrt(2) so that every direction of the subspace gets the same variance.
         """
-        gw = self.grid[1]
-        scale = torch.ones(self.basis.shape[1], device=z.device, dtype=z.dtype)
-        scale[0] = scale[-1 if gw % 2 == 0 else 0] = 2 ** 0.5
+        self_conjugate = rfft_column_weights(self.grid[1]) == 1
+        scale = torch.where(self_conjugate, 2 ** 0.5, 1.0).to(z.device, z.dtype)
         coef = torch.view_as_complex(z.contiguous()).permute(1, 2, 0, 3) * scale[:, None, None]  # (gh, gw', B, k)
         d = self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", self.basis.to(z.device), coef)).to(z.dtype)
         return self.correct_border(d) if border == "correct" else d
@@ -255,13 +254,19 @@ def polyphase_irfft(z: torch.Tensor, stride: tuple[int, int], shape: tuple[int, 
     return poly.reshape(b, c, sh, sw, gh, gw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
 
 
-def full_spectrum_count(mask: torch.Tensor, gw: int) -> torch.Tensor:
-    """Count selected directions over the full (gh x gw) spectrum from its rfft half (gh x gw//2+1)."""
-    weight = torch.full((mask.shape[1],), 2.0)
+def rfft_column_weights(gw: int) -> torch.Tensor:
+    """Multiplicity of each rfft column of a width-``gw`` grid in the full spectrum: 1 for the self-conjugate
+    columns (0, and gw/2 when gw is even), 2 for the others (each stands for itself and its conjugate)."""
+    weight = torch.full((gw // 2 + 1,), 2.0, dtype=torch.float64)
     weight[0] = 1.0
     if gw % 2 == 0:
         weight[-1] = 1.0
-    return (mask.sum(-1) * weight[None]).sum()
+    return weight
+
+
+def full_spectrum_count(mask: torch.Tensor, gw: int) -> torch.Tensor:
+    """Count selected directions over the full (gh x gw) spectrum from its rfft half (gh x gw//2+1)."""
+    return (mask.sum(-1) * rfft_column_weights(gw)[None]).sum()
 
 
 class PixelConv:

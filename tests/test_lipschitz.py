@@ -9,12 +9,12 @@ from torch import nn
 
 from nte_eval.certify.lipschitz import (
     GELU_SLOPES,
+    RestOfNetwork,
     conv_operator_norm,
     lipschitz_bounds,
     lipsdp_bound,
     local_estimate,
     product_bound,
-    rest_of_network,
 )
 from nte_eval.data import load_digits
 from nte_eval.errors import NTEError
@@ -194,7 +194,7 @@ def test_random_mlps_lipsdp_between_local_and_product(act, hidden, seed):
 
 def test_rest_of_network_reproduces_the_model(zoo, digits):
     h = zoo["resnet_stem"]
-    g = rest_of_network(h)
+    g = RestOfNetwork(h)
     a = g.first(digits[:2])
     assert torch.allclose(a, h.first_layer_response(digits[:2]).double(), atol=1e-4)
     assert torch.allclose(g(digits[:2], a), h.logits(digits[:2]).double(), atol=1e-4)
@@ -206,3 +206,40 @@ def test_lipschitz_bounds_dispatch_and_unknown_source(zoo):
     assert list(found) == ["product", "lipsdp"] and all(b.source == s for s, b in found.items())
     with pytest.raises(NTEError, match="product, lipsdp, local"):
         lipschitz_bounds(zoo["mlp_linear"], ["prodct"])
+
+
+class InPlaceScale(nn.Module):
+    """Scales a value in place and then reads the original name: the traced graph must not lose the scaling."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.head = nn.Linear(48, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.first(x.flatten(1))
+        y.mul_(100.0)
+        return self.head(y)
+
+
+class KeywordResidual(nn.Module):
+    """A residual written with a keyword argument: both branches must be counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.branch, self.head = nn.Linear(48, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.first(x.flatten(1))
+        return self.head(torch.add(y, other=10.0 * self.branch(y)))
+
+
+@pytest.mark.parametrize("net", [InPlaceScale, KeywordResidual])
+def test_bounds_never_miss_in_place_ops_or_keyword_arguments(net):
+    """Found by review: an in-place op (dropped as dead code) and a keyword branch once gave 'certified' bounds far
+    below the truth. Either the bound is refused or it is at least the local estimate."""
+    torch.manual_seed(0)
+    h = handle_of(net(), "first", (3, 4, 4))
+    local = local_estimate(h, torch.rand(4, 3, 4, 4), radius=1.0).value
+    for bound in (product_bound(h), lipsdp_bound(h)):
+        assert bound.status == "refused" or bound.value >= local, (bound, local)
+    assert product_bound(h).status == "refused"

@@ -23,7 +23,7 @@ import torch
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
 from nte_eval.handles import FirstLayer, ModelHandle
-from nte_eval.subspace import PixelConv, full_spectrum_count, polyphase_operator
+from nte_eval.subspace import PixelConv, full_spectrum_count, polyphase_operator, rfft_column_weights
 
 GEOMETRY_KEYS = ("period", "n", "k", "r", "angles_deg", "angle_min", "angle_median", "angle_mean", "angle_max",
                  "sum_cos2", "sigma_r", "energy_circular", "energy_isotropic", "lower_bound", "misalignment",
@@ -44,16 +44,7 @@ class Spectrum:
     @property
     def weights(self) -> torch.Tensor:
         """Multiplicity of each rfft column in the full spectrum: 1 if self-conjugate, else 2 (with its conjugate)."""
-        return column_weights(self.grid[1])
-
-
-def column_weights(gw: int) -> torch.Tensor:
-    """Per rfft column of a width-``gw`` grid: 1 for columns 0 and gw/2 (gw even), 2 for the others."""
-    w = torch.full((gw // 2 + 1,), 2.0, dtype=torch.float64)
-    w[0] = 1.0
-    if gw % 2 == 0:
-        w[-1] = 1.0
-    return w
+        return rfft_column_weights(self.grid[1])
 
 
 def model_spectrum(handle: ModelHandle, period: tuple[int, int] | None = None) -> Spectrum:
@@ -66,12 +57,6 @@ def model_spectrum(handle: ModelHandle, period: tuple[int, int] | None = None) -
         raise NTEError(f"{handle.spec}: period {tuple(period)} must be a multiple of the stride {spec.period} and "
                        f"divide the image {h}x{w}.")
     return _reblock(spec, tuple(period))[0]
-
-
-def singular_values(handle: ModelHandle) -> torch.Tensor:
-    """All n singular values of the circular first layer (zeros included), sorted descending."""
-    spec = _own_spectrum(handle, _view(handle))
-    return _full_multiset(spec.sigma, spec.weights).sort(descending=True).values
 
 
 def principal_angles(va: torch.Tensor, sel_a: torch.Tensor, vb: torch.Tensor, sel_b: torch.Tensor) -> torch.Tensor:
