@@ -36,8 +36,9 @@ def _print_certification(out: Path) -> None:
         return
     table = certification_table(out)
     if len(table):
-        print("\nFidelity certificates of the designated models (certified accuracy = certified and correct; pass "
-              "must be 100% for a certified source; tightness = median measured/bound; see certificates.csv):")
+        print("\nFidelity certificates of the designated models: % of samples certified with a correct clean "
+              "prediction (for an estimate source: what it would certify if the estimate were a bound); pass % must be "
+              "100 for a certified source; tightness = median measured/bound (certificates.csv, lipschitz.csv):")
         with_pd_options(lambda: print(table.to_string()))
     line = degradation_line(out)
     if line:

@@ -177,7 +177,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     ``out``. With ``resume``, journalled cells are skipped; ``attacks=False`` runs the certification alone.
 
     A certificate that a certified Lipschitz bound does not keep is a bug: after every file is written, it raises
-    NTEError naming the failing samples."""
+    NTEError naming how many failed and the first one."""
     out = Path(out)
     batch = batch_size or suite.batch_size
     t0 = time.time()

@@ -322,8 +322,8 @@ def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float, ntol: float 
         c, r = c + alpha * p, r - alpha * q
         s = op.adjoint(r)
         new = norm(s)
-        step = s + (new / gamma.clamp_min(tiny)).view(b, 1, 1, 1) * p
-        p = torch.where(active.view(b, 1, 1, 1), step, p)  # a finished sample's direction stays finite and unused
+        direction = s + (new / gamma.clamp_min(tiny)).view(b, 1, 1, 1) * p
+        p = torch.where(active.view(b, 1, 1, 1), direction, p)  # a finished sample's direction stays finite and unused
         gamma = torch.where(active, new, gamma)
         history.append(norm(r).sqrt())
     return c

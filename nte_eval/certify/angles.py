@@ -12,7 +12,6 @@ sums over the blocks of the rfft half, each block counted once (self-conjugate c
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +21,12 @@ import torch
 
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import FirstLayer, ModelHandle
+from nte_eval.handles import ModelHandle
 from nte_eval.subspace import PixelConv, full_spectrum_count, polyphase_operator, rfft_column_weights
 
 GEOMETRY_KEYS = ("period", "n", "k", "r", "angles_deg", "angle_min", "angle_median", "angle_mean", "angle_max",
                  "sum_cos2", "sigma_r", "energy_circular", "energy_isotropic", "lower_bound", "misalignment",
                  "abs_distance", "spectral_distance", "reason")
-_CACHE_SIZE = 16
-_SPECTRA: OrderedDict[tuple[int, int, str], tuple[FirstLayer, torch.Tensor, Spectrum]] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -191,13 +188,11 @@ def _view(handle: ModelHandle) -> str:
 
 
 def _own_spectrum(handle: ModelHandle, view: str) -> Spectrum:
-    """The circular first layer's spectrum at its own stride, computed as its NTE subspace class does (cached)."""
-    f = handle.first
-    key = (id(f), id(handle.std), view)
-    hit = _SPECTRA.get(key)
-    if hit is not None and hit[0] is f and hit[1] is handle.std:
-        _SPECTRA.move_to_end(key)
-        return hit[2]
+    """The circular first layer's spectrum at its own stride, computed as its NTE subspace class does (cached in
+    the handle's memo, which moving the model clears)."""
+    f, key = handle.first, ("spectrum", view)
+    if key in handle.memo:
+        return handle.memo[key]
     c, h, w = handle.input_size
     if h % f.stride[0] or w % f.stride[1]:
         raise NTEError(f"{handle.spec}: the stride {f.stride} does not divide the image {h}x{w}.")
@@ -213,9 +208,7 @@ def _own_spectrum(handle: ModelHandle, view: str) -> Spectrum:
     n = vh.shape[-1]
     sigma = torch.cat([s, s.new_zeros(*s.shape[:-1], n - s.shape[-1])], dim=-1)
     spec = Spectrum(sigma, vh.mH, tuple(f.stride), grid)
-    _SPECTRA[key] = (f, handle.std, spec)
-    while len(_SPECTRA) > _CACHE_SIZE:
-        _SPECTRA.popitem(last=False)
+    handle.memo[key] = spec
     return spec
 
 
