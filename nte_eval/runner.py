@@ -55,6 +55,19 @@ def first_layer_responses(handle: ModelHandle, x: torch.Tensor, batch: int, devi
     return torch.cat([handle.first_layer_response(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
 
 
+def encode_all(encoder: Encoder, x: torch.Tensor, key: int | str, batch: int,
+               device: str | torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The encoder's output for every image (on the CPU), batch by batch with each image's own index, and the
+    encoder's info record."""
+    encoder.fit()
+    images = []
+    for i in range(0, len(x), batch):
+        res = encoder.encode(x[i:i + batch].to(device), key=key, index=list(range(i, min(i + batch, len(x)))),
+                             record=False)
+        images.append(res.images.cpu())
+    return torch.cat(images), res.info
+
+
 def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
     """Load every model named in the suite once, keyed by display name."""
     handles: dict[str, ModelHandle] = {}
@@ -208,14 +221,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
         if all(store.is_done(k) for k in keys):
             continue
         tc = time.time()
-        encoder.fit()
-        images = []
-        for i in range(0, len(data), batch):
-            res = encoder.encode(data.images[i:i + batch].to(device), key=suite.seed,
-                                 index=list(range(i, min(i + batch, len(data)))), record=False)
-            images.append(res.images.cpu())
-        subspaces[f"{encoder.name} {enc_params}"] = res.info
-        x_nte = torch.cat(images)
+        x_nte, subspaces[f"{encoder.name} {enc_params}"] = encode_all(encoder, data.images, suite.seed, batch, device)
         encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
         context = AttackContext(seed=attacker_seed, device=device, public=public, ntes=x_nte,
                                 encoder=public_settings(encoder), designated=handles[d],

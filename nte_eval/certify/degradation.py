@@ -23,17 +23,15 @@ from nte_eval.data import ImageSet
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
+from nte_eval.runner import batched_logits, encode_all, first_layer_responses
 from nte_eval.subspace import PixelConv
 
 AGREE_Z = 3.0  # predicted and measured energy agree when within 3 standard errors of the measured mean ...
 FLOAT32 = 1e-6  # ... or within float32 rounding of the NTE images (some pairs' energy hardly varies over samples)
 
 
-@torch.no_grad()
 def _accuracy(handle: ModelHandle, x: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
-    preds = torch.cat([handle.logits(x[i:i + batch].to(handle.device)).argmax(1).cpu()
-                       for i in range(0, len(x), batch)])
-    return float((preds == labels).double().mean())
+    return float((batched_logits(handle, x, batch, handle.device).argmax(1) == labels).double().mean())
 
 
 @torch.no_grad()
@@ -41,12 +39,12 @@ def _energy_and_ratio(handle: ModelHandle, x: torch.Tensor, delta: torch.Tensor,
                       batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: ‖A_B δ‖² / ‖δ‖² (float64, linear part) and the clean response norm ‖A_B(x)‖ (bias included)."""
     op = PixelConv(handle)
-    energy, norms = [], []
+    energy = []
     for i in range(0, len(x), batch):
         d = delta[i:i + batch].to(handle.device, torch.float64)
         energy.append((op.apply(d).flatten(1).pow(2).sum(1) / d.flatten(1).pow(2).sum(1)).cpu())
-        norms.append(handle.first_layer_response(x[i:i + batch].to(handle.device)).flatten(1).norm(dim=1).cpu())
-    return torch.cat(energy), torch.cat(norms).double()
+    norms = first_layer_responses(handle, x, batch, handle.device).flatten(1).norm(dim=1)
+    return torch.cat(energy), norms.double()
 
 
 def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], data: ImageSet, psnr: float,
@@ -58,15 +56,13 @@ def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], d
     bar = tqdm(total=len(pair_models) * (len(handles) - 1), desc="degradation pairs", disable=not progress)
     for d in pair_models:
         try:
-            encoder = NTEEncoder(handles[d], psnr=psnr, select=f"tau={tau}").fit()
+            encoder = NTEEncoder(handles[d], psnr=psnr, select=f"tau={tau}")
+            x_nte = encode_all(encoder, x, key, batch, handles[d].device)[0]
         except NTEError as e:  # e.g. a stride that does not divide the image: this model cannot be designated
             rows += [{"designated": d, "model": b, "psnr": psnr, "tau": tau, "reason": str(e)}
                      for b in handles if b != d]
             bar.update(len(handles) - 1)
             continue
-        x_nte = torch.cat([encoder.encode(x[i:i + batch].to(handles[d].device), key=key,
-                                          index=list(range(i, min(i + batch, len(x)))), record=False).images.cpu()
-                           for i in range(0, len(x), batch)])
         delta = (x_nte.double() - x.double())
         others = {b: h for b, h in handles.items() if b != d}
         predicted = predicted_energy(encoder, others, batch=batch)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from nte_eval.certify.degradation import degradation_study, degradation_summary
 from nte_eval.certify.fidelity import (
@@ -26,7 +25,7 @@ from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds
 from nte_eval.data import ImageSet
 from nte_eval.encoders import ENCODERS
 from nte_eval.handles import ModelHandle
-from nte_eval.runner import compact
+from nte_eval.runner import compact, encode_all
 from nte_eval.suite import CertifyConfig, Suite, spec_name
 
 
@@ -62,10 +61,7 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
         module64 = float64_module(handle)
         measured = []
         for encoder in encoders:
-            encoder.fit()
-            x_nte = torch.cat([encoder.encode(data.images[i:i + batch].to(handle.device), key=suite.seed,
-                                              index=list(range(i, min(i + batch, len(data)))),
-                                              record=False).images.cpu() for i in range(0, len(data), batch)])
+            x_nte = encode_all(encoder, data.images, suite.seed, batch, handle.device)[0]
             enc_params = compact({**encoder.params(), "designated": d})
             m = measure(handle, module64, data.images, x_nte, batch)
             measured.append((encoder.name, enc_params, encoder.psnr, m))
