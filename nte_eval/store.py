@@ -79,9 +79,14 @@ class ResultStore:
                 data = path.read_bytes()
                 path.write_bytes(data[:data.rfind(b"\n") + 1])
         self.done = set()
-        for line in self.journal.read_text().splitlines() if self.journal.exists() else []:
-            entry = json.loads(line)
-            self.done.update([line] if isinstance(entry, list) else [entry["cell"], *entry["rows"]])
+        lines = self.journal.read_text().splitlines() if self.journal.exists() else []
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+                self.done.update([line] if isinstance(entry, list) else [entry["cell"], *entry["rows"]])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise NTEError(f"{self.journal}: line {number} is not a journal entry (the file was edited or "
+                               f"damaged); --resume cannot trust it: rerun with --overwrite.") from None
         for path, columns in ((self.results, COLUMNS), (self.samples, SAMPLE_COLUMNS)):
             frame = read_rows(path, columns)
             keys = [cell_key(*k) for k in frame[CELL].itertuples(index=False)]

@@ -218,3 +218,12 @@ def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path)
         a, b = pd.read_csv(tmp_path / "killed" / name), pd.read_csv(tmp_path / "whole" / name)
         pd.testing.assert_frame_equal(a.sort_values(list(a.columns)).reset_index(drop=True),
                                       b.sort_values(list(b.columns)).reset_index(drop=True))
+
+
+def test_resume_refuses_a_damaged_journal_with_a_clear_error(tmp_path):
+    from nte_eval.store import ResultStore
+
+    store = ResultStore(tmp_path, "hash")
+    store.journal.write_text('["a", "b", "c", "d"]\nnot json\n["e", "f", "g", "h"]\n')
+    with pytest.raises(NTEError, match="line 2 is not a journal entry.*--overwrite"):
+        ResultStore(tmp_path, "hash", resume=True)
