@@ -85,6 +85,7 @@ def identity_matches_encoder(results: pd.DataFrame, tolerance: float = 1e-9) -> 
                                          f"{100 * vals['encoded_accuracy']:.2f}% on the encoder's output."))
     return out
 
+
 def certificates_hold(results: pd.DataFrame) -> list[Warning_]:
     """A certified Lipschitz bound must hold on every sample (measured logit change within the bound, certified
     predictions kept): a pass rate below 100% is a bug in the bound or the pipeline, never a property of the data."""
