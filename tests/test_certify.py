@@ -136,6 +136,14 @@ def test_certify_command_writes_every_output_and_resumes(tmp_path, capsys):
     assert degradation["spearman_misalignment"]["pairs"] == 3  # symmetric score: unordered pairs
     assert degradation["spearman_predicted_energy"]["pairs"] == 6
     assert not math.isnan(degradation["spearman_predicted_energy"]["rho"])
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from nte_eval.reports.certify_pages import degradation_page, fidelity_page
+
+    with PdfPages(tmp_path / "pages.pdf") as pdf:
+        fidelity_page(pdf, certs)
+        degradation_page(pdf, pairs, degradation["spearman_misalignment"], degradation["psnr"])
+        assert pdf.get_pagecount() == 2
     # a rerun into the same folder is refused; --resume finds the journalled certification and keeps its rows
     assert main(["certify", str(path), "--out", str(out), "--quiet"]) == 2
     before = (out / "results.csv").read_text()

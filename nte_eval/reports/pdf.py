@@ -84,9 +84,10 @@ def _worst_case_pages(pdf: PdfPages, wc: pd.DataFrame) -> None:
         _text_page(pdf, f"Attacks, designated {designated} (accuracy %)", note + table.to_string(max_colwidth=70))
 
 
-def _certify_page(pdf: PdfPages, run_dir: Path) -> None:
-    """The certification step's tables as text (the "Reports" issue draws them)."""
+def _certify_pages(pdf: PdfPages, run_dir: Path) -> None:
+    """The certification step: its tables as text, the fidelity scatter and the degradation page."""
     from nte_eval.certify.run import certification_table, degradation_line
+    from nte_eval.reports.certify_pages import degradation_page, fidelity_page
 
     body = certification_table(run_dir).to_string() + "\n\n" + degradation_line(run_dir)
     lip = run_dir / "lipschitz.csv"
@@ -94,6 +95,12 @@ def _certify_page(pdf: PdfPages, run_dir: Path) -> None:
         body += "\n\nLipschitz bounds of the network after the first layer:\n" + pd.read_csv(lip).to_string(
             index=False, max_colwidth=90)
     _text_page(pdf, "Certification (certified accuracy %, pass rate %, median measured/bound)", body)
+    if (run_dir / "certificates.csv").exists():
+        fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
+    degradation = json.loads((run_dir / "certify.json").read_text()).get("degradation")
+    if degradation and (run_dir / "angles.csv").exists():
+        degradation_page(pdf, pd.read_csv(run_dir / "angles.csv"), degradation["spearman_misalignment"],
+                         degradation["psnr"])
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -117,7 +124,7 @@ def write_report(run_dir: str | Path) -> Path:
         if worst.exists():
             _worst_case_pages(pdf, pd.read_csv(worst, keep_default_na=False))
         if (run_dir / "certify.json").exists():
-            _certify_page(pdf, run_dir)
+            _certify_pages(pdf, run_dir)
         for designated in table.designated.unique():
             _psnr_page(pdf, table, designated)
             part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
