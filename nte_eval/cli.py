@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace, attacks: bool):
     from nte_eval.suite import load_suite
 
     suite = load_suite(args.suite)
-    if attacks is False and suite.certify is None:
+    if not attacks and suite.certify is None:
         raise NTEError(f"{args.suite} has no `certify:` section; add e.g. `certify: {{fidelity: true, degradation: "
                        "true, lipschitz: [product, lipsdp, local]}` (or `certify: true` for the defaults).")
     if args.threads:

@@ -25,7 +25,7 @@ from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds
 from nte_eval.data import ImageSet
 from nte_eval.encoders import ENCODERS
 from nte_eval.handles import ModelHandle
-from nte_eval.runner import compact, encode_all
+from nte_eval.runner import compact, encode_all, setting_label
 from nte_eval.suite import CertifyConfig, Suite, spec_name
 
 
@@ -121,8 +121,6 @@ def certification_table(out: Path) -> pd.DataFrame:
     """Certified (or, for an estimate, estimated) accuracy (%), pass rate (%) and median tightness per designated
     model, encoder setting, PSNR and Lipschitz source, from ``certify.json``; refused sources are in
     ``lipschitz.csv`` with their reason."""
-    from nte_eval.runner import setting_label
-
     table = pd.DataFrame(json.loads((Path(out) / "certify.json").read_text()).get("fidelity", []))
     if table.empty:
         return table
