@@ -9,6 +9,9 @@ from pathlib import Path
 
 from nte_eval.errors import NTEError
 
+MARGIN_HELP = ("verdicts: the NTEs held against a knowledge level if no unauthorized model scores more than chance + "
+               "MARGIN percentage points under its strongest attack (default 10)")
+
 
 def _run(args: argparse.Namespace, attacks: bool):
     from nte_eval.runner import run_suite
@@ -24,8 +27,10 @@ def _run(args: argparse.Namespace, attacks: bool):
 
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)  # numpy/scipy BLAS too (the certification's SVDs and angles)
+    from tqdm.auto import tqdm
+
     return run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
-                     resume=args.resume, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),
+                     resume=args.resume, overwrite=args.overwrite, log=lambda line: tqdm.write(line, file=sys.stderr),
                      attacks=attacks)
 
 
@@ -52,20 +57,20 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from nte_eval.runner import headline
-
-    results = _run(args, attacks=True)
+def _finish(out: Path, margin: float | None) -> None:
+    """Write the report and the summaries, then print the headline and where everything is."""
     from nte_eval.reports import write_report
-    from nte_eval.runner import worst_case_table
+    from nte_eval.reports.summary_files import text
 
-    print("Accuracy (%) without attack:")
-    with_pd_options(lambda: print(headline(results).to_string()))
-    print("\nAccuracy (%) of the unauthorized models under the best single attack (see worst_case.csv):")
-    with_pd_options(lambda: print(worst_case_table(Path(args.out) / "worst_case.csv").to_string()))
-    _print_certification(Path(args.out))
-    report = write_report(args.out)
-    print(f"\nPSNR: pixel space, peak 1. Results: {Path(args.out) / 'results.csv'}\nReport: {report}")
+    report, headline = write_report(out, margin)
+    print(text(headline))
+    print(f"\nResults: {out / 'results.csv'} (tidy), {out / 'worst_case.csv'}, {out / 'summary.md'}, "
+          f"{out / 'summary.tex'}\nReport: {report}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _run(args, attacks=True)
+    _finish(Path(args.out), args.margin)
     return 0
 
 
@@ -98,12 +103,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from nte_eval.reports import write_report
-
-    for name in ("results.csv", "manifest.json"):
+    for name in ("results.csv", "manifest.json", "worst_case.csv"):
         if not (Path(args.dir) / name).is_file():
-            raise NTEError(f"{args.dir} has no {name}; point `nte-eval report` at the --out folder of a run.")
-    print(f"Report: {write_report(args.dir)}")
+            raise NTEError(f"{args.dir} has no {name}; point `nte-eval report` at the --out folder of a finished run "
+                           "(a killed run: finish it with `nte-eval run SUITE --out DIR --resume`).")
+    _finish(Path(args.dir), args.margin)
     return 0
 
 
@@ -161,14 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
         p_.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
         p_.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
         p_.set_defaults(fn=fn)
+    run.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
 
     lst = sub.add_parser("list", help="list attacks, encoders or models with their parameters")
     lst.add_argument("what", nargs="?", default="attacks", choices=["attacks", "encoders", "models"])
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(fn=cmd_list)
 
-    rep = sub.add_parser("report", help="rebuild report.pdf from a run folder's files")
+    rep = sub.add_parser("report", help="rebuild report.pdf and summary.md/.tex from a run folder's files")
     rep.add_argument("dir", help="the --out folder of a run")
+    rep.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
     rep.set_defaults(fn=cmd_report)
 
     enc = sub.add_parser("encode", help="recode images for one designated model and key")

@@ -24,7 +24,9 @@ from nte_eval.encoders import ENCODERS, Encoder, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle, load_model
 from nte_eval.metrics import psnr, relative_change
-from nte_eval.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key
+from nte_eval.reports.gallery import example_file, save_examples
+from nte_eval.reports.spectra import spectrum_rows
+from nte_eval.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key, setting_name
 from nte_eval.suite import Suite, spec_name
 from nte_eval.summary import worst_case
 
@@ -213,15 +215,22 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     timings, subspaces = [], {}
     cell_keys = [cell_key(e.name, compact({**e.params(), "designated": d}), a, compact(p))
                  for (d, _), e in encoders.items() for a, p in attack_settings]
-    overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks,
-                   initial=sum(store.is_done(k) for k in cell_keys))
-    for (d, _), encoder in (encoders.items() if attacks else ()):
+    save_examples(example_file(out), data.images)
+    done = sum(store.is_done(k) for k in cell_keys)
+    if attacks:
+        log(f"{len(encoders)} encoder setting(s) x {len(attack_settings)} attack setting(s) = {len(cell_keys)} cells, "
+            f"{len(evaluated_names)} models, {len(data)} images" + (f"; {done} cells already done" if done else ""))
+    overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks, initial=done)
+    for number, ((d, _), encoder) in enumerate(encoders.items() if attacks else (), 1):
         enc_params = compact({**encoder.params(), "designated": d})
         keys = [cell_key(encoder.name, enc_params, a, compact(p)) for a, p in attack_settings]
         if all(store.is_done(k) for k in keys):
             continue
+        log(f"setting {number}/{len(encoders)}: {d}, {setting_name(encoder.name, enc_params)}: encoding, then "
+            f"{sum(not store.is_done(k) for k in keys)} attack(s), each evaluated on {len(evaluated_names)} models")
         tc = time.time()
         x_nte, subspaces[f"{encoder.name} {enc_params}"] = encode_all(encoder, data.images, suite.seed, batch, device)
+        save_examples(example_file(out, encoder.name, enc_params), x_nte)
         encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
         context = AttackContext(seed=attacker_seed, device=device, public=public, ntes=x_nte,
                                 encoder=public_settings(encoder), designated=handles[d],
@@ -244,6 +253,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
             steps.update()
             steps.close()
             head = (encoder.name, enc_params, att_name, compact(att_params))
+            save_examples(example_file(out, *head), x_rec)
             store.add(key, pd.DataFrame([(*head, *r) for r in rows], columns=COLUMNS),
                       pd.DataFrame([(*head, *r) for r in samples], columns=SAMPLE_COLUMNS))
             timings.append({"designated": d, "encoder_params": enc_params, "attack": att_name,
@@ -251,6 +261,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
             overall.update()
     overall.close()
     broken = _certify(suite, handles, evaluated_names, data, out, batch, store, progress, log, timings)
+    pd.concat([spectrum_rows(n, handles[n]) for n in evaluated_names]).to_csv(out / "spectra.csv", index=False)
     results, samples = store.load()
     results.to_parquet(out / "results.parquet", index=False)
     worst_case(results, samples, knowledge_of).to_csv(out / "worst_case.csv", index=False)
@@ -264,11 +275,14 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     (out / "warnings.json").write_text(json.dumps(warnings, indent=2))
     manifest = {"suite": suite.name, "config_hash": suite.config_hash(), "status": "complete", "seed": suite.seed,
                 "device": device, "batch_size": batch, "config": suite.model_dump(), "environment": environment(),
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
-                         "shape": list(data.images.shape[1:])},
+                         "shape": list(data.images.shape[1:]),
+                         "chance": float(torch.bincount(data.labels).max()) / len(data)},
                 "public": None if public is None else {"n": len(public), **suite.public_config().model_dump()},
                 "models": {name: h.describe() for name, h in handles.items()}, "subspaces": subspaces,
-                "attacks": [{"type": a, "params": p} for a, p in attack_settings],
+                "attacks": [{"type": a, "params": p, "knowledge": knowledge_of(a, compact(p))}
+                            for a, p in attack_settings],
                 "timings": {"total_seconds": round(time.time() - t0, 3), "resumed": resume, "cells": timings}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     if len(broken):
@@ -297,33 +311,3 @@ def _certify(suite: Suite, handles: dict[str, ModelHandle], evaluated: list[str]
     store.add(key, pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(columns=SAMPLE_COLUMNS))
     timings.append({"stage": "certify", "seconds": round(time.time() - tc, 3)})
     return broken
-
-
-def setting_label(params: dict[str, Any]) -> str:
-    """The encoder parameters that tell settings apart in the printed tables, PSNR first."""
-    return " ".join(f"{k}={params[k]}" for k in ("psnr", "box", "quantize", "mode", "noise") if k in params)
-
-
-def headline(results: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (%) per (designated, encoder setting): the designated model's first (column ``DESIGNATED``), then
-    each unauthorized model's (blank in the designated model's own column)."""
-    acc = results[(results.metric == "accuracy") & (results.attack == "identity")].copy()
-    params = acc.encoder_params.map(json.loads)
-    acc["designated"] = params.map(lambda p: p.pop("designated"))
-    acc["setting"] = acc.encoder + " " + params.map(setting_label)
-    acc["column"] = acc.model.where(acc.role == "unauthorized", "DESIGNATED")
-    table = acc.pivot_table(index=["designated", "setting"], columns="column", values="value", sort=False)
-    table = table[["DESIGNATED", *[c for c in table.columns if c != "DESIGNATED"]]]
-    table.columns.name = "accuracy %"
-    return (100 * table).round(1)
-
-
-def worst_case_table(path: str | Path) -> pd.DataFrame:
-    """Accuracy (%) per (designated, encoder setting) and unauthorized model under the best single attack."""
-    wc = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
-    wc = wc[(wc.role == "unauthorized") & (wc.summary == "best_single")].copy()
-    params = wc.encoder_params.map(json.loads)
-    wc["setting"] = wc.encoder + " " + params.map(setting_label)
-    table = wc.pivot_table(index=["designated", "setting"], columns="model", values="value", sort=False)
-    table.columns.name = "best single attack, accuracy %"
-    return (100 * table).round(1)

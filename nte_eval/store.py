@@ -3,10 +3,13 @@ exactly the journalled cells (rows of a cell cut short by a kill are dropped and
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,11 +20,58 @@ CELL = ["encoder", "encoder_params", "attack", "attack_params"]
 COLUMNS = [*CELL, "model", "role", "metric", "value", "n"]
 SAMPLE_COLUMNS = [*CELL, "model", "input", "correct"]
 FILES = ("results.csv", "samples.csv", "cells.jsonl", "manifest.json", "results.parquet", "worst_case.csv",
-         "warnings.json", "report.pdf", "certificates.csv", "lipschitz.csv", "angles.csv", "certify.json")
+         "warnings.json", "report.pdf", "certificates.csv", "lipschitz.csv", "angles.csv", "certify.json",
+         "spectra.csv", "summary.md", "summary.tex", "transfer_matrix.csv", "collapse_psnr.csv")
+EXAMPLES = "examples"  # the gallery's image arrays (and PNGs), one file per cell
 
 
 def cell_key(encoder: str, encoder_params: str, attack: str, attack_params: str) -> str:
     return json.dumps([encoder, encoder_params, attack, attack_params])
+
+
+def setting_name(encoder: str, params: dict[str, Any] | str, psnr: bool = True) -> str:
+    """A short label of an encoder setting: its PSNR, then only the parameters that differ from the encoder's
+    defaults (all of them for an encoder this process does not know), e.g. ``nte 30 dB box=project quantize=True``."""
+    params = json.loads(params) if isinstance(params, str) else dict(params)
+    params.pop("designated", None)
+    defaults = _defaults("encoder", encoder)
+    head = [encoder] + ([f"{params['psnr']:g} dB"] if psnr and "psnr" in params else [])
+    rest = [f"{k}={v}" for k, v in params.items() if k != "psnr" and (k not in defaults or defaults[k] != v)]
+    return " ".join(head + rest)
+
+
+def attack_name(attack: str, params: dict[str, Any] | str) -> str:
+    """A short label of an attack setting: its name, its strength parameter and the parameters that differ from
+    its defaults (seeds aside), e.g. ``jpeg quality=90``; the report's appendix lists every parameter."""
+    params = json.loads(params) if isinstance(params, str) and params else dict(params or {})
+    defaults = dict(_defaults("attack", attack))
+    strength = defaults.pop("__strength__", None)
+    shown = [f"{k}={_short(v)}" for k, v in params.items()
+             if k != "seed" and ((k == strength and v is not None) or k not in defaults or defaults[k] != v)]
+    return " ".join([attack, *shown])
+
+
+@functools.cache
+def _defaults(kind: str, name: str) -> dict[str, Any]:
+    """A registered encoder's or attack's parameter defaults (and an attack's strength parameter under
+    ``__strength__``); empty for a name this process does not know (a plugin not imported)."""
+    from nte_eval.attacks import ATTACKS
+    from nte_eval.encoders import ENCODERS
+
+    try:
+        cls = (ATTACKS if kind == "attack" else ENCODERS).get(name)
+    except NTEError:
+        return {}
+    defaults = {k: v["default"] for k, v in cls.describe()["params"].items()}
+    return {**defaults, "__strength__": (getattr(cls, "strength", None) or (None,))[0]}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return value.get("type", json.dumps(value, separators=(",", ":")))
+    return str(value).removeprefix("zoo:")
 
 
 def _append(path: Path, frame: pd.DataFrame) -> None:
@@ -61,6 +111,7 @@ class ResultStore:
         else:
             for name in FILES:
                 (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / EXAMPLES, ignore_errors=True)
             for tmp in out.glob("*.tmp"):  # a half-written file of a killed run
                 tmp.unlink()
         (out / "manifest.json").write_text(json.dumps({"config_hash": config_hash, "status": "running"}))

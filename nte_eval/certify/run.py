@@ -25,7 +25,8 @@ from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds
 from nte_eval.data import ImageSet
 from nte_eval.encoders import ENCODERS
 from nte_eval.handles import ModelHandle
-from nte_eval.runner import compact, encode_all, setting_label
+from nte_eval.runner import compact, encode_all
+from nte_eval.store import setting_name
 from nte_eval.suite import CertifyConfig, Suite, spec_name
 
 
@@ -124,9 +125,8 @@ def certification_table(out: Path) -> pd.DataFrame:
     table = pd.DataFrame(json.loads((Path(out) / "certify.json").read_text()).get("fidelity", []))
     if table.empty:
         return table
-    params = table.encoder_params.map(json.loads)
-    table["setting"] = table.encoder + " " + params.map(lambda p: setting_label({k: v for k, v in p.items()
-                                                                                  if k != "psnr"}))
+    table["setting"] = [setting_name(e, p, psnr=False) for e, p in zip(table.encoder, table.encoder_params,
+                                                                           strict=True)]
     table["source"] = table.lipschitz + " (" + table.status + ")"
     pick = lambda names: table.metrics.map(lambda m: next((m[n] for n in names if n in m), math.nan))  # noqa: E731
     table["certified % (estimated)"] = (100 * pick(("certified_accuracy", "estimated_accuracy"))).round(1)

@@ -1,11 +1,12 @@
-"""A first PDF report from ``results.csv`` and ``manifest.json``: the headline table and accuracy against PSNR.
-
-(The "Reports" issue extends this to the full report: attacks, certificates, spectra, gallery.)
+"""``report.pdf`` from a run's files alone (no model is loaded): summary and verdicts, accuracy against PSNR, the
+attack x model heatmaps, the best attack of each knowledge level, the certification pages, first-layer spectra, the
+image gallery and an appendix with every parameter and the environment. Also writes ``summary.md``/``summary.tex``.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,119 +16,186 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-LINESTYLES = ["-", "--", "-.", ":"]
-SUMMARY_ORDER = ["clean", "no_attack", "best_none", "best_method", "best_surrogate", "best_oracle", "best_single",
-                 "union", "union_clean"]
-MARKERS = ["o", "s", "^", "v", "D", "x", "P", "*"]
+from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
+from nte_eval.reports.gallery import gallery_pages  # noqa: E402
+from nte_eval.reports.headline import MARGIN, Headline, headline  # noqa: E402
+from nte_eval.reports.summary_files import UNITS, sections, write_summaries  # noqa: E402
+from nte_eval.store import COLUMNS, read_rows, setting_name  # noqa: E402
+
+FONT = 6.5  # monospace text pages
+LINES_PER_PAGE = int(7.3 * 72 / (FONT * 1.22))
+WIDTH = int(11.0 * 72 / (FONT * 0.6))
 
 
-def _title_page(pdf: PdfPages, manifest: dict, headline: pd.DataFrame) -> None:
-    fig = plt.figure(figsize=(11.69, 8.27))
+def text_pages(pdf: PdfPages, title: str, lines: list[str], header: list[str] | None = None) -> int:
+    """Monospace text over as many pages as it needs (long lines wrapped); the first page may carry a header."""
+    wrapped = [w for line in lines for w in (textwrap.wrap(line, WIDTH, subsequent_indent="    ",
+                                                           replace_whitespace=False) or [""])]
+    first = LINES_PER_PAGE - (3 * len(header) if header else 0)
+    chunks = [wrapped[:first]] + [wrapped[i:i + LINES_PER_PAGE] for i in range(first, len(wrapped), LINES_PER_PAGE)]
+    for n, chunk in enumerate(chunks):
+        fig = plt.figure(figsize=A4)
+        top = 0.96
+        if header and n == 0:
+            fig.text(0.03, top, header[0], fontsize=16, weight="bold", va="top")
+            fig.text(0.03, top - 0.05, "\n".join(header[1:]), fontsize=8, va="top", family="monospace")
+            top -= 0.05 + 0.021 * len(header)
+        else:
+            fig.text(0.03, top, title + (f" (continued, {n + 1}/{len(chunks)})" if n else ""), fontsize=11,
+                     weight="bold", va="top")
+            top -= 0.045
+        fig.text(0.03, top, "\n".join(chunk), fontsize=FONT, va="top", family="monospace")
+        pdf.savefig(fig)
+        plt.close(fig)
+    return len(chunks)
+
+
+def _table(frame: pd.DataFrame) -> list[str]:
+    from nte_eval.reports.summary_files import _fmt
+
+    return frame.to_string(index=False, formatters={c: _fmt for c in frame.columns}).splitlines()
+
+
+def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
+    """Every model of the run with its first-layer geometry and clean accuracy."""
+    config = manifest.get("config", {})
+    roles = {}
+    for spec in [*(config.get("surrogates") or [])]:
+        roles[spec if isinstance(spec, str) else spec.get("name", str(spec))] = "surrogate"
+    clean = results[results.metric == "clean_accuracy"].groupby("model").value.first()
+    designated = set(results[results.role == "designated"].model)
+    rows = []
+    for name, m in manifest.get("models", {}).items():
+        role = "designated" if name in designated else ("unauthorized" if name in clean.index else roles.get(
+            name, "surrogate"))
+        rows.append({"model": name, "role": role, "first layer": f"{m['layer']} ({m['kind']})",
+                     "kernel": "x".join(map(str, m["kernel"])), "stride": "x".join(map(str, m["stride"])),
+                     "padding": "x".join(map(str, m["padding"])),
+                     "channels": f"{m['in_channels']}->{m['out_channels']}",
+                     "input": "x".join(map(str, m["input_size"])),
+                     "clean %": round(100 * clean[name], 1) if name in clean.index else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Headline) -> None:
     env = manifest.get("environment", {})
-    lines = [f"nte-eval report: {manifest.get('suite')}",
-             f"data: {manifest['data']['source']} / {manifest['data']['split']}, n = {manifest['data']['n']}, "
-             f"seed {manifest.get('seed')}, config {manifest.get('config_hash')}",
-             f"nte-eval {env.get('nte_eval')}, torch {env.get('torch')}, timm {env.get('timm')}",
-             "Accuracy in %. PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR, peak 255)."]
-    fig.text(0.04, 0.96, lines[0], fontsize=16, weight="bold", va="top")
-    fig.text(0.04, 0.92, "\n".join(lines[1:]), fontsize=9, va="top", family="monospace")
-    fig.text(0.04, 0.80, headline.to_string(max_colwidth=40), fontsize=6, va="top", family="monospace")
-    pdf.savefig(fig)
-    plt.close(fig)
+    data = manifest.get("data", {})
+    public = manifest.get("public") or {}
+    header = [f"nte-eval report: {manifest.get('suite')}",
+              f"finished {manifest.get('finished', 'unknown')}; nte-eval {env.get('nte_eval')}, "
+              f"torch {env.get('torch')}, timm {env.get('timm')}, python {env.get('python')}; "
+              f"device {manifest.get('device')}",
+              f"data: {data.get('source')} / {data.get('split')}, n = {data.get('n')}, images {data.get('shape')}; "
+              f"public (attackers'): {public.get('source', 'none')} / {public.get('split', '-')}, "
+              f"n = {public.get('n', 0)}; key (seed) {manifest.get('seed')}; config {manifest.get('config_hash')}",
+              UNITS]
+    lines = ["Models and their first linear layer (pixel space):", *_models(manifest, results).to_string(
+        index=False).splitlines(), "", "VERDICTS (held = every unauthorized model at most chance + "
+        f"{h.margin:g} points under the strongest single attack of that knowledge level):",
+             *(f"- {v}" for v in h.verdicts), ""]
+    caption, table = sections(h)[0]
+    lines += [caption, *_table(table), "", f"Sanity-check warnings ({len(h.warnings)}):"]
+    lines += [f"- [{w['check']}] {w['message']}" for w in h.warnings] or ["- none"]
+    text_pages(pdf, "Summary", lines, header=header)
+    rest = []
+    for caption, table in sections(h)[1:3]:
+        rest += [caption, *_table(table), ""]
+    text_pages(pdf, "Unauthorized models and attackers (accuracy %)", rest)
 
 
-def _psnr_page(pdf: PdfPages, table: pd.DataFrame, designated: str) -> None:
-    """Accuracy against the achieved PSNR for one designated model's NTEs, unboxed and storable side by side."""
-    fig, axes = plt.subplots(1, 2, figsize=(11.69, 5.5), sharey=True)
-    sub = table[(table.designated == designated) & (table.encoder == "nte")]
-    for ax, storable in zip(axes, (False, True), strict=True):
-        part = sub[sub.storable == storable]
-        for i, (model, g) in enumerate(part.groupby("model", sort=False)):
-            g = 100 * g.groupby("psnr").accuracy.mean().sort_index()
-            is_des = model == designated
-            ax.plot(g.index, g.values, LINESTYLES[i % 4] if not is_des else "-", marker=MARKERS[i % 8],
-                    lw=3 if is_des else 1.2, color="black" if is_des else None,
-                    label=f"{model} (designated)" if is_des else model)
-        ax.set_title(f"{'storable 8-bit' if storable else 'unboxed float'} NTEs", fontsize=10)
-        ax.set_xlabel("achieved PSNR of the NTEs (dB, pixel space, peak 1)")
-        ax.grid(alpha=0.3)
-        if len(part):
-            ax.legend(fontsize=7)
-    axes[0].set_ylabel("top-1 accuracy (%)")
-    fig.suptitle(f"Accuracy against PSNR, designated: {designated}")
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _text_page(pdf: PdfPages, title: str, body: str) -> None:
-    fig = plt.figure(figsize=(11.69, 8.27))
-    fig.text(0.03, 0.96, title, fontsize=12, weight="bold", va="top")
-    fig.text(0.03, 0.92, body, fontsize=5.5, va="top", family="monospace")
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _worst_case_pages(pdf: PdfPages, wc: pd.DataFrame) -> None:
-    """Per designated model: each model's accuracy clean, without attack, under the best attack of each knowledge
-    level, the best single attack, and the per-sample union beside its clean calibration."""
-    wc = wc.assign(setting=wc.encoder + " " + wc.encoder_params.map(
-        lambda p: " ".join(f"{k}={v}" for k, v in json.loads(p).items() if k != "designated")))
-    for designated, part in wc.groupby("designated", sort=False):
-        table = part.pivot_table(index=["setting", "model"], columns="summary", values="value", aggfunc="first",
-                                 sort=False)
-        table = (100 * table[[c for c in SUMMARY_ORDER if c in table.columns]]).round(1)
-        best = part[part.summary == "best_single"].groupby(["setting", "model"], sort=False).attack.first()
-        table["best attack"] = best
-        note = ("best_single is the headline (one reconstruction, committed to without labels); union is the "
-                "per-sample best of all attacks,\nan upper bound inflated by lucky hits: compare it with union_clean, "
-                "the same union on clean inputs.\n\n")
-        _text_page(pdf, f"Attacks, designated {designated} (accuracy %)", note + table.to_string(max_colwidth=70))
-
-
-def _certify_pages(pdf: PdfPages, run_dir: Path) -> None:
-    """The certification step: its tables as text, the fidelity scatter and the degradation page."""
-    from nte_eval.certify.run import certification_table, degradation_line
+def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
+    """The degradation page, the certification tables as text and the fidelity scatter."""
+    from nte_eval.certify.run import degradation_line
     from nte_eval.reports.certify_pages import degradation_page, fidelity_page
 
-    body = certification_table(run_dir).to_string() + "\n\n" + degradation_line(run_dir)
-    lip = run_dir / "lipschitz.csv"
-    if lip.exists():
-        body += "\n\nLipschitz bounds of the network after the first layer:\n" + pd.read_csv(lip).to_string(
-            index=False, max_colwidth=90)
-    _text_page(pdf, "Certification (certified accuracy %, pass rate %, median measured/bound)", body)
-    if (run_dir / "certificates.csv").exists():
-        fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
     degradation = json.loads((run_dir / "certify.json").read_text()).get("degradation")
     if degradation and (run_dir / "angles.csv").exists():
         degradation_page(pdf, pd.read_csv(run_dir / "angles.csv"), degradation["spearman_misalignment"],
                          degradation["psnr"])
+    lines = []
+    if len(h.certification):
+        caption, table = sections(h)[3]
+        lines += [caption, *_table(table), ""]
+    lines += [degradation_line(run_dir)]
+    lip = run_dir / "lipschitz.csv"
+    if lip.exists():
+        lines += ["", "Lipschitz bounds of the network after the first layer:",
+                  *pd.read_csv(lip).to_string(index=False, max_colwidth=110).splitlines()]
+    text_pages(pdf, "Certification (certified accuracy %, pass rate %, median measured/bound)", lines)
+    if (run_dir / "certificates.csv").exists():
+        fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Build ``report.pdf`` (and ``transfer_matrix.csv``, ``collapse_psnr.csv``) in ``run_dir`` from its
-    ``results.csv`` and ``manifest.json`` alone."""
+def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame) -> None:
+    from nte_eval.reports.tables import transfer_matrix
+
+    lines = ["Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
+             "target PSNR; psnr = achieved PSNR (dB, pixel space, peak 1):"]
+    lines += transfer_matrix(results).to_string(index=False, float_format=lambda v: f"{v:.4g}").splitlines()
+    lines += ["", "Encoder settings (every parameter):"]
+    cells = results[results.attack == "identity"][["encoder", "encoder_params"]].drop_duplicates()
+    lines += [f"- {setting_name(e, p)}: {e} {p}" for e, p in cells.itertuples(index=False)]
+    lines += ["", "Attack settings (every parameter; knowledge level):"]
+    lines += [f"- {a['type']} [{a.get('knowledge', '?')}]: {json.dumps(a['params'], sort_keys=True)}"
+              for a in manifest.get("attacks", [])]
+    lines += ["", "Environment:", *(f"- {k}: {v}" for k, v in manifest.get("environment", {}).items())]
+    timings = manifest.get("timings", {})
+    lines += [f"- device {manifest.get('device')}, batch size {manifest.get('batch_size')}, total "
+              f"{timings.get('total_seconds')} s{' (resumed)' if timings.get('resumed') else ''}"]
+    lines += ["", "Files in the run folder: results.csv/.parquet, samples.csv, worst_case.csv, warnings.json, "
+              "manifest.json, certificates.csv, lipschitz.csv, angles.csv, certify.json, spectra.csv, "
+              "summary.md, summary.tex, examples/ (gallery arrays and PNGs)."]
+    text_pages(pdf, "Appendix: parameters and environment", lines)
+
+
+def _knowledge(manifest: dict) -> dict[tuple[str, str], str]:
+    """(attack, compact params) -> knowledge level, from the manifest (a plugin need not be importable)."""
+    from nte_eval.runner import compact, knowledge_of
+
+    out = {}
+    for a in manifest.get("attacks", []):
+        params = compact(a["params"])
+        out[(a["type"], params)] = a.get("knowledge") or knowledge_of(a["type"], params)
+    return out
+
+
+def write_report(run_dir: str | Path, margin: float | None = None) -> tuple[Path, Headline]:
+    """Build ``report.pdf``, ``summary.md``, ``summary.tex``, ``transfer_matrix.csv`` and ``collapse_psnr.csv`` in
+    ``run_dir`` from its files alone; returns the PDF's path and the headline."""
+    from nte_eval.reports.spectra import spectra_page
     from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
-    from nte_eval.runner import headline
-    from nte_eval.store import COLUMNS, read_rows
 
     run_dir = Path(run_dir)
     results = read_rows(run_dir / "results.csv", COLUMNS)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    table = wide(results[results.attack == "identity"])
+    h = headline(run_dir, MARGIN if margin is None else margin)
+    write_summaries(run_dir, h, f"nte-eval: {manifest.get('suite')}")
+    transfer_matrix(results).to_csv(run_dir / "transfer_matrix.csv", index=False)
+    collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
+    settings = h.settings
+    knowledge = _knowledge(manifest)
     path = run_dir / "report.pdf"
     with PdfPages(path) as pdf:
-        _title_page(pdf, manifest, headline(results))
-        matrix = transfer_matrix(results)
-        matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
-        collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
-        worst = run_dir / "worst_case.csv"
-        if worst.exists():
-            _worst_case_pages(pdf, pd.read_csv(worst, keep_default_na=False))
-        if (run_dir / "certify.json").exists():
-            _certify_pages(pdf, run_dir)
+        _summary_pages(pdf, manifest, results, h)
+        table = wide(results[results.attack == "identity"])
         for designated in table.designated.unique():
-            _psnr_page(pdf, table, designated)
-            part = matrix[matrix.designated == designated].drop(columns="designated").dropna(axis=1, how="all")
-            _text_page(pdf, f"Transfer matrix, designated {designated} (accuracy %, PSNR in dB pixel space)",
-                       part.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return path
+            psnr_page(pdf, table, designated)
+        heatmap_pages(pdf, results, settings, knowledge)
+        worst = pd.read_csv(run_dir / "worst_case.csv", dtype={"encoder_params": str, "attack_params": str},
+                            keep_default_na=False)
+        worst["value"] = pd.to_numeric(worst.value)
+        knowledge_bars_pages(pdf, worst, settings)
+        if (run_dir / "certify.json").exists():
+            _certify_pages(pdf, run_dir, h)
+        if (run_dir / "spectra.csv").exists():
+            spectra_page(pdf, pd.read_csv(run_dir / "spectra.csv"), _taus(results), list(h.designated.designated))
+        gallery_pages(pdf, run_dir, results, settings, knowledge)
+        _appendix(pdf, manifest, results)
+    return path, h
+
+
+def _taus(results: pd.DataFrame) -> list[float]:
+    """The tau thresholds of the run's encoder settings (the default 0.01 if none selects by tau)."""
+    selects = {json.loads(p).get("select", "") for p in results.encoder_params.unique()}
+    taus = sorted({float(s.split("=")[1]) for s in selects if s.startswith("tau=")})
+    return taus or [0.01]

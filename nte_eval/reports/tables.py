@@ -6,18 +6,18 @@ import json
 
 import pandas as pd
 
-SETTING_KEYS = ("mode", "box", "quantize", "noise", "select", "border", "steps")
+from nte_eval.store import setting_name
 
 
 def wide(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (designated, encoder, setting, target PSNR, model) with every metric as a column."""
+    """One row per (designated, encoder, setting (without its PSNR), target PSNR, model) with every metric as a
+    column."""
     df = results.copy()
     params = df.encoder_params.map(json.loads)
     df["designated"] = params.map(lambda p: p["designated"])
     df["target_psnr"] = params.map(lambda p: p.get("psnr"))
     df["storable"] = params.map(lambda p: p.get("box", "none") != "none" and bool(p.get("quantize")))
-    df["setting"] = df.encoder + params.map(
-        lambda p: "".join(f" {k}={p[k]}" for k in SETTING_KEYS if k in p))
+    df["setting"] = [setting_name(e, p, psnr=False) for e, p in zip(df.encoder, df.encoder_params, strict=True)]
     index = ["designated", "encoder", "setting", "target_psnr", "storable", "attack", "attack_params", "model", "role"]
     return df.pivot_table(index=index, columns="metric", values="value", sort=False).reset_index()
 

@@ -1,0 +1,164 @@
+"""The headline of a run, from its files alone: the designated models, the unauthorized models under attack, the
+certificates, and one plain verdict per encoder setting.
+
+A verdict says, per knowledge level, whether the NTEs *held*: every unauthorized model's accuracy under the strongest
+attack of that level (identity included in ``none``) stays at or below chance + ``margin`` percentage points, chance
+being the majority-class rate of the evaluated labels. The per-sample union over attacks is never used for a
+verdict (it picks attacks with hindsight); it is shown beside its clean-input calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from nte_eval.attacks.base import KNOWLEDGE
+from nte_eval.store import COLUMNS, attack_name, read_rows, setting_name
+
+MARGIN = 10.0  # percentage points above chance that still count as "held"
+
+
+@dataclass
+class Headline:
+    """The headline tables (accuracy in %) and verdicts of one run."""
+
+    settings: pd.DataFrame  # encoder, encoder_params, designated, setting (short label), in run order
+    designated: pd.DataFrame
+    unauthorized: pd.DataFrame
+    levels: pd.DataFrame
+    certification: pd.DataFrame
+    verdicts: list[str]
+    warnings: list[dict] = field(default_factory=list)
+    chance: float | None = None
+    margin: float = MARGIN
+
+
+def _pct(value: float) -> float:
+    return round(100 * value, 1)
+
+
+def _settings(results: pd.DataFrame) -> pd.DataFrame:
+    """The run's encoder settings in run order, with their designated model and short label."""
+    cells = results[results.attack == "identity"][["encoder", "encoder_params"]].drop_duplicates()
+    return cells.assign(designated=cells.encoder_params.map(lambda p: json.loads(p)["designated"]),
+                        setting=[setting_name(e, p) for e, p in zip(cells.encoder, cells.encoder_params, strict=True)])
+
+
+def _certified(fidelity: list[dict], encoder: str, params: str) -> dict[str, object]:
+    """The best certified source's certified accuracy and pass rate for exactly this setting (same PSNR)."""
+    entries = [f for f in fidelity if f["encoder"] == encoder and f["encoder_params"] == params]
+    certified = [f for f in entries if f["status"] == "certified"]
+    if not entries:
+        return {"certified %": math.nan, "cert. pass %": math.nan, "certified by": "not certified at this PSNR"}
+    if not certified:
+        return {"certified %": math.nan, "cert. pass %": math.nan, "certified by": "none (no certified bound)"}
+    best = max(certified, key=lambda f: f["metrics"]["certified_accuracy"])
+    return {"certified %": _pct(best["metrics"]["certified_accuracy"]),
+            "cert. pass %": _pct(min(f["metrics"]["cert_pass_rate"] for f in certified)),
+            "certified by": best["lipschitz"]}
+
+
+def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: list[dict]) -> pd.DataFrame:
+    """Per designated model and encoder setting: achieved PSNR, clean and NTE accuracy, agreement, first-layer
+    ratio, and the certification of exactly that setting."""
+    rows = []
+    ident = results[(results.attack == "identity") & (results.role == "designated")]
+    for s in settings.itertuples(index=False):
+        m = ident[ident.encoder_params == s.encoder_params].set_index("metric").value
+        rows.append({"designated": s.designated, "setting": s.setting, "PSNR dB": round(m["psnr"], 2),
+                     "clean %": _pct(m["clean_accuracy"]), "NTE %": _pct(m["accuracy"]),
+                     "agreement %": _pct(m["agreement"]), "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}"),
+                     **_certified(fidelity, s.encoder, s.encoder_params)})
+    return pd.DataFrame(rows)
+
+
+def unauthorized_table(worst: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and unauthorized model: clean, no attack, the best single attack (named), and the union over
+    attacks beside the same union on clean inputs."""
+    rows = []
+    wc = worst[worst.role == "unauthorized"]
+    for s in settings.itertuples(index=False):
+        part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
+        for model, g in part.groupby("model", sort=False):
+            v = g.set_index("summary")
+            best = v.loc["best_single"]
+            rows.append({"designated": s.designated, "setting": s.setting, "model": model,
+                         "clean %": _pct(v.value["clean"]), "no attack %": _pct(v.value["no_attack"]),
+                         "best attack %": _pct(best.value),
+                         "best attack": f"{attack_name(best.attack, best.attack_params)} ({best.knowledge})",
+                         "union %": _pct(v.value.get("union", math.nan)),
+                         "union clean %": _pct(v.value.get("union_clean", math.nan))})
+    return pd.DataFrame(rows)
+
+
+def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per setting and knowledge level: the unauthorized model that the level's strongest attack helps most, its
+    accuracy, the attack, and whether the NTEs held (accuracy <= threshold, in %)."""
+    rows = []
+    wc = worst[worst.role == "unauthorized"]
+    for s in settings.itertuples(index=False):
+        part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
+        for level in KNOWLEDGE:
+            g = part[part.summary == f"best_{level}"]
+            if g.empty:
+                rows.append({"designated": s.designated, "setting": s.setting, "knowledge": level,
+                             "max unauthorized %": math.nan, "model": "", "attack": "", "held": "not tested"})
+                continue
+            top = g.loc[g.value.idxmax()]
+            acc = _pct(top.value)
+            rows.append({"designated": s.designated, "setting": s.setting, "knowledge": level,
+                         "max unauthorized %": acc, "model": top.model,
+                         "attack": attack_name(top.attack, top.attack_params),
+                         "held": "yes" if acc <= threshold else "no"})
+    return pd.DataFrame(rows)
+
+
+def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float) -> str:
+    """One plain sentence per setting: what the designated model keeps and which knowledge levels broke the NTEs."""
+    head = (f"{des.designated}, {des.setting}: the designated model scores {des['NTE %']:.1f}% on the NTEs "
+            f"(clean {des['clean %']:.1f}%). ")
+    held = levels[levels.held == "yes"].knowledge.tolist()
+    broken = levels[levels.held == "no"]
+    untested = levels[levels.held == "not tested"].knowledge.tolist()
+    if broken.empty and held:
+        text = (f"The NTEs held against every knowledge level tested ({', '.join(held)}): no unauthorized model "
+                f"above {threshold:.1f}% under any single attack.")
+    else:
+        hits = "; ".join(f"{r.knowledge} ({r.attack} brings {r.model} to {r['max unauthorized %']:.1f}%)"
+                         for _, r in broken.iterrows())
+        text = (f"The NTEs held against {', '.join(held) if held else 'no knowledge level'}; they did NOT hold "
+                f"against {hits} (threshold {threshold:.1f}%).")
+    if untested:
+        text += f" Not tested: {', '.join(untested)}."
+    return head + text
+
+
+def headline(run_dir: str | Path, margin: float = MARGIN) -> Headline:
+    """The headline tables and verdicts of the run in ``run_dir`` (``results.csv``, ``worst_case.csv``,
+    ``manifest.json``, and where present ``certify.json`` and ``warnings.json``)."""
+    from nte_eval.certify.run import certification_table
+
+    run_dir = Path(run_dir)
+    results = read_rows(run_dir / "results.csv", COLUMNS)
+    worst = pd.read_csv(run_dir / "worst_case.csv", dtype={"encoder_params": str, "attack_params": str},
+                        keep_default_na=False)
+    worst["value"] = pd.to_numeric(worst.value)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    chance = manifest.get("data", {}).get("chance")
+    threshold = 100 * (chance or 0.0) + margin
+    certify = run_dir / "certify.json"
+    fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
+    settings = _settings(results)
+    des = designated_table(results, settings, fidelity)
+    levels = levels_table(worst, settings, threshold)
+    verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], threshold)
+                for _, d in des.iterrows()]
+    warnings = run_dir / "warnings.json"
+    return Headline(settings=settings, designated=des, unauthorized=unauthorized_table(worst, settings), levels=levels,
+                    certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),
+                    verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
+                    chance=chance, margin=margin)
