@@ -62,10 +62,10 @@ def _finish(out: Path, margin: float | None) -> None:
     from nte_eval.reports import write_report
     from nte_eval.reports.summary_files import text
 
-    report, headline = write_report(out, margin)
-    print(text(headline))
-    print(f"\nResults: {out / 'results.csv'} (tidy), {out / 'worst_case.csv'}, {out / 'summary.md'}, "
-          f"{out / 'summary.tex'}\nReport: {report}")
+    report = write_report(out, margin)
+    print(text(report.headline))
+    print(f"\nTables: {out / 'summary.md'}, {out / 'summary.tex'}; tidy results: {out / 'results.csv'}\n"
+          f"Report: {report.path} ({len(report.pages)} pages)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

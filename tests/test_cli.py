@@ -66,13 +66,19 @@ def test_run_writes_tidy_results_and_a_report(small_run):
     assert pd.read_parquet(small_run / "results.parquet").shape == results.shape
 
 
-def test_report_rebuilds_from_files(small_run, tmp_path, capsys):
+def test_report_needs_only_the_three_core_files(small_run, tmp_path, capsys):
+    """No certification, spectra or example images (a suite without them, or files not copied): those pages are
+    left out, the rest is rebuilt."""
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("results.csv", "manifest.json"):
+    for name in ("results.csv", "manifest.json", "worst_case.csv"):
         shutil.copy(small_run / name, copy / name)
     code, out, _ = run_cli(["report", copy], capsys)
-    assert code == 0 and (copy / "report.pdf").is_file()
+    assert code == 0 and (copy / "report.pdf").is_file() and (copy / "summary.md").is_file()
+    assert "Verdicts:" in out and "zoo:resnet_stem" in out
+    (copy / "worst_case.csv").unlink()
+    code, _, err = run_cli(["report", copy], capsys)
+    assert code == 2 and "worst_case.csv" in err and "--resume" in err
     code, _, err = run_cli(["report", tmp_path / "nothing"], capsys)
     assert code == 2 and "results.csv" in err
 

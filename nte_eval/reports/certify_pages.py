@@ -23,6 +23,7 @@ def fidelity_page(pdf: PdfPages, certs: pd.DataFrame) -> None:
     if not models:
         return
     fig, axes = plt.subplots(1, len(models), figsize=(11.69, 5.0), squeeze=False)
+    fig.set_label("fidelity")
     for ax, model in zip(axes[0], models, strict=True):
         part = certs[(certs.designated == model) & (certs.bound > 0) & (certs.measured_change > 0)]
         for source, g in part.groupby("lipschitz_source", sort=False):
@@ -61,6 +62,7 @@ def degradation_page(pdf: PdfPages, pairs: pd.DataFrame, rho: dict, psnr: float)
     for r in pairs.itertuples(index=False):
         grid[names.index(r.designated), names.index(r.model)] = r.angle_median
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.69, 5.4))
+    fig.set_label("degradation")
     im = ax.imshow(grid, cmap="Greys", vmin=0, vmax=90)
     for i, j in zip(*np.where(~np.isnan(grid)), strict=True):
         ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,

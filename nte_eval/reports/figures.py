@@ -33,6 +33,7 @@ def psnr_page(pdf: PdfPages, table: pd.DataFrame, designated: str) -> None:
     """Accuracy against the achieved PSNR for one designated model's NTEs without attack, unboxed and storable side
     by side; the designated model is the thick solid line."""
     fig, axes = plt.subplots(1, 2, figsize=(11.69, 6.0), sharey=True)
+    fig.set_label("accuracy_psnr")
     sub = table[(table.designated == designated) & (table.encoder == "nte")]
     for ax, storable in zip(axes, (False, True), strict=True):
         part = sub[sub.storable == storable]
@@ -74,8 +75,8 @@ def _heatmap(ax: plt.Axes, grid: pd.DataFrame, levels: list[str], designated: st
             ax.axhline(i - 0.5, color="black", lw=1.5)
     for level in dict.fromkeys(levels):
         rows = [i for i, lv in enumerate(levels) if lv == level]
-        ax.text(grid.shape[1] - 0.45, (rows[0] + rows[-1]) / 2, f" {level}", rotation=-90, va="center",
-                fontsize=7, weight="bold")
+        ax.text(grid.shape[1] - 0.35, (rows[0] + rows[-1]) / 2, level, va="center", ha="left", fontsize=7,
+                weight="bold", clip_on=False)
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("model evaluated on the reconstruction ((D) = designated)", fontsize=7)
     return im
@@ -90,6 +91,7 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
     for start in range(0, len(rows), 2):
         chunk = rows[start:start + 2]
         fig, axes = plt.subplots(1, 2, figsize=A4, squeeze=False)
+        fig.set_label("attack_heatmap")
         im = None
         for ax, s in zip(axes[0], chunk, strict=False):
             part = acc[(acc.encoder == s.encoder) & (acc.encoder_params == s.encoder_params)]
@@ -103,10 +105,10 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
                           f"{short(s.designated)}, {s.setting}")
         for ax in axes[0][len(chunk):]:
             ax.axis("off")
-        fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.02, label="top-1 accuracy after the attack (%)")
+        fig.colorbar(im, cax=fig.add_axes((0.94, 0.2, 0.012, 0.6)), label="top-1 accuracy after the attack (%)")
         fig.suptitle("Accuracy (%) of every model on each attack's reconstruction of the NTEs, attacks grouped by "
                      "knowledge level (none < method < surrogate < oracle)", fontsize=10)
-        fig.subplots_adjust(left=0.17, right=0.88, top=0.92, bottom=0.12, wspace=0.75)
+        fig.subplots_adjust(left=0.15, right=0.86, top=0.92, bottom=0.12, wspace=0.85)
         pdf.savefig(fig)
         plt.close(fig)
 
@@ -119,23 +121,23 @@ def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFr
     for start in range(0, len(rows), 4):
         chunk = rows[start:start + 4]
         fig, axes = plt.subplots(2, 2, figsize=A4, squeeze=False)
+        fig.set_label("knowledge_bars")
         for ax, s in zip(axes.flat, chunk, strict=False):
             part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
             models = list(dict.fromkeys(part.model))
             v = part.set_index(["model", "summary"]).value
-            width = 0.8 / len(KNOWLEDGE)
+            x = np.arange(len(models))
+            width = 0.7 / len(KNOWLEDGE)
             for k, level in enumerate(KNOWLEDGE):
                 heights = [100 * v.get((m, f"best_{level}"), math.nan) for m in models]
-                ax.bar(np.arange(len(models)) - 0.4 + (k + 0.5) * width, heights, width, color=GREYS[level],
-                       edgecolor="black", hatch=HATCHES[level], lw=0.6, label=f"best {level} attack")
-            x = np.arange(len(models))
-            for summary, marker, face, label in (("union", "D", "black", "union over attacks (hindsight)"),
-                                                 ("union_clean", "D", "white", "same union on clean inputs"),
-                                                 ("clean", "_", "black", "clean accuracy")):
-                y = [100 * v.get((m, summary), math.nan) for m in models]
-                ax.scatter(x + (0.45 if summary != "clean" else 0), y, marker=marker, s=80 if marker == "_" else 22,
-                           facecolors=face, edgecolors="black", linewidths=1.2 if marker == "_" else 0.8,
-                           label=label, zorder=3)
+                ax.bar(x - 0.42 + (k + 0.5) * width, heights, width, color=GREYS[level], edgecolor="black",
+                       hatch=HATCHES[level], lw=0.6, label=f"best {level} attack")
+            ax.hlines([100 * v.get((m, "clean"), math.nan) for m in models], x - 0.42, x + 0.28, colors="black",
+                      linestyles="--", lw=1, label="clean accuracy", zorder=3)
+            for summary, dx, face, label in (("union", 0.34, "black", "union over attacks (hindsight)"),
+                                             ("union_clean", 0.44, "white", "same union on clean inputs")):
+                ax.scatter(x + dx, [100 * v.get((m, summary), math.nan) for m in models], marker="D", s=18,
+                           facecolors=face, edgecolors="black", linewidths=0.8, label=label, zorder=3)
             ax.set_xticks(x, [short(m) for m in models], rotation=20, ha="right", fontsize=7)
             ax.set_ylim(0, 105)
             ax.set_ylabel("top-1 accuracy (%)", fontsize=8)

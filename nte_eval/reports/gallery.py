@@ -75,7 +75,7 @@ def gallery_pages(pdf: PdfPages, run_dir: Path, results: pd.DataFrame, settings:
                                                                    knowledge).items():
             path = example_file(run_dir, s.encoder, s.encoder_params, att, att_params)
             if path.exists():
-                panels.append((f"best {level}: {attack_name(att, att_params)}\n(mean unauthorized acc. "
+                panels.append((f"best {level}:\n{attack_name(att, att_params)}\n(mean unauthorized "
                                f"{100 * mean_acc:.1f}%)", torch.from_numpy(np.load(path))))
         rows.append((f"{s.designated.removeprefix('zoo:')}, {s.setting}", panels))
     for page, start in enumerate(range(0, len(rows), PER_PAGE), 1):
@@ -83,6 +83,7 @@ def gallery_pages(pdf: PdfPages, run_dir: Path, results: pd.DataFrame, settings:
         n_img = len(clean)
         cols = max(len(p) for _, p in chunk)
         fig, axes = plt.subplots(n_img * len(chunk), cols, figsize=(11.69, 8.27), squeeze=False)
+        fig.set_label("gallery")
         for block, (label, panels) in enumerate(chunk):
             for i in range(n_img):
                 r = block * n_img + i
@@ -105,7 +106,7 @@ def gallery_pages(pdf: PdfPages, run_dir: Path, results: pd.DataFrame, settings:
                                           labelpad=0, y=1.32)
         fig.suptitle("Gallery: clean, released NTE, and each knowledge level's best reconstruction (PSNR against "
                      "the clean image, pixel space, peak 1; shown clipped to [0, 1])", fontsize=9)
-        fig.subplots_adjust(left=0.03, right=0.99, top=0.88, bottom=0.02, hspace=0.9, wspace=0.15)
+        fig.subplots_adjust(left=0.03, right=0.99, top=0.86, bottom=0.02, hspace=0.35, wspace=0.05)
         pdf.savefig(fig)
         fig.savefig(run_dir / EXAMPLES / f"gallery-{page}.png", dpi=80)
         plt.close(fig)

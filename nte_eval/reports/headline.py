@@ -69,7 +69,7 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
     ident = results[(results.attack == "identity") & (results.role == "designated")]
     for s in settings.itertuples(index=False):
         m = ident[ident.encoder_params == s.encoder_params].set_index("metric").value
-        rows.append({"designated": s.designated, "setting": s.setting, "PSNR dB": round(m["psnr"], 2),
+        rows.append({"designated": s.designated, "setting": s.setting, "PSNR dB": round(m["psnr"], 2) + 0.0,
                      "clean %": _pct(m["clean_accuracy"]), "NTE %": _pct(m["accuracy"]),
                      "agreement %": _pct(m["agreement"]), "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}"),
                      **_certified(fidelity, s.encoder, s.encoder_params)})
@@ -117,24 +117,27 @@ def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) 
     return pd.DataFrame(rows)
 
 
+LEVEL_NAMES = {k: f"{'no' if k == 'none' else k} knowledge" for k in KNOWLEDGE}
+
+
 def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float) -> str:
-    """One plain sentence per setting: what the designated model keeps and which knowledge levels broke the NTEs."""
-    head = (f"{des.designated}, {des.setting}: the designated model scores {des['NTE %']:.1f}% on the NTEs "
-            f"(clean {des['clean %']:.1f}%). ")
-    held = levels[levels.held == "yes"].knowledge.tolist()
+    """One plain sentence per setting: what the designated model keeps, and per knowledge level whether the NTEs
+    held or which attack broke them on which model."""
+    head = (f"{des.designated}, {des.setting}: designated {des['NTE %']:.1f}% on the NTEs (clean "
+            f"{des['clean %']:.1f}%). ")
+    held = [LEVEL_NAMES[k] for k in levels[levels.held == "yes"].knowledge]
     broken = levels[levels.held == "no"]
-    untested = levels[levels.held == "not tested"].knowledge.tolist()
-    if broken.empty and held:
-        text = (f"The NTEs held against every knowledge level tested ({', '.join(held)}): no unauthorized model "
-                f"above {threshold:.1f}% under any single attack.")
-    else:
-        hits = "; ".join(f"{r.knowledge} ({r.attack} brings {r.model} to {r['max unauthorized %']:.1f}%)"
+    untested = [LEVEL_NAMES[k] for k in levels[levels.held == "not tested"].knowledge]
+    parts = []
+    if held:
+        parts.append(f"Held (every unauthorized model <= {threshold:.1f}%) against {', '.join(held)}.")
+    if len(broken):
+        hits = "; ".join(f"{LEVEL_NAMES[r.knowledge]} ({r.attack}: {r.model} at {r['max unauthorized %']:.1f}%)"
                          for _, r in broken.iterrows())
-        text = (f"The NTEs held against {', '.join(held) if held else 'no knowledge level'}; they did NOT hold "
-                f"against {hits} (threshold {threshold:.1f}%).")
+        parts.append(f"NOT held against {hits}.")
     if untested:
-        text += f" Not tested: {', '.join(untested)}."
-    return head + text
+        parts.append(f"Not tested: {', '.join(untested)}.")
+    return head + " ".join(parts)
 
 
 def headline(run_dir: str | Path, margin: float = MARGIN) -> Headline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -27,14 +28,17 @@ LINES_PER_PAGE = int(7.3 * 72 / (FONT * 1.22))
 WIDTH = int(11.0 * 72 / (FONT * 0.6))
 
 
-def text_pages(pdf: PdfPages, title: str, lines: list[str], header: list[str] | None = None) -> int:
+def text_pages(pdf: PdfPages, kind: str, title: str, lines: list[str], header: list[str] | None = None) -> None:
     """Monospace text over as many pages as it needs (long lines wrapped); the first page may carry a header."""
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
     wrapped = [w for line in lines for w in (textwrap.wrap(line, WIDTH, subsequent_indent="    ",
                                                            replace_whitespace=False) or [""])]
     first = LINES_PER_PAGE - (3 * len(header) if header else 0)
     chunks = [wrapped[:first]] + [wrapped[i:i + LINES_PER_PAGE] for i in range(first, len(wrapped), LINES_PER_PAGE)]
     for n, chunk in enumerate(chunks):
         fig = plt.figure(figsize=A4)
+        fig.set_label(kind)
         top = 0.96
         if header and n == 0:
             fig.text(0.03, top, header[0], fontsize=16, weight="bold", va="top")
@@ -47,13 +51,24 @@ def text_pages(pdf: PdfPages, title: str, lines: list[str], header: list[str] | 
         fig.text(0.03, top, "\n".join(chunk), fontsize=FONT, va="top", family="monospace")
         pdf.savefig(fig)
         plt.close(fig)
-    return len(chunks)
+
+
+class ReportPages(PdfPages):
+    """The report's multi-page PDF; remembers each page's kind (its figure's label) for the CLI and the tests."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.kinds: list[str] = []
+
+    def savefig(self, figure=None, **kwargs) -> None:  # noqa: ANN001
+        self.kinds.append(figure.get_label() or "untitled")
+        super().savefig(figure, **kwargs)
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
     from nte_eval.reports.summary_files import _fmt
 
-    return frame.to_string(index=False, formatters={c: _fmt for c in frame.columns}).splitlines()
+    return frame.to_string(index=False, na_rep="-", formatters={c: _fmt for c in frame.columns}).splitlines()
 
 
 def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
@@ -77,6 +92,23 @@ def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def attack_matrices(h: Headline) -> tuple[list[pd.DataFrame], dict[str, str]]:
+    """The unauthorized table as compact matrices, one per designated model (setting x unauthorized model), each
+    cell 'no attack -> best single attack, its tag (union | union on clean inputs)', and the attacks' tags."""
+    u = h.unauthorized
+    names = list(dict.fromkeys(u["best attack"]))
+    tags = {name: chr(ord("a") + i) if i < 26 else f"#{i}" for i, name in enumerate(names)}
+    cell = [f"{r['no attack %']:.0f}\u2192{r['best attack %']:.0f}{tags[r['best attack']]} "
+            f"({r['union %']:.0f}|{r['union clean %']:.0f})" for _, r in u.iterrows()]
+    u = u.assign(cell=cell, model=u.model.str.removeprefix("zoo:"))
+    matrices = []
+    for designated, part in u.groupby("designated", sort=False):
+        m = part.pivot_table(index="setting", columns="model", values="cell", aggfunc="first", sort=False)
+        m.index.name, m.columns.name = f"{designated.removeprefix('zoo:')} (designated)", None
+        matrices.append(m)
+    return matrices, tags
+
+
 def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Headline) -> None:
     env = manifest.get("environment", {})
     data = manifest.get("data", {})
@@ -94,13 +126,19 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
         f"{h.margin:g} points under the strongest single attack of that knowledge level):",
              *(f"- {v}" for v in h.verdicts), ""]
     caption, table = sections(h)[0]
-    lines += [caption, *_table(table), "", f"Sanity-check warnings ({len(h.warnings)}):"]
+    lines += [caption, *_table(table), ""]
+    matrices, tags = attack_matrices(h)
+    lines += ["Unauthorized models (accuracy %): no attack \u2192 best single attack, tagged (union over all attacks | "
+              "the same union on clean inputs); the tags:", "  " + "; ".join(f"{t} = {n}" for n, t in tags.items())]
+    for m in matrices:
+        lines += ["", *m.to_string().splitlines()]
+    lines += ["", f"Sanity-check warnings ({len(h.warnings)}):"]
     lines += [f"- [{w['check']}] {w['message']}" for w in h.warnings] or ["- none"]
-    text_pages(pdf, "Summary", lines, header=header)
+    text_pages(pdf, "summary", "Summary", lines, header=header)
     rest = []
     for caption, table in sections(h)[1:3]:
         rest += [caption, *_table(table), ""]
-    text_pages(pdf, "Unauthorized models and attackers (accuracy %)", rest)
+    text_pages(pdf, "attackers", "Unauthorized models and attackers (accuracy %)", rest)
 
 
 def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
@@ -121,7 +159,7 @@ def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
     if lip.exists():
         lines += ["", "Lipschitz bounds of the network after the first layer:",
                   *pd.read_csv(lip).to_string(index=False, max_colwidth=110).splitlines()]
-    text_pages(pdf, "Certification (certified accuracy %, pass rate %, median measured/bound)", lines)
+    text_pages(pdf, "certification", "Certification (certified accuracy %, pass rate %, median measured/bound)", lines)
     if (run_dir / "certificates.csv").exists():
         fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
 
@@ -145,7 +183,7 @@ def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame) -> None:
     lines += ["", "Files in the run folder: results.csv/.parquet, samples.csv, worst_case.csv, warnings.json, "
               "manifest.json, certificates.csv, lipschitz.csv, angles.csv, certify.json, spectra.csv, "
               "summary.md, summary.tex, examples/ (gallery arrays and PNGs)."]
-    text_pages(pdf, "Appendix: parameters and environment", lines)
+    text_pages(pdf, "appendix", "Appendix: parameters and environment", lines)
 
 
 def _knowledge(manifest: dict) -> dict[tuple[str, str], str]:
@@ -159,9 +197,18 @@ def _knowledge(manifest: dict) -> dict[tuple[str, str], str]:
     return out
 
 
-def write_report(run_dir: str | Path, margin: float | None = None) -> tuple[Path, Headline]:
+@dataclass
+class Report:
+    """A written report: the PDF, the headline it opens with, and the kind of each page in order."""
+
+    path: Path
+    headline: Headline
+    pages: list[str]
+
+
+def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     """Build ``report.pdf``, ``summary.md``, ``summary.tex``, ``transfer_matrix.csv`` and ``collapse_psnr.csv`` in
-    ``run_dir`` from its files alone; returns the PDF's path and the headline."""
+    ``run_dir`` from its files alone."""
     from nte_eval.reports.spectra import spectra_page
     from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
 
@@ -175,7 +222,7 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> tuple[Path
     settings = h.settings
     knowledge = _knowledge(manifest)
     path = run_dir / "report.pdf"
-    with PdfPages(path) as pdf:
+    with ReportPages(path) as pdf:
         _summary_pages(pdf, manifest, results, h)
         table = wide(results[results.attack == "identity"])
         for designated in table.designated.unique():
@@ -191,7 +238,7 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> tuple[Path
             spectra_page(pdf, pd.read_csv(run_dir / "spectra.csv"), _taus(results), list(h.designated.designated))
         gallery_pages(pdf, run_dir, results, settings, knowledge)
         _appendix(pdf, manifest, results)
-    return path, h
+    return Report(path, h, pdf.kinds)
 
 
 def _taus(results: pd.DataFrame) -> list[float]:

@@ -47,7 +47,8 @@ def spectrum_rows(name: str, handle: ModelHandle) -> pd.DataFrame:
 
 def spectra_page(pdf: PdfPages, spectra: pd.DataFrame, taus: list[float], designated: list[str]) -> None:
     """All models' spectra, sorted descending, against the fraction of input directions; tau as a dotted line."""
-    fig, ax = plt.subplots(figsize=(11.69, 6.5))
+    fig, ax = plt.subplots(figsize=(11.69, 8.27))
+    fig.set_label("spectra")
     notes = []
     for i, (model, g) in enumerate(spectra.groupby("model", sort=False)):
         if g.sigma.isna().all():
@@ -73,15 +74,14 @@ def spectra_page(pdf: PdfPages, spectra: pd.DataFrame, taus: list[float], design
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of the view's input directions, sorted by singular value (patch view: per patch; "
                   "operator view: per image)")
-    ax.set_ylabel(f"singular value of the pixel-space first layer W D^-1 (first-layer output per unit of "
-                  f"pixel value; exact zeros drawn at {FLOOR:g})")
+    ax.set_ylabel("singular value of W D^-1 (first-layer output per unit pixel value)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6.5, loc="lower left")
-    title = "First-layer singular value spectra (pixel space, normalisation included); NTEs use the directions " \
-            "below tau"
+    fig.legend(fontsize=6.5, loc="lower center", ncol=2, frameon=False)
+    title = (f"First-layer singular value spectra (pixel space, normalisation included; exact zeros drawn at "
+             f"{FLOOR:g}); NTEs use the directions below tau")
     if notes:
         title += "\n" + "; ".join(notes)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     pdf.savefig(fig)
     plt.close(fig)
