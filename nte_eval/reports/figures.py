@@ -79,6 +79,7 @@ def _heatmap(ax: plt.Axes, grid: pd.DataFrame, levels: list[str], designated: st
                 weight="bold", clip_on=False)
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("model evaluated on the reconstruction ((D) = designated)", fontsize=7)
+    ax.set_ylabel("attack setting (knowledge level at the right)", fontsize=7)
     return im
 
 

@@ -20,6 +20,8 @@ from nte_eval.attacks.base import KNOWLEDGE
 from nte_eval.store import COLUMNS, attack_name, read_rows, setting_name
 
 MARGIN = 10.0  # percentage points above chance that still count as "held"
+UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "clean %", "no attack %", "best attack %", "best attack",
+                        "union %", "union clean %"]
 
 
 @dataclass
@@ -92,7 +94,7 @@ def unauthorized_table(worst: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFr
                          "best attack": f"{attack_name(best.attack, best.attack_params)} ({best.knowledge})",
                          "union %": _pct(v.value.get("union", math.nan)),
                          "union clean %": _pct(v.value.get("union_clean", math.nan))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=UNAUTHORIZED_COLUMNS)
 
 
 def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) -> pd.DataFrame:
