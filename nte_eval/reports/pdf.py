@@ -20,7 +20,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
 from nte_eval.reports.gallery import gallery_pages  # noqa: E402
 from nte_eval.reports.headline import MARGIN, Headline, headline  # noqa: E402
-from nte_eval.reports.summary_files import UNITS, sections, write_summaries  # noqa: E402
+from nte_eval.reports.summary_files import UNITS, matrix_lines, sections, write_summaries  # noqa: E402
 from nte_eval.store import COLUMNS, read_rows, setting_name  # noqa: E402
 
 FONT = 6.5  # monospace text pages
@@ -92,23 +92,6 @@ def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def attack_matrices(h: Headline) -> tuple[list[pd.DataFrame], dict[str, str]]:
-    """The unauthorized table as compact matrices, one per designated model (setting x unauthorized model), each
-    cell 'no attack -> best single attack, its tag (union | union on clean inputs)', and the attacks' tags."""
-    u = h.unauthorized
-    names = list(dict.fromkeys(u["best attack"]))
-    tags = {name: chr(ord("a") + i) if i < 26 else f"#{i}" for i, name in enumerate(names)}
-    cell = [f"{r['no attack %']:.0f}\u2192{r['best attack %']:.0f}{tags[r['best attack']]} "
-            f"({r['union %']:.0f}|{r['union clean %']:.0f})" for _, r in u.iterrows()]
-    u = u.assign(cell=cell, model=u.model.str.removeprefix("zoo:"))
-    matrices = []
-    for designated, part in u.groupby("designated", sort=False):
-        m = part.pivot_table(index="setting", columns="model", values="cell", aggfunc="first", sort=False)
-        m.index.name, m.columns.name = f"{designated.removeprefix('zoo:')} (designated)", None
-        matrices.append(m)
-    return matrices, tags
-
-
 def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Headline) -> None:
     env = manifest.get("environment", {})
     data = manifest.get("data", {})
@@ -127,12 +110,7 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
              *(f"- {v}" for v in h.verdicts), ""]
     caption, table = sections(h)[0]
     lines += [caption, *_table(table), ""]
-    matrices, tags = attack_matrices(h)
-    lines += ["Unauthorized models (accuracy %): no attack \u2192 best single attack, tagged (union over all attacks | "
-              "the same union on clean inputs); the tags:", "  " + "; ".join(f"{t} = {n}" for n, t in tags.items())]
-    for m in matrices:
-        lines += ["", *m.to_string().splitlines()]
-    lines += ["", f"Sanity-check warnings ({len(h.warnings)}):"]
+    lines += [*matrix_lines(h), "", f"Sanity-check warnings ({len(h.warnings)}):"]
     lines += [f"- [{w['check']}] {w['message']}" for w in h.warnings] or ["- none"]
     text_pages(pdf, "summary", "Summary", lines, header=header)
     rest = []

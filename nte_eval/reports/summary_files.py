@@ -43,12 +43,39 @@ def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
     ]
 
 
+def attack_matrices(h: Headline) -> tuple[list[pd.DataFrame], dict[str, str]]:
+    """The unauthorized table as compact matrices, one per designated model (setting x unauthorized model), each
+    cell 'no attack -> best single attack, its tag (union | union on clean inputs)', and the attacks' tags."""
+    u = h.unauthorized
+    names = list(dict.fromkeys(u["best attack"]))
+    tags = {name: chr(ord("a") + i) if i < 26 else f"#{i}" for i, name in enumerate(names)}
+    cell = [f"{r['no attack %']:.0f}\u2192{r['best attack %']:.0f}{tags[r['best attack']]} "
+            f"({r['union %']:.0f}|{r['union clean %']:.0f})" for _, r in u.iterrows()]
+    u = u.assign(cell=cell, model=u.model.str.removeprefix("zoo:"))
+    matrices = []
+    for designated, part in u.groupby("designated", sort=False):
+        m = part.pivot_table(index="setting", columns="model", values="cell", aggfunc="first", sort=False)
+        m.index.name, m.columns.name = f"{designated.removeprefix('zoo:')} (designated)", None
+        matrices.append(m)
+    return matrices, tags
+
+
+def matrix_lines(h: Headline) -> list[str]:
+    """The compact unauthorized matrices with their caption and the attack tags, as text lines."""
+    matrices, tags = attack_matrices(h)
+    lines = ["Unauthorized models (accuracy %): no attack \u2192 best single attack, tagged (union over all attacks | "
+             "the same union on clean inputs); the tags:", "  " + "; ".join(f"{t} = {n}" for n, t in tags.items())]
+    for m in matrices:
+        lines += ["", *m.to_string().splitlines()]
+    return lines
+
+
 def text(h: Headline) -> str:
-    """The headline for the terminal."""
-    out = [UNITS]
-    for caption, table in sections(h):
-        if len(table):
-            out += ["", caption, table.to_string(index=False, formatters={c: _fmt for c in table.columns})]
+    """The headline for the terminal: the designated models, the unauthorized matrices and the verdicts (the long
+    tables are in summary.md and the report)."""
+    caption, table = sections(h)[0]
+    out = [UNITS, "", caption, table.to_string(index=False, na_rep="-", formatters={c: _fmt for c in table.columns}),
+           "", *matrix_lines(h)]
     out += ["", "Verdicts:", *(f"- {v}" for v in h.verdicts)]
     out += ["", f"Sanity-check warnings: {len(h.warnings)}", *(f"- [{w['check']}] {w['message']}" for w in h.warnings)]
     return "\n".join(out)
