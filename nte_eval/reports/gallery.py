@@ -106,7 +106,7 @@ def gallery_pages(pdf: PdfPages, run_dir: Path, results: pd.DataFrame, settings:
                                           labelpad=0, y=1.32)
         fig.suptitle("Gallery: clean, released NTE, and each knowledge level's best reconstruction (PSNR against "
                      "the clean image, pixel space, peak 1; shown clipped to [0, 1])", fontsize=9)
-        fig.subplots_adjust(left=0.03, right=0.99, top=0.86, bottom=0.02, hspace=0.35, wspace=0.05)
+        fig.subplots_adjust(left=0.03, right=0.99, top=0.86, bottom=0.02, hspace=0.6, wspace=0.05)
         pdf.savefig(fig)
         fig.savefig(run_dir / EXAMPLES / f"gallery-{page}.png", dpi=80)
         plt.close(fig)

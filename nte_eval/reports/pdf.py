@@ -147,7 +147,11 @@ def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame) -> None:
 
     lines = ["Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
              "target PSNR; psnr = achieved PSNR (dB, pixel space, peak 1):"]
-    lines += transfer_matrix(results).to_string(index=False, float_format=lambda v: f"{v:.4g}").splitlines()
+    matrix = transfer_matrix(results).rename(columns=lambda c: c.removeprefix("zoo:"))
+    for designated, part in matrix.groupby("designated", sort=False):
+        part = part.drop(columns="designated").dropna(axis=1, how="all")
+        lines += ["", f"designated {designated}:", *part.to_string(index=False, na_rep="-", float_format=lambda v:
+                                                                   f"{v:.3g}").splitlines()]
     lines += ["", "Encoder settings (every parameter):"]
     cells = results[results.attack == "identity"][["encoder", "encoder_params"]].drop_duplicates()
     lines += [f"- {setting_name(e, p)}: {e} {p}" for e, p in cells.itertuples(index=False)]
