@@ -3,7 +3,6 @@ exactly the journalled cells (rows of a cell cut short by a kill are dropped and
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -34,7 +33,7 @@ def setting_name(encoder: str, params: dict[str, Any] | str, psnr: bool = True) 
     defaults (all of them for an encoder this process does not know), e.g. ``nte 30 dB box=project quantize=True``."""
     params = json.loads(params) if isinstance(params, str) else dict(params)
     params.pop("designated", None)
-    defaults = _defaults("encoder", encoder)
+    defaults = _defaults(_registered("encoder", encoder))
     head = [encoder] + ([f"{params['psnr']:g} dB"] if psnr and "psnr" in params else [])
     rest = [f"{k}={v}" for k, v in params.items() if k != "psnr" and (k not in defaults or defaults[k] != v)]
     return " ".join(head + rest)
@@ -44,26 +43,28 @@ def attack_name(attack: str, params: dict[str, Any] | str) -> str:
     """A short label of an attack setting: its name, its strength parameter and the parameters that differ from
     its defaults (seeds aside), e.g. ``jpeg quality=90``; the report's appendix lists every parameter."""
     params = json.loads(params) if isinstance(params, str) and params else dict(params or {})
-    defaults = dict(_defaults("attack", attack))
-    strength = defaults.pop("__strength__", None)
+    cls = _registered("attack", attack)
+    defaults = _defaults(cls)
+    strength = (getattr(cls, "strength", None) or (None,))[0]
     shown = [f"{k}={_short(v)}" for k, v in params.items()
              if k != "seed" and ((k == strength and v is not None) or k not in defaults or defaults[k] != v)]
     return " ".join([attack, *shown])
 
 
-@functools.cache
-def _defaults(kind: str, name: str) -> dict[str, Any]:
-    """A registered encoder's or attack's parameter defaults (and an attack's strength parameter under
-    ``__strength__``); empty for a name this process does not know (a plugin not imported)."""
+def _registered(kind: str, name: str) -> type | None:
+    """The registered attack or encoder class, or None for a name this process does not know (a plugin that is
+    not imported: its label then shows every parameter)."""
     from nte_eval.attacks import ATTACKS
     from nte_eval.encoders import ENCODERS
 
     try:
-        cls = (ATTACKS if kind == "attack" else ENCODERS).get(name)
+        return (ATTACKS if kind == "attack" else ENCODERS).get(name)
     except NTEError:
-        return {}
-    defaults = {k: v["default"] for k, v in cls.describe()["params"].items()}
-    return {**defaults, "__strength__": (getattr(cls, "strength", None) or (None,))[0]}
+        return None
+
+
+def _defaults(cls: type | None) -> dict[str, Any]:
+    return {} if cls is None else {k: v["default"] for k, v in cls.describe()["params"].items()}
 
 
 def _short(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,13 @@ from nte_eval.attacks.base import KNOWLEDGE
 SUMMARIES = ("clean", "no_attack", "best_single", *(f"best_{k}" for k in KNOWLEDGE), "union", "union_clean")
 WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
                  "knowledge", "value", "n"]
+
+
+def read_worst_case(path: Path) -> pd.DataFrame:
+    """``worst_case.csv`` as written: parameter columns as strings (``{}`` and blanks kept), values as floats."""
+    worst = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
+    worst["value"] = pd.to_numeric(worst.value)
+    return worst
 
 
 def _union(bits: pd.Series) -> float:

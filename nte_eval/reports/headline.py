@@ -18,6 +18,7 @@ import pandas as pd
 
 from nte_eval.attacks.base import KNOWLEDGE
 from nte_eval.store import COLUMNS, attack_name, read_rows, setting_name
+from nte_eval.summary import read_worst_case
 
 MARGIN = 10.0  # percentage points above chance that still count as "held"
 UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "clean %", "no attack %", "best attack %", "best attack",
@@ -37,6 +38,7 @@ class Headline:
     warnings: list[dict] = field(default_factory=list)
     chance: float | None = None
     margin: float = MARGIN
+    threshold: float = MARGIN  # the highest unauthorized accuracy (%) that still counts as held: chance + margin
 
 
 def _pct(value: float) -> float:
@@ -142,16 +144,16 @@ def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float) -> str:
     return head + " ".join(parts)
 
 
-def headline(run_dir: str | Path, margin: float = MARGIN) -> Headline:
+def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame | None = None,
+             worst: pd.DataFrame | None = None) -> Headline:
     """The headline tables and verdicts of the run in ``run_dir`` (``results.csv``, ``worst_case.csv``,
-    ``manifest.json``, and where present ``certify.json`` and ``warnings.json``)."""
+    ``manifest.json``, and where present ``certify.json`` and ``warnings.json``); pass ``results`` and ``worst``
+    if they are already read."""
     from nte_eval.certify.run import certification_table
 
     run_dir = Path(run_dir)
-    results = read_rows(run_dir / "results.csv", COLUMNS)
-    worst = pd.read_csv(run_dir / "worst_case.csv", dtype={"encoder_params": str, "attack_params": str},
-                        keep_default_na=False)
-    worst["value"] = pd.to_numeric(worst.value)
+    results = read_rows(run_dir / "results.csv", COLUMNS) if results is None else results
+    worst = read_worst_case(run_dir / "worst_case.csv") if worst is None else worst
     manifest = json.loads((run_dir / "manifest.json").read_text())
     chance = manifest.get("data", {}).get("chance")
     threshold = 100 * (chance or 0.0) + margin
@@ -166,4 +168,4 @@ def headline(run_dir: str | Path, margin: float = MARGIN) -> Headline:
     return Headline(settings=settings, designated=des, unauthorized=unauthorized_table(worst, settings), levels=levels,
                     certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
-                    chance=chance, margin=margin)
+                    chance=chance, margin=margin, threshold=threshold)

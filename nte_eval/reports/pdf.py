@@ -20,8 +20,9 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
 from nte_eval.reports.gallery import gallery_pages  # noqa: E402
 from nte_eval.reports.headline import MARGIN, Headline, headline  # noqa: E402
-from nte_eval.reports.summary_files import UNITS, matrix_lines, sections, write_summaries  # noqa: E402
+from nte_eval.reports.summary_files import UNITS, matrix_lines, sections, table_lines, write_summaries  # noqa: E402
 from nte_eval.store import COLUMNS, read_rows, setting_name  # noqa: E402
+from nte_eval.summary import read_worst_case  # noqa: E402
 
 FONT = 6.5  # monospace text pages
 LINES_PER_PAGE = int(7.3 * 72 / (FONT * 1.22))
@@ -65,12 +66,6 @@ class ReportPages(PdfPages):
         super().savefig(figure, **kwargs)
 
 
-def _table(frame: pd.DataFrame) -> list[str]:
-    from nte_eval.reports.summary_files import _fmt
-
-    return frame.to_string(index=False, na_rep="-", formatters={c: _fmt for c in frame.columns}).splitlines()
-
-
 def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
     """Every model of the run with its first-layer geometry and clean accuracy."""
     config = manifest.get("config", {})
@@ -109,13 +104,13 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
         f"{h.margin:g} points under the strongest single attack of that knowledge level):",
              *(f"- {v}" for v in h.verdicts), ""]
     caption, table = sections(h)[0]
-    lines += [caption, *_table(table), ""]
+    lines += [caption, *table_lines(table), ""]
     lines += [*matrix_lines(h), "", f"Sanity-check warnings ({len(h.warnings)}):"]
     lines += [f"- [{w['check']}] {w['message']}" for w in h.warnings] or ["- none"]
     text_pages(pdf, "summary", "Summary", lines, header=header)
     rest = []
     for caption, table in sections(h)[1:3]:
-        rest += [caption, *_table(table), ""]
+        rest += [caption, *table_lines(table), ""]
     text_pages(pdf, "attackers", "Unauthorized models and attackers (accuracy %)", rest)
 
 
@@ -131,7 +126,7 @@ def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
     lines = []
     if len(h.certification):
         caption, table = sections(h)[3]
-        lines += [caption, *_table(table), ""]
+        lines += [caption, *table_lines(table), ""]
     lines += [degradation_line(run_dir)]
     lip = run_dir / "lipschitz.csv"
     if lip.exists():
@@ -142,12 +137,11 @@ def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
         fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
 
 
-def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame) -> None:
-    from nte_eval.reports.tables import transfer_matrix
-
+def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame) -> None:
+    """The transfer matrix, every encoder and attack setting with all its parameters, and the environment."""
     lines = ["Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
              "target PSNR; psnr = achieved PSNR (dB, pixel space, peak 1):"]
-    matrix = transfer_matrix(results).rename(columns=lambda c: c.removeprefix("zoo:"))
+    matrix = matrix.rename(columns=lambda c: c.removeprefix("zoo:"))
     for designated, part in matrix.groupby("designated", sort=False):
         part = part.drop(columns="designated").dropna(axis=1, how="all")
         lines += ["", f"designated {designated}:", *part.to_string(index=False, na_rep="-", float_format=lambda v:
@@ -197,9 +191,11 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     run_dir = Path(run_dir)
     results = read_rows(run_dir / "results.csv", COLUMNS)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    h = headline(run_dir, MARGIN if margin is None else margin)
+    worst = read_worst_case(run_dir / "worst_case.csv")
+    h = headline(run_dir, MARGIN if margin is None else margin, results, worst)
     write_summaries(run_dir, h, f"nte-eval: {manifest.get('suite')}")
-    transfer_matrix(results).to_csv(run_dir / "transfer_matrix.csv", index=False)
+    matrix = transfer_matrix(results)
+    matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
     collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
     settings = h.settings
     knowledge = _knowledge(manifest)
@@ -210,16 +206,13 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
         for designated in table.designated.unique():
             psnr_page(pdf, table, designated)
         heatmap_pages(pdf, results, settings, knowledge)
-        worst = pd.read_csv(run_dir / "worst_case.csv", dtype={"encoder_params": str, "attack_params": str},
-                            keep_default_na=False)
-        worst["value"] = pd.to_numeric(worst.value)
         knowledge_bars_pages(pdf, worst, settings)
         if (run_dir / "certify.json").exists():
             _certify_pages(pdf, run_dir, h)
         if (run_dir / "spectra.csv").exists():
             spectra_page(pdf, pd.read_csv(run_dir / "spectra.csv"), _taus(results), list(h.designated.designated))
         gallery_pages(pdf, run_dir, results, settings, knowledge)
-        _appendix(pdf, manifest, results)
+        _appendix(pdf, manifest, results, matrix)
     return Report(path, h, pdf.kinds)
 
 

@@ -26,7 +26,6 @@ def _fmt(value: object) -> str:
 
 def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
     """The headline tables in report order, each with its caption."""
-    threshold = 100 * (h.chance or 0.0) + h.margin
     chance = f"{100 * h.chance:.1f}%" if h.chance is not None else "not recorded by this run (taken as 0)"
     cert = h.certification.reset_index() if len(h.certification) else h.certification
     return [
@@ -36,7 +35,7 @@ def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
          "reconstruction, committed to without labels); the per-sample union over all attacks is an upper bound "
          "picked with hindsight, so it stands beside the same union on clean inputs.", h.unauthorized),
         (f"Strongest attack of each knowledge level: the unauthorized model it helps most. Held = at most "
-         f"{threshold:.1f}% (chance {chance} + {h.margin:g} points).", h.levels),
+         f"{h.threshold:.1f}% (chance {chance} + {h.margin:g} points).", h.levels),
         ("Fidelity certificates per PSNR and Lipschitz source (certified % = certified and clean-correct; for an "
          "estimate source, what it would certify if it were a bound; pass must be 100% for a certified source; "
          "tightness = median measured/bound).", cert),
@@ -70,12 +69,16 @@ def matrix_lines(h: Headline) -> list[str]:
     return lines
 
 
+def table_lines(frame: pd.DataFrame) -> list[str]:
+    """A table as aligned text lines, formatted as in the Markdown and LaTeX files."""
+    return frame.to_string(index=False, na_rep="-", formatters={c: _fmt for c in frame.columns}).splitlines()
+
+
 def text(h: Headline) -> str:
     """The headline for the terminal: the designated models, the unauthorized matrices and the verdicts (the long
     tables are in summary.md and the report)."""
     caption, table = sections(h)[0]
-    out = [UNITS, "", caption, table.to_string(index=False, na_rep="-", formatters={c: _fmt for c in table.columns}),
-           "", *matrix_lines(h)]
+    out = [UNITS, "", caption, *table_lines(table), "", *matrix_lines(h)]
     out += ["", "Verdicts:", *(f"- {v}" for v in h.verdicts)]
     out += ["", f"Sanity-check warnings: {len(h.warnings)}", *(f"- [{w['check']}] {w['message']}" for w in h.warnings)]
     return "\n".join(out)
