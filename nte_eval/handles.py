@@ -16,6 +16,7 @@ from torch import nn
 
 from nte_eval.errors import NTEError, did_you_mean
 
+HF_SCHEMES = ("hf", "hf-vlm", "hf-text")  # local Hugging Face checkpoints (the optional extra nte-eval[hf])
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -102,15 +103,20 @@ class ModelHandle:
         if not torch.isfinite(x.sum()):  # one reduction: NaN/inf propagate through a sum of bounded pixels
             raise NTEError(f"{self.spec}: input contains NaN or infinite pixels.")
 
+    def forward(self, u: torch.Tensor, index: list[int] | None = None) -> torch.Tensor:
+        """Logits for normalised input ``u``. ``index``: the samples' positions in the bound data, for models that
+        also read per-sample side information (a VLM's question); plain classifiers ignore it."""
+        return self.module(u)
+
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, index: list[int] | None = None) -> torch.Tensor:
         """Logits for pixel-space images (no gradient)."""
         self.check_input(x)
-        return self.module(self.normalize(x))
+        return self.forward(self.normalize(x), index)
 
-    def forward_grad(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_grad(self, x: torch.Tensor, index: list[int] | None = None) -> torch.Tensor:
         """Logits with autograd enabled, for gradient-based attacks and baselines."""
-        return self.module(self.normalize(x))
+        return self.forward(self.normalize(x), index)
 
     @torch.no_grad()
     def first_layer_response(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,7 +295,8 @@ def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] |
 
 
 def load_model(spec: str | dict[str, Any]) -> ModelHandle:
-    """Build a handle from ``zoo:NAME``, ``timm:NAME[@checkpoint]`` or a mapping ``{timm: NAME, checkpoint: ...}``."""
+    """Build a handle from ``zoo:NAME``, ``timm:NAME[@checkpoint]``, ``hf:PATH`` (image classifier), ``hf-vlm:PATH``
+    (a vision-language model's vision tower), ``hf-text:PATH`` (text classifier) or a mapping ``{timm: NAME, ...}``."""
     if isinstance(spec, dict):
         spec = dict(spec)
         if "zoo" in spec:
@@ -316,5 +323,10 @@ def load_model(spec: str | dict[str, Any]) -> ModelHandle:
     if scheme == "timm":
         name, _, ckpt = rest.partition("@")
         return from_timm(name, ckpt or None)
-    raise NTEError(f"model spec {spec!r}: unknown scheme {scheme!r}.{did_you_mean(scheme, ['zoo', 'timm'])} "
-                   "Use 'zoo:NAME' or 'timm:NAME[@checkpoint]'.")
+    if scheme in HF_SCHEMES:
+        from nte_eval import hf
+
+        return hf.load(scheme, rest)
+    schemes = ["zoo", "timm", *HF_SCHEMES]
+    raise NTEError(f"model spec {spec!r}: unknown scheme {scheme!r}.{did_you_mean(scheme, schemes)} "
+                   "Use 'zoo:NAME', 'timm:NAME[@checkpoint]', 'hf:PATH', 'hf-vlm:PATH' or 'hf-text:PATH'.")

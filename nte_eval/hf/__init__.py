@@ -1,0 +1,56 @@
+"""Local Hugging Face ``transformers`` checkpoints (the optional extra ``pip install nte-eval[hf]``).
+
+- ``hf:PATH``: an ``AutoModelForImageClassification`` folder (``vision.py``);
+- ``hf-vlm:PATH``: a vision-language model, recoded for its vision tower and scored on multiple-choice questions
+  (``vlm.py``);
+- ``hf-text:PATH``: a sequence-classification (or sentence-embedding) text model whose first linear operator is its
+  token embedding matrix (``text.py``).
+
+Nothing is downloaded: every path is a local folder holding ``config.json`` and the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nte_eval.errors import NTEError
+
+
+def require_transformers() -> Any:
+    """The ``transformers`` module, or an NTEError saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise NTEError("Hugging Face models need the optional extra: pip install 'nte-eval[hf]' "
+                       "(installs transformers).") from None
+    return transformers
+
+
+def local_folder(path: str, spec: str) -> Path:
+    """``path`` as an existing local checkpoint folder with a config.json (no hub names: nothing is downloaded)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise NTEError(f"{spec}: {folder} is not a local folder. Hugging Face models load from local folders only "
+                       "(nothing is downloaded); save one with model.save_pretrained(FOLDER) and point at it.")
+    if not (folder / "config.json").is_file():
+        raise NTEError(f"{spec}: {folder} has no config.json; point at the folder save_pretrained wrote.")
+    return folder
+
+
+def load(scheme: str, path: str) -> Any:
+    """Dispatch an ``hf``, ``hf-vlm`` or ``hf-text`` spec to its loader."""
+    spec = f"{scheme}:{path}"
+    folder = local_folder(path, spec)
+    require_transformers()
+    if scheme == "hf":
+        from nte_eval.hf.vision import from_hf
+
+        return from_hf(folder, spec)
+    if scheme == "hf-vlm":
+        from nte_eval.hf.vlm import from_hf_vlm
+
+        return from_hf_vlm(folder, spec)
+    from nte_eval.hf.text import from_hf_text
+
+    return from_hf_text(folder, spec)
