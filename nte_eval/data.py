@@ -29,19 +29,27 @@ PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry
 
 @dataclass
 class ImageSet:
-    """Images in [0, 1] with integer labels (-1 where unknown) and a name per image."""
+    """Images in [0, 1] with integer labels (-1 where unknown) and a name per image.
+
+    ``modality``: ``image``; or ``text``, where ``images`` holds packed soft tokens (see ``nte_eval.tokens``).
+    ``extras``: per-sample side information a model reads beside the input (an MMBench question and its options).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     names: list[str] = field(default_factory=list)
+    extras: list[dict] | None = None
+    modality: str = "image"
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: slice | list[int]) -> ImageSet:
         idx = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
-        return ImageSet(self.images[idx], self.labels[idx], self.class_names, [self.names[i] for i in idx])
+        extras = None if self.extras is None else [self.extras[i] for i in idx]
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, [self.names[i] for i in idx], extras,
+                        self.modality)
 
 
 def check_images(x: torch.Tensor, what: str = "images", channels: int | None = None) -> None:
