@@ -1,0 +1,281 @@
+"""Vision-language models (``hf-vlm:PATH``) and the MMBench loader, on tiny random-init models saved to tmp folders.
+
+Every tower sees 32 x 32 images through a 4 x 4 patch embedding with 32 output channels: the pixel operator is
+32 x 48, so it has an exact 16-dimensional null space per patch and NTEs leave the designated tower unchanged.
+"""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+transformers = pytest.importorskip("transformers")
+
+from nte_eval.encoders import NTEEncoder  # noqa: E402
+from nte_eval.errors import NTEError  # noqa: E402
+from nte_eval.handles import load_model  # noqa: E402
+from nte_eval.mmbench import load_mmbench_tsv  # noqa: E402
+
+SIZE, PATCH, HIDDEN = 32, 4, 32
+WORDS = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>", "<vs>", "<ve>", "<video>", "<img>", "</img>", "A", "B", "C",
+         "D", "Answer", ":", ".", "?", "What", "colour", "is", "the", "shape", "red", "blue", "green", "circle",
+         "square", "Look", "at", "picture", "Which", "one", "fits"]
+ID = {w: i for i, w in enumerate(WORDS)}
+TEXT = {"vocab_size": len(WORDS), "hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "pad_token_id": ID["[PAD]"], "bos_token_id": ID["<s>"], "eos_token_id": ID["</s>"]}
+TOWER = {"hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "image_size": SIZE, "patch_size": PATCH}
+CLIP_STATS = {"image_mean": [0.481, 0.458, 0.408], "image_std": [0.269, 0.261, 0.276]}
+HALF_STATS = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+QWEN_VISION = {"patch_size": PATCH, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_heads": 2,
+               "in_channels": 3}
+QWEN_TEXT = {**TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+QWEN_IDS = {"image_token_id": ID["<image>"], "video_token_id": ID["<video>"], "vision_start_token_id": ID["<vs>"],
+            "vision_end_token_id": ID["<ve>"]}
+QWEN_PROCESSOR = {"patch_size": PATCH, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": SIZE * SIZE,
+                  "max_pixels": SIZE * SIZE, **CLIP_STATS}
+
+
+def llava_clip():
+    cfg = transformers.LlavaConfig(vision_config=transformers.CLIPVisionConfig(**TOWER),
+                                   text_config=transformers.LlamaConfig(**TEXT), image_token_index=ID["<image>"],
+                                   vision_feature_layer=-1, vision_feature_select_strategy="default")
+    return transformers.LlavaForConditionalGeneration(cfg), transformers.CLIPImageProcessor(**CLIP_STATS)
+
+
+def llava_siglip():
+    cfg = transformers.LlavaConfig(vision_config=transformers.SiglipVisionConfig(**TOWER),
+                                   text_config=transformers.LlamaConfig(**TEXT), image_token_index=ID["<image>"],
+                                   vision_feature_layer=-1, vision_feature_select_strategy="full")
+    return transformers.LlavaForConditionalGeneration(cfg), transformers.SiglipImageProcessor(**HALF_STATS)
+
+
+def internvl():
+    cfg = transformers.InternVLConfig(vision_config=transformers.InternVLVisionConfig(**TOWER),
+                                      text_config=transformers.Qwen2Config(**TEXT), image_token_id=ID["<image>"])
+    stats = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    return transformers.InternVLForConditionalGeneration(cfg), transformers.GotOcr2ImageProcessor(**stats)
+
+
+def qwen2_vl():
+    vision = {**QWEN_VISION, "depth": 1, "embed_dim": HIDDEN, "hidden_size": HIDDEN, "mlp_ratio": 2}
+    cfg = transformers.Qwen2VLConfig(vision_config=vision, text_config=QWEN_TEXT, **QWEN_IDS)
+    return transformers.Qwen2VLForConditionalGeneration(cfg), transformers.Qwen2VLImageProcessor(**QWEN_PROCESSOR)
+
+
+def qwen2_5_vl():
+    vision = {**QWEN_VISION, "depth": 2, "hidden_size": HIDDEN, "intermediate_size": 64, "out_hidden_size": HIDDEN,
+              "window_size": 16, "fullatt_block_indexes": [1]}
+    cfg = transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=QWEN_TEXT, **QWEN_IDS)
+    return (transformers.Qwen2_5_VLForConditionalGeneration(cfg),
+            transformers.Qwen2VLImageProcessor(**QWEN_PROCESSOR))
+
+
+FAMILIES = {"llava_clip": llava_clip, "llava_siglip": llava_siglip, "internvl": internvl, "qwen2_vl": qwen2_vl,
+            "qwen2_5_vl": qwen2_5_vl}
+OTHER = {"llava_clip": "qwen2_vl", "llava_siglip": "internvl", "internvl": "llava_clip", "qwen2_vl": "llava_siglip",
+         "qwen2_5_vl": "llava_clip"}
+
+
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(ID, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                                bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """family -> a saved folder (weights, tokenizer, image processor)."""
+    out = {}
+    for seed, (name, build) in enumerate(FAMILIES.items()):
+        torch.manual_seed(seed)
+        model, processor = build()
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        tokenizer().save_pretrained(folder)
+        out[name] = folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def handles(folders):
+    return {name: load_model(f"hf-vlm:{folder}") for name, folder in folders.items()}
+
+
+QUESTIONS = [
+    {"question": "What colour is the shape ?", "hint": "", "options": {"A": "red", "B": "blue", "C": "green"}},
+    {"question": "Which shape is the picture ?", "hint": "Look at the picture .",
+     "options": {"A": "circle", "B": "square"}},
+    {"question": "Which one fits ?", "hint": "", "options": {"A": "red", "B": "blue", "C": "circle", "D": "square"}},
+]
+
+
+def images(n=3, seed=0):
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def patch_module(handle):
+    """The model's own patch-embedding module (Qwen: the PatchEmbed that flattens patches, not the adapter)."""
+    return handle.module.get_submodule("model.visual.patch_embed" if "qwen" in handle.family else handle.first.path)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_first_layer_is_the_real_patch_embedding(handles, name):
+    handle = handles[name].bind(QUESTIONS)
+    assert handle.input_size == (3, SIZE, SIZE) and handle.class_names == ["A", "B", "C", "D"]
+    assert handle.first.kind == "conv2d" and handle.first.kernel == (PATCH, PATCH) and handle.first.non_overlapping
+    assert handle.first.weight.shape == (HIDDEN, 3, PATCH, PATCH)
+    x = images()
+    store = {}
+    hook = patch_module(handle).register_forward_hook(lambda m, i, o: store.__setitem__("out", o.detach().clone()))
+    handle.logits(x)
+    hook.remove()
+    response = handle.first_layer_response(x)  # (B, m, 8, 8)
+    if "qwen" in name:  # the model's rows: merge blocks (2 x 2) in row-major block order, as the processor flattens
+        g = SIZE // PATCH
+        response = response.reshape(3, HIDDEN, g // 2, 2, g // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(-1, HIDDEN)
+    torch.testing.assert_close(response, store["out"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_nte_keeps_designated_tower_and_breaks_another(handles, name):
+    handle, other = handles[name].bind(QUESTIONS), handles[OTHER[name]]
+    x = images()
+    encoder = NTEEncoder(handle, psnr=10).fit()
+    assert encoder.subspace.describe()["null_dim_per_patch"] == 3 * PATCH * PATCH - HIDDEN  # the exact null space
+    nte = encoder.encode(x, key=1).images
+
+    def change(h):
+        f0, f1 = h.tower_features(x), h.tower_features(nte)
+        return float((f1 - f0).norm() / f0.norm())
+
+    own, foreign = change(handle), change(other)
+    print(f"{name}: designated tower change {own:.2e}, {OTHER[name]} tower change {foreign:.3f}")
+    assert own <= 1e-4 and foreign > 0.1
+    clean, coded = handle.logits(x), handle.logits(nte)
+    torch.testing.assert_close(coded, clean, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_pixel_values_match_image_processor(handles, folders, name):
+    handle = handles[name]
+    x = images(2)
+    processor = transformers.Qwen2VLImageProcessor.from_pretrained(folders[name])
+    want = processor(images=list(x), do_resize=False, do_rescale=False, return_tensors="pt")
+    got = handle.vision_inputs(handle.normalize(x))
+    torch.testing.assert_close(got["pixel_values"], want["pixel_values"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(got["image_grid_thw"].cpu(), want["image_grid_thw"])
+
+
+def test_qwen_fixed_size_rule():
+    from types import SimpleNamespace
+
+    from nte_eval.hf.vlm import _input_size
+
+    config = SimpleNamespace(vision_config=SimpleNamespace(patch_size=14, spatial_merge_size=2))
+    released = {"size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}}  # Qwen2-VL's processor
+    assert _input_size(config, "qwen2_vl", released) == (3, 448, 448)  # 16 x 16 merged tokens
+    assert _input_size(config, "qwen2_5_vl", {"max_pixels": 100_000}) == (3, 308, 308)  # sqrt(max_pixels) caps it
+    assert _input_size(config, "qwen2_vl", {"min_pixels": 600 * 600, "max_pixels": 700 * 700}) == (3, 616, 616)
+    assert _input_size(config, "qwen2_vl", {"min_pixels": 56 * 56, "max_pixels": 56 * 56}) == (3, 56, 56)
+
+
+def test_scores_batch_independent_and_resized(handles):
+    handle = handles["llava_clip"].bind(QUESTIONS)
+    x = images()
+    batch = handle.logits(x, [0, 1, 2])
+    alone = torch.cat([handle.logits(x[i:i + 1], [i]) for i in range(3)])
+    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-4)  # left padding does not move a sample's score
+    big = torch.nn.functional.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False)
+    assert handle.logits(big).shape == (3, 4)  # any size: the handle resizes to the tower's own
+    with pytest.raises(NTEError, match="options"):
+        handle.bind([{"question": "Which ?", "options": {"A": "red", "E": "blue"}}])
+    with pytest.raises(NTEError, match="no bound question for sample 1"):
+        handle.bind(QUESTIONS[:1]).logits(x)
+
+
+def test_unsupported_and_missing_pieces(tmp_path, folders):
+    cfg = json.loads((folders["llava_clip"] / "config.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "idefics3"}))
+    with pytest.raises(NTEError, match="no known vision tower.*ModelHandle.from_module"):
+        load_model(f"hf-vlm:{bad}")
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(NTEError, match="safetensors"):
+        load_model(f"hf-vlm:{bad}")
+
+
+def png_base64(seed, shape=(40, 56)):
+    arr = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+HEADER = ["index", "question", "hint", "A", "B", "C", "D", "answer", "image", "category"]
+ROWS = [
+    ["10", "What colour is the shape ?", "nan", "red", "blue", "green", "nan", "B", png_base64(0), "colour"],
+    ["11", "Which shape is the picture ?", "Look at the picture .", "circle", "square", "nan", "nan", "A",
+     png_base64(1), "shape"],
+    ["12", "Which one fits ?", "", "red", "blue", "circle", "square", "D", png_base64(2), "misc"],
+    ["13", "What is the shape ?", "nan", "circle", "square", "", "", "B", png_base64(3, (64, 64)), "shape"],
+]
+
+
+def write_tsv(path, rows):
+    path.write_text("\n".join("\t".join(r) for r in [HEADER, *rows]) + "\n")
+    return path
+
+
+def test_mmbench_loader(tmp_path):
+    data = load_mmbench_tsv(write_tsv(tmp_path / "mmb.tsv", ROWS), size=SIZE)
+    assert data.images.shape == (4, 3, SIZE, SIZE) and data.modality == "image"
+    assert 0 <= float(data.images.min()) and float(data.images.max()) <= 1
+    assert data.labels.tolist() == [1, 0, 3, 1] and data.class_names == ["A", "B", "C", "D"]
+    assert data.names == ["mmbench-10", "mmbench-11", "mmbench-12", "mmbench-13"]
+    assert data.extras[0] == {"question": "What colour is the shape ?", "hint": "",
+                              "options": {"A": "red", "B": "blue", "C": "green"}}
+    assert data.extras[1]["hint"] == "Look at the picture ." and list(data.extras[3]["options"]) == ["A", "B"]
+    assert len(load_mmbench_tsv(tmp_path / "mmb.tsv", size=SIZE, limit=2)) == 2
+    arr = np.asarray(Image.open(io.BytesIO(base64.b64decode(ROWS[3][8]))), dtype=np.float32) / 255
+    want = torch.nn.functional.interpolate(torch.from_numpy(arr).permute(2, 0, 1)[None], size=(SIZE, SIZE),
+                                           mode="bilinear", antialias=True, align_corners=False)[0]
+    torch.testing.assert_close(data.images[3], want.clamp(0, 1))  # a square image: resize only, no crop
+
+
+@pytest.mark.parametrize("row, message", [
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", "colour"], "line 3: 9 tab-separated field"),
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", "not*base64!", "misc"], "line 3: .*base64"),
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", base64.b64encode(b"no image").decode(), "misc"],
+     "line 3: .*image"),
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "C", png_base64(4), "misc"], "line 3: answer 'C'"),
+    (["14", "Which ?", "", "red", "nan", "nan", "nan", "A", png_base64(4), "misc"], "line 3: .*2 options"),
+])
+def test_mmbench_malformed_rows_name_the_line(tmp_path, row, message):
+    path = write_tsv(tmp_path / "bad.tsv", [ROWS[0], row])
+    with pytest.raises(NTEError, match=message) as err:
+        load_mmbench_tsv(path, size=SIZE)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["llava_siglip", "qwen2_5_vl"])
+def test_end_to_end_mmbench_scoring(tmp_path, handles, name):
+    data = load_mmbench_tsv(write_tsv(tmp_path / "mmb.tsv", ROWS), size=SIZE)
+    handle = handles[name].bind(data.extras)
+    scores = handle.logits(data.images, list(range(len(data))))
+    assert scores.shape == (4, 4)
+    valid = torch.tensor([[k in e["options"] for k in "ABCD"] for e in data.extras])
+    assert torch.isinf(scores[~valid]).all() and (scores[~valid] < 0).all()
+    assert torch.isfinite(scores[valid]).all() and (scores[valid] <= 0).all()
+    assert valid[torch.arange(4), scores.argmax(1)].all()
+    torch.testing.assert_close(handle.logits(data.images[2:], [2, 3]), scores[2:], rtol=1e-4, atol=1e-4)
