@@ -22,7 +22,8 @@ from nte_eval.registry import Registry
 BOXES = ("none", "clip", "project")
 
 ENCODERS: Registry[Encoder] = Registry("encoder", "nte_eval.encoders",
-                                       ("nte_eval.encoders.nte", "nte_eval.encoders.baselines"))
+                                       ("nte_eval.encoders.nte", "nte_eval.encoders.baselines",
+                                        "nte_eval.encoders.tokens"))
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Encoder(ABC):
     """An encoder recodes pixel-space images for one designated model. Subclasses implement ``encode``."""
 
     name: ClassVar[str]
+    #: The data it recodes: ``image`` (pixels) or ``text`` (packed soft tokens, ``nte_eval.tokens``).
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
