@@ -139,7 +139,7 @@ class ModelHandle:
 
 
 def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...], spec: str) -> FirstLayer:
-    """Find the Conv2d/Linear at ``path`` and express it as a convolution on (C, H, W) pixels."""
+    """Find the Conv2d/Linear (or ZeroPad2d + Conv2d) at ``path`` and express it as a convolution on (C, H, W)."""
     if not isinstance(path, str):
         raise NTEError(f"{spec}: the first layer is {path!r}, a tuple of parallel branches; nte-eval needs one "
                        "linear operator. Wrap the model and pass first_layer= the path of a single Conv2d/Linear.")
@@ -149,19 +149,10 @@ def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...
         names = [n for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         raise NTEError(f"{spec}: no module at first-layer path {path!r}.{did_you_mean(path, names)}") from None
     c, h, w = input_size
-    if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1 or layer.dilation != (1, 1):
-            raise NTEError(f"{spec}: first layer {path!r} uses groups/dilation; only plain Conv2d is supported.")
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise NTEError(f"{spec}: first layer {path!r} must use numeric zero padding.")
-        if layer.in_channels != c:
-            raise NTEError(f"{spec}: first layer {path!r} takes {layer.in_channels} channels, input_size says {c}.")
-        stride, padding = tuple(layer.stride), tuple(layer.padding)
-        if type(layer).forward is nn.Conv2d.forward:
-            weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
-        else:  # a subclass (timm StdConv2d, ScaledStdConv2d, Conv2dSame, ...): its weight is not what it applies
-            weight, bias = _probe_conv(layer, c, stride, padding)
-        first = FirstLayer(path, "conv2d", weight, bias, stride, padding)
+    if _is_padded_conv(layer):
+        first = _absorb_zero_pad(layer[0], _conv_layer(layer[1], path, c, spec), spec)
+    elif isinstance(layer, nn.Conv2d):
+        first = _conv_layer(layer, path, c, spec)
     elif isinstance(layer, nn.Linear):
         if layer.in_features != c * h * w:
             raise NTEError(f"{spec}: first layer {path!r} is Linear({layer.in_features}, ...) but the flattened "
@@ -169,10 +160,52 @@ def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...
         weight = layer.weight.detach().reshape(layer.out_features, c, h, w)
         first = FirstLayer(path, "linear", weight, None if layer.bias is None else layer.bias.detach(), (h, w), (0, 0))
     else:
-        raise NTEError(f"{spec}: first layer {path!r} is {type(layer).__name__}; expected nn.Conv2d or nn.Linear.")
+        raise NTEError(f"{spec}: first layer {path!r} is {type(layer).__name__}; expected nn.Conv2d or nn.Linear "
+                       "(or nn.Sequential(nn.ZeroPad2d, nn.Conv2d)).")
     if type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward):
         _check_first_layer(layer, first, input_size, spec)
     return first
+
+
+def _is_padded_conv(layer: nn.Module) -> bool:
+    """An ``nn.Sequential(nn.ZeroPad2d, nn.Conv2d)``: TF-style asymmetric padding in front of an unpadded conv."""
+    return (type(layer) is nn.Sequential and len(layer) == 2 and isinstance(layer[0], nn.ZeroPad2d)
+            and isinstance(layer[1], nn.Conv2d))
+
+
+def _conv_layer(layer: nn.Conv2d, path: str, c: int, spec: str) -> FirstLayer:
+    """A plain Conv2d (or a subclass, read off its responses) with numeric zero padding ('valid' means 0)."""
+    if layer.groups != 1 or layer.dilation != (1, 1):
+        raise NTEError(f"{spec}: first layer {path!r} uses groups/dilation; only plain Conv2d is supported.")
+    padding = (0, 0) if layer.padding == "valid" else layer.padding
+    if layer.padding_mode != "zeros" or isinstance(padding, str):
+        raise NTEError(f"{spec}: first layer {path!r} must use numeric zero padding.")
+    if layer.in_channels != c:
+        raise NTEError(f"{spec}: first layer {path!r} takes {layer.in_channels} channels, input_size says {c}.")
+    stride, padding = tuple(layer.stride), tuple(padding)
+    if type(layer).forward is nn.Conv2d.forward:
+        weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+    else:  # a subclass (timm StdConv2d, ScaledStdConv2d, Conv2dSame, ...): its weight is not what it applies
+        weight, bias = _probe_conv(layer, c, stride, padding)
+    return FirstLayer(path, "conv2d", weight, bias, stride, padding)
+
+
+def _absorb_zero_pad(pad: nn.ZeroPad2d, conv: FirstLayer, spec: str) -> FirstLayer:
+    """ZeroPad2d(left, right, top, bottom) then ``conv`` as one convolution with symmetric padding.
+
+    Per axis the symmetric padding is the larger side's; the kernel gains zero rows/columns on each side padded less
+    (e.g. top 0 / bottom 1, 3x3 stride 2 -> 4x4 with a zero top row, padding 1). Every output window then covers the
+    same pixels with the same weights, and the output count is unchanged (H + 2P - k' = H + top + bottom - k).
+    """
+    left, right, top, bottom = pad.padding
+    if min(pad.padding) < 0:
+        raise NTEError(f"{spec}: first layer {conv.path!r} crops with ZeroPad2d{tuple(pad.padding)}; only "
+                       "non-negative padding is supported.")
+    ph, pw = conv.padding
+    top, bottom, left, right = top + ph, bottom + ph, left + pw, right + pw
+    py, px = max(top, bottom), max(left, right)
+    weight = F.pad(conv.weight, (px - left, px - right, py - top, py - bottom))
+    return FirstLayer(conv.path, "conv2d", weight, conv.bias, conv.stride, (py, px))
 
 
 @torch.no_grad()
@@ -301,6 +334,13 @@ def load_model(spec: str | dict[str, Any]) -> ModelHandle:
         spec = dict(spec)
         if "zoo" in spec:
             return load_model(f"zoo:{spec['zoo']}")
+        scheme = next((k for k in HF_SCHEMES if k in spec), None)
+        if scheme:
+            extra = set(spec) - {scheme, "name"}
+            if extra:
+                raise NTEError(f"model mapping {spec}: an {scheme} model takes only '{scheme}' (a local folder) and "
+                               f"'name'; unknown {sorted(extra)}.")
+            return load_model(f"{scheme}:{spec[scheme]}")
         if "timm" not in spec:
             raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
                            "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
