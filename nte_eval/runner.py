@@ -23,7 +23,9 @@ from nte_eval.data import ImageSet, check_images, load_data
 from nte_eval.encoders import ENCODERS, Encoder, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle, load_model
+from nte_eval.glue import TASKS, task_metric
 from nte_eval.metrics import psnr, relative_change
+from nte_eval.tokens import recovered, token_psnr
 from nte_eval.reports.gallery import example_file, save_examples
 from nte_eval.reports.spectra import spectrum_rows
 from nte_eval.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key, setting_name
@@ -50,7 +52,9 @@ class Evaluated:
 
 
 def batched_logits(handle: ModelHandle, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
-    return torch.cat([handle.logits(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+    """Logits of every sample, batch by batch; each batch with its positions in the data (a VLM's questions)."""
+    return torch.cat([handle.logits(x[i:i + batch].to(device), list(range(i, min(i + batch, len(x))))).cpu()
+                      for i in range(0, len(x), batch)])
 
 
 def first_layer_responses(handle: ModelHandle, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
@@ -86,11 +90,29 @@ def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
 def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     """Load the suite's data at the designated model's input size, and check every model accepts it."""
     first = handles[spec_name(suite.designated_list()[0])]
-    c, h, _ = first.input_size
     d = suite.data
-    data = load_data(d.source, d.split, d.limit, d.root, d.size or h, c)
+    if d.modality == "text":
+        return load_text_data(suite, handles)
+    if getattr(first, "modality", "image") != "image":
+        raise NTEError(f"data source {d.source!r} holds images, but the designated model {first.spec} is a text model.")
+    c, h, _ = first.input_size
+    if d.source == "mmbench_tsv":
+        from nte_eval.mmbench import load_mmbench_tsv
+
+        data = load_mmbench_tsv(d.path, d.size or h, d.limit)
+        for name, handle in handles.items():
+            if not hasattr(handle, "bind"):
+                raise NTEError(f"model {name} is not a vision-language model; mmbench_tsv questions need hf-vlm: "
+                               "models for every role.")
+            handle.bind(data.extras)
+    else:
+        data = load_data(d.source, d.split, d.limit, d.root, d.size or h, c)
     check_images(data.images, f"data ({d.source})", channels=c)
     for name, handle in handles.items():
+        if getattr(handle, "modality", "image") != "image":
+            raise NTEError(f"model {name} is a text model but the data ({d.source}) holds images.")
+        if getattr(handle, "resizes_input", False) and name != first.spec:
+            continue  # a VLM resizes what it is given (its processor would); the designated one gets its own size
         if tuple(data.images.shape[1:]) != handle.input_size:
             raise NTEError(f"model {name} expects input {handle.input_size} but the data is "
                            f"{tuple(data.images.shape[1:])}; use models with one input size, or set data.size.")
@@ -99,10 +121,33 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     return data
 
 
+def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
+    """A GLUE TSV file tokenised by the designated model's tokenizer, as packed clean tokens; every text model in the
+    suite must share that vocabulary (soft tokens are rows over it)."""
+    from nte_eval.glue import load_glue_tsv
+
+    d = suite.data
+    designated = handles[spec_name(suite.designated_list()[0])]
+    for name, handle in handles.items():
+        if getattr(handle, "modality", "image") != "text":
+            raise NTEError(f"model {name} is an image model but the data ({d.source}) is text; use hf-text: models.")
+        if handle.vocabulary() != designated.vocabulary() or handle.vocab_size != designated.vocab_size:
+            raise NTEError(f"tokenizer mismatch: {name} (vocabulary {handle.vocabulary()}, {handle.vocab_size} "
+                           f"rows) and the designated {designated.spec} (vocabulary {designated.vocabulary()}, "
+                           f"{designated.vocab_size} rows) do not share one vocabulary, so the same soft tokens mean "
+                           "different words to them. Compare models over one tokenizer (e.g. all BERT uncased).")
+    text = load_glue_tsv(d.path, d.task, d.limit)
+    designated.max_length = d.max_length
+    packed = designated.tokenize(text.texts, text.pairs)
+    return ImageSet(packed, text.labels, text.class_names, text.names,
+                    [{"text": t, "pair": p} for t, p in zip(text.texts, text.pairs or [None] * len(text.texts),
+                                                            strict=True)], "text")
+
+
 def load_public(suite: Suite, data: ImageSet) -> ImageSet | None:
     """The attackers' public clean images at the data's size; an error if any of them is an evaluated image."""
     cfg = suite.public_config()
-    if cfg is None:
+    if cfg is None or data.modality != "image":
         return None
     c, h, _ = data.images.shape[1:]
     public = load_data(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
@@ -126,6 +171,10 @@ def public_settings(encoder: Encoder) -> dict[str, Any]:
     """What a method-knowledge attacker knows (Kerckhoffs): the encoder, its settings and the designated
     architecture's first-layer geometry and normalisation; never the key or the weights."""
     h = encoder.handle
+    if getattr(h, "modality", "image") == "text":
+        v, dim = h.embedding.shape
+        return {"type": encoder.name, "params": encoder.params(), "view": None, "vocab_size": v,
+                "embedding_dim": dim, "vocabulary": h.vocabulary()}
     geometry = {k: v for k, v in h.first.geometry().items() if k != "layer"}
     return {"type": encoder.name, "params": encoder.params(), "view": getattr(encoder, "mode", None),
             "first_layer": geometry, "mean": h.mean.flatten().tolist(), "std": h.std.flatten().tolist(),
@@ -140,16 +189,27 @@ def _bits(correct: torch.Tensor) -> str:
     return "".join("1" if c else "0" for c in correct.tolist())
 
 
+def image_metrics(x_nte: torch.Tensor, x_rec: torch.Tensor, clean: ImageSet) -> list[tuple[str, torch.Tensor]]:
+    """The cell's input-space measurements: pixel PSNRs for images; token PSNRs and the share of tokens the
+    reconstruction reads back right (argmax) for text."""
+    if clean.modality == "text":
+        return [("psnr", token_psnr(x_nte, clean.images).mean()), ("recon_psnr", token_psnr(x_rec, clean.images).mean()),
+                ("token_recovery", recovered(x_rec, clean.images).mean())]
+    return [("psnr", psnr(x_nte, clean.images).mean()), ("recon_psnr", psnr(x_rec, clean.images).mean()),
+            ("change_psnr", psnr(x_rec, x_nte).mean())]
+
+
 def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor, clean: ImageSet,
                   models: dict[str, Evaluated], designated: str, encoded_correct: torch.Tensor, batch: int,
-                  device: str) -> tuple[list[tuple], list[tuple]]:
+                  device: str, metric: str = "accuracy") -> tuple[list[tuple], list[tuple]]:
     """Metrics of every model on one cell: (model, role, metric, value, n) rows and per-sample correctness rows
-    (model, input, bits) for the reconstructions of the NTEs ('attacked') and of the clean images ('clean')."""
+    (model, input, bits) for the reconstructions of the NTEs ('attacked') and of the clean images ('clean').
+    ``metric``: a GLUE task's own metric (``mcc``, ``f1``), added beside accuracy on the NTEs' reconstructions
+    and on clean inputs (``clean_mcc``...)."""
     rows, samples = [], []
     labels = clean.labels
     n = len(labels)
-    image_metrics = (("psnr", psnr(x_nte, clean.images).mean()), ("recon_psnr", psnr(x_rec, clean.images).mean()),
-                     ("change_psnr", psnr(x_rec, x_nte).mean()))
+    measured = image_metrics(x_nte, x_rec, clean)
     for name, ev in models.items():
         logits = batched_logits(ev.handle, x_rec, batch, device)
         correct = logits.argmax(1) == labels
@@ -160,12 +220,15 @@ def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor,
                    ("accuracy", correct.double().mean()),
                    ("agreement", (logits.argmax(1) == ev.preds).double().mean()),
                    ("logit_change", (logits - ev.logits).norm(dim=1).mean()),
-                   *image_metrics,
+                   *measured,
                    ("first_layer_ratio", ratio.mean()),
                    ("attacked_clean_accuracy", cal_correct.double().mean())]
+        if metric != "accuracy":
+            metrics += [(metric, task_metric(metric, logits.argmax(1), labels)),
+                        (f"clean_{metric}", task_metric(metric, ev.preds, labels))]
         if role == "designated":
             metrics.append(("encoded_accuracy", encoded_correct.double().mean()))
-        rows += [(name, role, metric, float(value), n) for metric, value in metrics]
+        rows += [(name, role, metric_name, float(value), n) for metric_name, value in metrics]
         samples += [(name, "attacked", _bits(correct)), (name, "clean", _bits(cal_correct))]
     return rows, samples
 
@@ -212,6 +275,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                               first_layer_responses(handles[n], data.images, batch, device))
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
+    metric = TASKS[suite.data.task].metric if data.modality == "text" else "accuracy"
     timings, subspaces = [], {}
     cell_keys = [cell_key(e.name, compact({**e.params(), "designated": d}), a, compact(p))
                  for (d, _), e in encoders.items() for a, p in attack_settings]
@@ -219,7 +283,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     done = sum(store.is_done(k) for k in cell_keys)
     if attacks:
         log(f"{len(encoders)} encoder setting(s) x {len(attack_settings)} attack setting(s) = {len(cell_keys)} cells, "
-            f"{len(evaluated_names)} models, {len(data)} images" + (f"; {done} cells already done" if done else ""))
+            f"{len(evaluated_names)} models, {len(data)} {'texts' if data.modality == 'text' else 'images'}" + (f"; {done} cells already done" if done else ""))
     overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks, initial=done)
     for number, ((d, _), encoder) in enumerate(encoders.items() if attacks else (), 1):
         enc_params = compact({**encoder.params(), "designated": d})
@@ -249,7 +313,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
             x_rec = apply_attack(attack, x_nte, batch, device)
             x_cal = apply_attack(attack, data.images, batch, device)
             steps.update()
-            rows, samples = evaluate_cell(x_nte, x_rec, x_cal, data, models, d, encoded_correct, batch, device)
+            rows, samples = evaluate_cell(x_nte, x_rec, x_cal, data, models, d, encoded_correct, batch, device,
+                                          metric)
             steps.update()
             steps.close()
             head = (encoder.name, enc_params, att_name, compact(att_params))
@@ -277,6 +342,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                 "device": device, "batch_size": batch, "config": suite.model_dump(), "environment": environment(),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
+                         "modality": data.modality, "metric": metric,
                          "shape": list(data.images.shape[1:]),
                          "chance": float(torch.bincount(data.labels).max()) / len(data)},
                 "public": None if public is None else {"n": len(public), **suite.public_config().model_dump()},

@@ -27,17 +27,30 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["digits", "photos", "imagefolder"] = "digits"
+    source: Literal["digits", "photos", "imagefolder", "glue_tsv", "mmbench_tsv"] = "digits"
     split: Literal["train", "test", "all"] = "test"
     limit: int | None = Field(default=None, ge=1)
     root: str | None = None
     size: int | None = Field(default=None, ge=1)
+    path: str | None = None  # a TSV file (glue_tsv, mmbench_tsv)
+    task: str | None = None  # the GLUE task (glue_tsv)
+    max_length: int = Field(default=128, ge=2)  # tokens per text (glue_tsv), longer texts are truncated
 
     @model_validator(mode="after")
-    def _root_for_folder(self) -> DataConfig:
+    def _required_keys(self) -> DataConfig:
         if self.source == "imagefolder" and not self.root:
             raise ValueError("data.root is required for source 'imagefolder' (a folder ROOT/CLASS/*.png)")
+        if self.source in ("glue_tsv", "mmbench_tsv") and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r} (the TSV file)")
+        if self.source == "glue_tsv" and not self.task:
+            from nte_eval.glue import TASKS
+
+            raise ValueError(f"data.task is required for source 'glue_tsv' (one of {', '.join(TASKS)})")
         return self
+
+    @property
+    def modality(self) -> str:
+        return "text" if self.source == "glue_tsv" else "image"
 
 
 LIPSCHITZ_SOURCES = ("product", "lipsdp", "local")
@@ -114,13 +127,32 @@ class Suite(Strict):
         return self
 
     @model_validator(mode="after")
+    def _modality(self) -> Suite:
+        modality = self.data.modality
+        for i, item in enumerate(self.encoders):
+            encoder = ENCODERS.get(item["type"])
+            if modality not in encoder.modalities:
+                fit = [n for n in ENCODERS.names() if modality in ENCODERS.get(n).modalities]
+                raise ValueError(f"encoders[{i}]: {item['type']!r} recodes {', '.join(encoder.modalities)}, but the "
+                                 f"data ({self.data.source}) is {modality}; use {', '.join(fit)}.")
+        for name, params in self.attack_settings():
+            if modality not in ATTACKS.get(name)(**params).modalities:
+                fit = [n for n in ATTACKS.names() if modality in ATTACKS.get(n).modalities]
+                raise ValueError(f"attacks: {name!r} works on {', '.join(ATTACKS.get(name).modalities)}, but the "
+                                 f"data ({self.data.source}) is {modality}; {modality} attacks: {', '.join(fit)}.")
+        if self.certify is not None and (modality != "image" or self.data.source == "mmbench_tsv"):
+            raise ValueError(f"certify: certificates cover image classifiers; remove the certify section for "
+                             f"{self.data.source} data.")
+        return self
+
+    @model_validator(mode="after")
     def _threat_model(self) -> Suite:
         for name, params in self.attack_settings():
             level = ATTACKS.get(name)(**params).knowledge
             if level not in self.knowledge:
                 raise ValueError(f"attacks: {name!r} needs knowledge {level!r}, which the suite does not allow "
                                  f"(knowledge: {self.knowledge}); allow it or remove the attack.")
-            if level != "none" and self.public_config() is None:
+            if level != "none" and self.data.modality == "image" and self.public_config() is None:
                 raise ValueError(f"attacks: {name!r} (knowledge {level!r}) needs public clean images disjoint from "
                                  f"the evaluated ones; set `public:` (e.g. {{source: digits, split: train}}).")
             if level == "surrogate" and not self.surrogates:
@@ -192,6 +224,9 @@ def spec_name(spec: ModelSpec) -> str:
         return str(spec["name"])
     if "zoo" in spec:
         return f"zoo:{spec['zoo']}"
+    for scheme in ("hf", "hf-vlm", "hf-text"):
+        if scheme in spec:
+            return f"{scheme}:{spec[scheme]}"
     return f"timm:{spec.get('timm')}" + (f"@{spec['checkpoint']}" if spec.get("checkpoint") else "")
 
 

@@ -90,6 +90,8 @@ class Attack(ABC):
     knowledge: ClassVar[str] = "none"
     #: The parameter that sets the attack's strength, and +1 if larger means stronger, -1 if smaller does.
     strength: ClassVar[tuple[str, int] | None] = None
+    #: The data it reconstructs: ``image`` (pixels, B x C x H x W) and/or ``text`` (packed soft tokens).
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     _fields: ClassVar[Fields] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -122,12 +124,13 @@ class Attack(ABC):
 
     @abstractmethod
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct a batch ``x`` (B, C, H, W) in pixel space; same shape out."""
+        """Reconstruct a batch ``x`` (B, C, H, W) in pixel space (or packed soft tokens); same shape out."""
 
     @final
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise NTEError(f"attack {self.name!r}: expected images (B, C, H, W), got shape {tuple(x.shape)}.")
+            raise NTEError(f"attack {self.name!r}: expected images (B, C, H, W) or packed soft tokens "
+                           f"(B, L, K, 2), got shape {tuple(x.shape)}.")
         if not torch.isfinite(x).all():
             raise NTEError(f"attack {self.name!r}: the input images contain NaN or infinite values.")
         out = self.run(x).to(x.device)  # attacks may compute elsewhere (scikit-image on the CPU, say)
@@ -139,8 +142,8 @@ class Attack(ABC):
     @classmethod
     def describe(cls) -> dict[str, Any]:
         doc = (cls.__doc__ or "").strip().split("\n")[0]
-        return {"name": cls.name, "knowledge": cls.knowledge, "params": describe_params(cls._fields),
-                "description": doc}
+        return {"name": cls.name, "knowledge": cls.knowledge, "modalities": list(cls.modalities),
+                "params": describe_params(cls._fields), "description": doc}
 
     @classmethod
     def sweep(cls, params: dict[str, Any]) -> list[dict[str, Any]]:

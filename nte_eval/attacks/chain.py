@@ -33,6 +33,7 @@ class Chain(Attack):
                                f"(it could contain itself). List all the steps in one chain instead.")
             self.attacks.append(attack)
         self.knowledge = max((a.knowledge for a in self.attacks), key=KNOWLEDGE.index)
+        self.modalities = tuple(m for m in ("image", "text") if all(m in a.modalities for a in self.attacks))
 
     def params(self) -> dict[str, Any]:
         """The steps with their full validated parameters, as written to the results."""

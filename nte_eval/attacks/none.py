@@ -37,6 +37,7 @@ class Identity(Attack):
 
     name = "identity"
     knowledge = "none"
+    modalities = ("image", "text")
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return x

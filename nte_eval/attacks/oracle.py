@@ -7,13 +7,17 @@ from __future__ import annotations
 import torch
 
 from nte_eval.attacks.base import Attack, AttackContext
+from nte_eval.attacks.text import EmbeddingDecoder
 from nte_eval.attacks.views import Subspace, model_subspace
+from nte_eval.errors import NTEError
 from nte_eval.subspace import DEFAULT_SELECT
 
 
-def designated_subspace(context: AttackContext) -> Subspace:
+def designated_subspace(context: AttackContext) -> Subspace | EmbeddingDecoder:
     """The designated model's subspace as the encoder selected it (its public settings). Baselines (no view) get
-    the subspace of a default NTE encoder on the designated model."""
+    the subspace of a default NTE encoder on the designated model. A text model: decoding with its embeddings."""
+    if getattr(context.designated, "modality", "image") == "text":
+        return EmbeddingDecoder([context.designated.embedding])
     settings = context.encoder
     params = settings.get("params", {}) if settings.get("view") else {}
     return model_subspace(context.designated, params.get("select", DEFAULT_SELECT), settings.get("view") or "auto",
@@ -24,6 +28,7 @@ class _Oracle(Attack):
     """Shared fit: the designated model's subspace, exactly as the encoder selected it."""
 
     knowledge = "oracle"
+    modalities = ("image", "text")
 
     def fit(self, context: AttackContext) -> _Oracle:
         super().fit(context)
@@ -32,7 +37,8 @@ class _Oracle(Attack):
 
 
 class OracleProjection(_Oracle):
-    """Replaces the designated model's own low-sensitivity subspace with the public mean's (exact removal)."""
+    """Replaces the designated model's own low-sensitivity subspace with the public mean's (exact removal); on text,
+    decodes each soft token to the stored entry nearest in the designated embedding space (exact recovery)."""
 
     name = "oracle_projection"
 
@@ -48,6 +54,7 @@ class OracleFill(_Oracle):
     """
 
     name = "oracle_fill"
+    modalities = ("image",)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.subspace.fill(x)

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from nte_eval.attacks.base import Attack, AttackContext
+from nte_eval.attacks.text import EmbeddingDecoder
 from nte_eval.attacks.views import Subspace, model_subspace
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.subspace import DEFAULT_SELECT
@@ -25,6 +26,9 @@ class SurrogateProjection(Attack):
     (replaced by the public mean's), ``keep`` keeps the sum of their sensitive subspaces (deletes only what every
     surrogate is insensitive to), ``fill`` fills each surrogate's subspace in turn. With one surrogate ``remove``
     and ``keep`` coincide. Several subspaces are combined by alternating projections.
+
+    On text (surrogate text models over the designated vocabulary), ``remove`` decodes each soft token to the stored
+    entry nearest in the surrogates' embedding spaces (concatenated); ``select``/``view`` do not apply.
     """
 
     name = "surrogate_projection"
@@ -33,6 +37,7 @@ class SurrogateProjection(Attack):
     select: str = DEFAULT_SELECT
     view: Literal["auto", "patch", "operator"] = "auto"
     mode: Literal["remove", "keep", "fill"] = "remove"
+    modalities = ("image", "text")
 
     def fit(self, context: AttackContext) -> SurrogateProjection:
         super().fit(context)
@@ -42,12 +47,21 @@ class SurrogateProjection(Attack):
                 raise NTEError(f"surrogate_projection: no surrogate {name!r}; the run holds {sorted(held)}."
                                f"{did_you_mean(name, held)}")
         names = self.models or sorted(held)
+        self.decoder: EmbeddingDecoder | None = None
+        if all(getattr(held[n], "modality", "image") == "text" for n in names):
+            if self.mode != "remove":
+                raise NTEError(f"surrogate_projection: mode {self.mode!r} has no text form; use mode 'remove' "
+                               "(decoding in the surrogates' embedding spaces).")
+            self.decoder = EmbeddingDecoder([held[n].embedding for n in names])
+            return self
         public = self.context.public.images
         self.subspaces: list[Subspace] = [model_subspace(held[n], self.select, self.view, "correct", public)
                                           for n in names]
         return self
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decoder is not None:
+            return self.decoder.project(x)
         y = x.double()
         if self.mode == "fill":
             for sub in self.subspaces:
