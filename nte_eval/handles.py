@@ -135,7 +135,7 @@ class ModelHandle:
                 "std": self.std.flatten().tolist(), **self.first.geometry()}
 
     def __repr__(self) -> str:
-        return f"ModelHandle({self.spec!r}, first_layer={self.first.path!r}, input_size={self.input_size})"
+        return f"{type(self).__name__}({self.spec!r}, first_layer={self.first.path!r}, input_size={self.input_size})"
 
 
 def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...], spec: str) -> FirstLayer:

@@ -22,15 +22,15 @@ from nte_eval.checks import run_checks
 from nte_eval.data import ImageSet, check_images, load_data
 from nte_eval.encoders import ENCODERS, Encoder, sample_seed
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle, load_model
 from nte_eval.glue import TASKS, task_metric
+from nte_eval.handles import ModelHandle, load_model
 from nte_eval.metrics import psnr, relative_change
-from nte_eval.tokens import recovered, token_psnr
 from nte_eval.reports.gallery import example_file, save_examples
 from nte_eval.reports.spectra import spectrum_rows
 from nte_eval.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key, setting_name
 from nte_eval.suite import Suite, spec_name
 from nte_eval.summary import worst_case
+from nte_eval.tokens import recovered, token_psnr
 
 
 def compact(params: dict[str, Any]) -> str:
@@ -193,8 +193,9 @@ def image_metrics(x_nte: torch.Tensor, x_rec: torch.Tensor, clean: ImageSet) -> 
     """The cell's input-space measurements: pixel PSNRs for images; token PSNRs and the share of tokens the
     reconstruction reads back right (argmax) for text."""
     if clean.modality == "text":
-        return [("psnr", token_psnr(x_nte, clean.images).mean()), ("recon_psnr", token_psnr(x_rec, clean.images).mean()),
-                ("token_recovery", recovered(x_rec, clean.images).mean())]
+        ref = clean.images
+        return [("psnr", token_psnr(x_nte, ref).mean()), ("recon_psnr", token_psnr(x_rec, ref).mean()),
+                ("token_recovery", recovered(x_rec, ref).mean())]
     return [("psnr", psnr(x_nte, clean.images).mean()), ("recon_psnr", psnr(x_rec, clean.images).mean()),
             ("change_psnr", psnr(x_rec, x_nte).mean())]
 
@@ -282,8 +283,9 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     save_examples(example_file(out), data.images)
     done = sum(store.is_done(k) for k in cell_keys)
     if attacks:
+        unit = "texts" if data.modality == "text" else "images"
         log(f"{len(encoders)} encoder setting(s) x {len(attack_settings)} attack setting(s) = {len(cell_keys)} cells, "
-            f"{len(evaluated_names)} models, {len(data)} {'texts' if data.modality == 'text' else 'images'}" + (f"; {done} cells already done" if done else ""))
+            f"{len(evaluated_names)} models, {len(data)} {unit}" + (f"; {done} cells already done" if done else ""))
     overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks, initial=done)
     for number, ((d, _), encoder) in enumerate(encoders.items() if attacks else (), 1):
         enc_params = compact({**encoder.params(), "designated": d})

@@ -9,7 +9,6 @@ import torch
 from nte_eval.attacks.base import Attack, AttackContext
 from nte_eval.attacks.text import EmbeddingDecoder
 from nte_eval.attacks.views import Subspace, model_subspace
-from nte_eval.errors import NTEError
 from nte_eval.subspace import DEFAULT_SELECT
 
 

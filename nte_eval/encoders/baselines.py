@@ -34,12 +34,12 @@ class GaussianEncoder(Encoder):
 class _PixelModel(nn.Module):
     """Adapter so torchattacks sees a model on [0, 1] pixels (normalisation inside, as it expects)."""
 
-    def __init__(self, handle: ModelHandle):
+    def __init__(self, handle: ModelHandle, index: list[int]):
         super().__init__()
-        self.inner, self.handle = handle.module, handle
+        self.inner, self.handle, self.index = handle.module, handle, index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.handle.forward_grad(x)
+        return self.handle.forward_grad(x, self.index)
 
 
 class AdversarialEncoder(Encoder):
@@ -65,10 +65,11 @@ class AdversarialEncoder(Encoder):
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
         import torchattacks
 
+        idx = self.indices(x, index)
         self.handle.check_input(x)
         eps = noise_norm_for_psnr(self.psnr, x[0].numel())
-        target = self.handle.logits(x).argmax(1) if labels is None else labels.to(x.device)
-        attack = torchattacks.PGDL2(_PixelModel(self.handle), eps=eps, alpha=2.5 * eps / self.steps,
+        target = self.handle.logits(x, idx).argmax(1) if labels is None else labels.to(x.device)
+        attack = torchattacks.PGDL2(_PixelModel(self.handle, idx), eps=eps, alpha=2.5 * eps / self.steps,
                                     steps=self.steps, random_start=False)
         out = attack(x, target).detach()
         return finish(x, out, self.handle, self.quantize, {"mode": "pgd_l2", "eps_l2": eps}, record)

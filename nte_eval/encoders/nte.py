@@ -137,6 +137,9 @@ class NTEEncoder(Encoder):
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
         idx = self.indices(x, index)
         self.handle.check_input(x)
+        if tuple(x.shape[1:]) != self.handle.input_size:  # a VLM handle accepts any size; its NTEs need its own
+            raise NTEError(f"nte: {self.handle.spec} takes {self.handle.input_size} images, got "
+                           f"{tuple(x.shape[1:])}; resize the data to the designated model's input size.")
         delta = self.draw(x, key, idx)
         dims = tuple(range(1, delta.dim()))
         norms = torch.linalg.vector_norm(delta, dim=dims)
