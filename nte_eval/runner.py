@@ -189,6 +189,12 @@ def _bits(correct: torch.Tensor) -> str:
     return "".join("1" if c else "0" for c in correct.tolist())
 
 
+def logit_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """||new - old|| per sample over the finite logits (a VLM scores the options a question lacks -inf)."""
+    both = torch.isfinite(new) & torch.isfinite(old)
+    return torch.where(both, new - old, torch.zeros_like(new)).norm(dim=1)
+
+
 def image_metrics(x_nte: torch.Tensor, x_rec: torch.Tensor, clean: ImageSet) -> list[tuple[str, torch.Tensor]]:
     """The cell's input-space measurements: pixel PSNRs for images; token PSNRs and the share of tokens the
     reconstruction reads back right (argmax) for text."""
@@ -220,7 +226,7 @@ def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor,
         metrics = [("clean_accuracy", (ev.preds == labels).double().mean()),
                    ("accuracy", correct.double().mean()),
                    ("agreement", (logits.argmax(1) == ev.preds).double().mean()),
-                   ("logit_change", (logits - ev.logits).norm(dim=1).mean()),
+                   ("logit_change", logit_change(logits, ev.logits).mean()),
                    *measured,
                    ("first_layer_ratio", ratio.mean()),
                    ("attacked_clean_accuracy", cal_correct.double().mean())]

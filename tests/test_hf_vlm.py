@@ -279,3 +279,40 @@ def test_end_to_end_mmbench_scoring(tmp_path, handles, name):
     assert torch.isfinite(scores[valid]).all() and (scores[valid] <= 0).all()
     assert valid[torch.arange(4), scores.argmax(1)].all()
     torch.testing.assert_close(handle.logits(data.images[2:], [2, 3]), scores[2:], rtol=1e-4, atol=1e-4)
+
+
+def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
+    """A whole suite on MMBench rows: the designated VLM answers NTE images exactly as clean ones (agreement 1),
+    the oracle restores the other VLM, and the manifest and results carry the multiple-choice task."""
+    from nte_eval.runner import run_suite
+    from nte_eval.suite import parse_suite
+
+    path = write_tsv(tmp_path / "mmb.tsv", ROWS)
+    suite = parse_suite({
+        "name": "mmbench-tiny", "data": {"source": "mmbench_tsv", "path": str(path)},
+        "public": {"source": "photos"},
+        "designated": {"hf-vlm": str(folders["llava_clip"]), "name": "llava_clip"},
+        "models": [{"hf-vlm": str(folders["qwen2_vl"]), "name": "qwen2_vl"}],
+        "encoders": [{"type": "nte", "psnr": 0}],
+        "attacks": ["identity", "oracle_projection"], "batch_size": 2})
+    results = run_suite(suite, tmp_path / "run", progress=False, log=lambda _: None)
+    value = results.set_index(["attack", "model", "metric"]).value
+    assert value["identity", "llava_clip", "agreement"] == 1.0
+    assert value["identity", "llava_clip", "first_layer_ratio"] < 1e-4
+    assert value["identity", "qwen2_vl", "first_layer_ratio"] > 0.1
+    assert value["oracle_projection", "qwen2_vl", "recon_psnr"] > value["identity", "qwen2_vl", "psnr"] + 10
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data"]["source"] == "mmbench_tsv" and manifest["data"]["n"] == len(ROWS)
+    assert manifest["models"]["llava_clip"]["layer"] == "model.vision_tower.embeddings.patch_embedding"
+
+
+def test_mmbench_suite_needs_vlms(tmp_path, folders):
+    from nte_eval.runner import run_suite
+    from nte_eval.suite import parse_suite
+
+    suite = parse_suite({
+        "name": "mmbench-mixed", "data": {"source": "mmbench_tsv", "path": str(write_tsv(tmp_path / "m.tsv", ROWS))},
+        "designated": {"hf-vlm": str(folders["llava_clip"]), "name": "llava_clip"},
+        "models": ["zoo:vit_null"], "encoders": [{"type": "nte", "psnr": 0}]})
+    with pytest.raises(NTEError, match="zoo:vit_null is not a vision-language model"):
+        run_suite(suite, tmp_path / "run", progress=False, log=lambda _: None)
