@@ -126,6 +126,30 @@ def load_digits(split: str = "test", limit: int | None = None, size: int = 32) -
     return ImageSet(images[idx].contiguous(), labels[idx], [str(d) for d in range(10)], names)
 
 
+DOCSTRING_MODULES = ("json", "os", "pathlib", "collections", "functools", "itertools", "string", "textwrap", "re",
+                     "subprocess", "argparse", "logging", "random", "statistics", "shutil", "tarfile", "zipfile", "csv",
+                     "datetime", "decimal", "fractions", "heapq", "bisect", "inspect")
+
+
+def load_docstrings(limit: int | None = None) -> list[str]:
+    """Real English text that ships with Python: the first paragraph of the public functions' and classes'
+    docstrings of some standard-library modules (20-200 characters, deduplicated, in a fixed order; about
+    350 on CPython 3.11). Unlabelled: for checks of text NTEs, such as sentence-embedding fidelity."""
+    import importlib
+    import inspect
+
+    _check_limit(limit, "docstrings")
+    out: list[str] = []
+    for module in DOCSTRING_MODULES:
+        for name, obj in inspect.getmembers(importlib.import_module(module)):
+            doc = inspect.getdoc(obj) if not name.startswith("_") and (inspect.isfunction(obj) or
+                                                                        inspect.isclass(obj)) else None
+            first = doc.split("\n\n")[0].replace("\n", " ").strip() if doc else ""
+            if 20 <= len(first) <= 200 and first not in out:
+                out.append(first)
+    return out[:limit]
+
+
 def _resize_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (bilinear, antialiased), then centre-crop to size x size."""
     h, w = img.shape[-2:]

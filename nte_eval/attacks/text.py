@@ -14,6 +14,8 @@ import torch
 from nte_eval import tokens
 from nte_eval.attacks.base import Attack
 
+CHUNK = 32  # positions whose K candidate embedding rows are compared at once
+
 
 class ArgmaxDecode(Attack):
     """Reads each soft token back as its largest-weight vocabulary entry (no model, no key)."""
@@ -34,11 +36,13 @@ class EmbeddingDecoder:
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Hard tokens: per position, the slot whose embedding rows (all tables, concatenated) lie nearest r E."""
-        idx = tokens.indices(x)
+        idx = tokens.indices(x).reshape(-1, x.shape[2])  # (P, K)
         dist = torch.zeros(idx.shape, dtype=torch.float64, device=x.device)
         for table in self.tables:
             table = table.to(x.device, torch.float64)
-            target = tokens.embed(x.double(), table)  # (N, L, d)
-            dist += (table[idx] - target[:, :, None]).pow(2).sum(-1)
-        ids = idx.gather(-1, dist.argmin(-1, keepdim=True))[..., 0]
+            target = tokens.embed(x.double(), table).reshape(len(idx), -1)  # (P, d)
+            for i in range(0, len(idx), CHUNK):  # (CHUNK, K, d) gathered rows at a time
+                rows = table[idx[i:i + CHUNK]]
+                dist[i:i + CHUNK] += (rows - target[i:i + CHUNK, None]).pow(2).sum(-1)
+        ids = idx.gather(-1, dist.argmin(-1, keepdim=True)).reshape(x.shape[:2])
         return tokens.hard(ids, tokens.attention_mask(x), x.shape[2])
