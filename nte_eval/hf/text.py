@@ -157,7 +157,7 @@ def from_hf_text(folder: Path, spec: str, max_length: int = 128) -> TextHandle:
     loader = AutoModelForSequenceClassification if head else AutoModel
     try:
         model = loader.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    except ValueError as e:
+    except (ValueError, RuntimeError, OSError) as e:
         raise NTEError(f"{spec}: transformers cannot build a {'classifier' if head else 'text model'} for model "
                        f"type {config.model_type!r}: {str(e).splitlines()[0]}") from None
     if not isinstance(model.get_input_embeddings(), nn.Embedding):
