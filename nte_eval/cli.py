@@ -81,7 +81,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         rows = [{"name": f"zoo:{r['name']}", "arch": r["arch"], "test_accuracy": r["test_accuracy"]}
                 for r in zoo_table()]
-        note = "Also: timm:NAME[@checkpoint] or a mapping {timm: NAME, checkpoint: PATH, ...} in a suite."
+        note = ("Also: timm:NAME[@checkpoint] or a mapping {timm: NAME, checkpoint: PATH, ...} in a suite; local "
+                "Hugging Face folders hf:PATH (image classifier), hf-vlm:PATH (vision-language model), "
+                "hf-text:PATH (text classifier) with pip install 'nte-eval[hf]'.")
     else:
         from nte_eval.attacks import ATTACKS
         from nte_eval.encoders import ENCODERS
@@ -93,7 +95,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     for row in rows:
-        head = row["name"] + (f"  [knowledge: {row['knowledge']}]" if "knowledge" in row else "")
+        tags = [f"knowledge: {row['knowledge']}"] if "knowledge" in row else []
+        tags += [f"data: {' + '.join(row['modalities'])}"] if "modalities" in row else []
+        head = row["name"] + (f"  [{'; '.join(tags)}]" if tags else "")
         print(head + (f"  {row['description']}" if row.get("description") else "")
               + (f"  {row['arch']}, test accuracy {row['test_accuracy']}" if "arch" in row else ""))
         for pname, spec in row.get("params", {}).items():

@@ -183,7 +183,8 @@ def test_build_attack_from_name_or_mapping():
 def test_list_encoders_and_models(capsys):
     assert main(["list", "encoders"]) == 0
     out = capsys.readouterr().out
-    assert "nte  Non-transferable" in out and "    psnr = 30.0  (float)" in out
+    assert "nte  [data: image]  Non-transferable" in out and "    psnr = 30.0  (float)" in out
+    assert "nte_tokens  [data: text]  Soft-token NTEs" in out
     assert "    box = 'none'  ('none' | 'clip' | 'project')" in out
     assert main(["list", "models", "--json"]) == 0
     names = [row["name"] for row in json.loads(capsys.readouterr().out)]

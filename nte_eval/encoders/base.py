@@ -159,7 +159,8 @@ class Encoder(ABC):
     @classmethod
     def describe(cls) -> dict[str, Any]:
         doc = (cls.__doc__ or "").strip().split("\n")[0]
-        return {"name": cls.name, "params": describe_params(cls.fields()), "description": doc}
+        return {"name": cls.name, "modalities": list(cls.modalities), "params": describe_params(cls.fields()),
+                "description": doc}
 
     def fit(self) -> Encoder:
         """Compute and cache whatever the encoder needs (e.g. the subspace); returns self."""
