@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from nte_eval.attacks.base import KNOWLEDGE  # noqa: E402
+from nte_eval.reports.headline import psnr_name  # noqa: E402
 from nte_eval.store import attack_name  # noqa: E402
 
 A4 = (11.69, 8.27)
@@ -29,14 +30,21 @@ def short(model: str) -> str:
     return model.removeprefix("zoo:")
 
 
-def psnr_page(pdf: PdfPages, table: pd.DataFrame, designated: str) -> None:
-    """Accuracy against the achieved PSNR for one designated model's NTEs without attack, unboxed and storable side
-    by side; the designated model is the thick solid line."""
-    fig, axes = plt.subplots(1, 2, figsize=(11.69, 6.0), sharey=True)
+def psnr_page(pdf: PdfPages, table: pd.DataFrame, designated: str, modality: str = "image",
+              accuracy: str = "top-1 accuracy") -> None:
+    """Accuracy against the achieved PSNR for one designated model's NTEs without attack (images: unboxed and
+    storable side by side; text: the soft-token NTEs); the designated model is the thick solid line."""
+    sub = table[table.designated == designated]
+    if modality == "text":
+        panels = [("soft-token NTEs", sub[sub.encoder == "nte_tokens"])]
+    else:
+        sub = sub[sub.encoder == "nte"]
+        panels = [("storable 8-bit images" if storable else "unboxed float NTEs", sub[sub.storable == storable])
+                  for storable in (False, True)]
+    name, unit = psnr_name(modality)
+    fig, axes = plt.subplots(1, len(panels), figsize=(11.69, 6.0), sharey=True, squeeze=False)
     fig.set_label("accuracy_psnr")
-    sub = table[(table.designated == designated) & (table.encoder == "nte")]
-    for ax, storable in zip(axes, (False, True), strict=True):
-        part = sub[sub.storable == storable]
+    for ax, (title, part) in zip(axes[0], panels, strict=True):
         for i, (model, g) in enumerate(part.groupby("model", sort=False)):
             for j, (setting, gs) in enumerate(g.groupby("setting", sort=False)):
                 curve = 100 * gs.groupby("psnr").accuracy.mean().sort_index()
@@ -46,16 +54,19 @@ def psnr_page(pdf: PdfPages, table: pd.DataFrame, designated: str) -> None:
                         color="black" if is_des else f"{0.1 + 0.1 * (i % 6):.1f}", markersize=5,
                         label=f"{short(model)}{' (designated)' if is_des else ''}"
                               + (f", {setting}" if part.setting.nunique() > 1 else ""))
-        ax.set_title(f"{'storable 8-bit images' if storable else 'unboxed float NTEs'}", fontsize=10)
-        ax.set_xlabel("achieved PSNR of the NTEs (dB, pixel space, peak 1)")
+        ax.set_title(title, fontsize=10)
+        lo, hi = ax.get_xlim()
+        if len(part) and hi - lo < 2:  # one PSNR only: show +-1 dB around it, not its float noise
+            ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
+        ax.set_xlabel(f"achieved {name} of the NTEs (dB, {unit})")
         ax.grid(alpha=0.3)
         if len(part):
             ax.legend(fontsize=6.5)
         else:
             ax.text(0.5, 0.5, "no such setting in this suite", ha="center", transform=ax.transAxes, color="0.4")
-    axes[0].set_ylabel("top-1 accuracy without attack (%)")
-    axes[0].set_ylim(-2, 102)
-    fig.suptitle(f"Accuracy against PSNR, designated {designated} (thick solid line)")
+    axes[0, 0].set_ylabel(f"{accuracy} without attack (%)")
+    axes[0, 0].set_ylim(-2, 102)
+    fig.suptitle(f"Accuracy against {name}, designated {designated} (thick solid line)")
     fig.tight_layout()
     pdf.savefig(fig)
     plt.close(fig)
@@ -84,7 +95,7 @@ def _heatmap(ax: plt.Axes, grid: pd.DataFrame, levels: list[str], designated: st
 
 
 def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
-                  knowledge: dict[tuple[str, str], str]) -> None:
+                  knowledge: dict[tuple[str, str], str], accuracy: str = "top-1 accuracy") -> None:
     """Per encoder setting, accuracy (%) of every model after every attack, attacks grouped by knowledge level;
     two settings per page."""
     acc = results[(results.metric == "accuracy") & (results.attack != "certify")]
@@ -106,7 +117,7 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
                           f"{short(s.designated)}, {s.setting}")
         for ax in axes[0][len(chunk):]:
             ax.axis("off")
-        fig.colorbar(im, cax=fig.add_axes((0.94, 0.2, 0.012, 0.6)), label="top-1 accuracy after the attack (%)")
+        fig.colorbar(im, cax=fig.add_axes((0.94, 0.2, 0.012, 0.6)), label=f"{accuracy} after the attack (%)")
         fig.suptitle("Accuracy (%) of every model on each attack's reconstruction of the NTEs, attacks grouped by "
                      "knowledge level (none < method < surrogate < oracle)", fontsize=10)
         fig.subplots_adjust(left=0.15, right=0.86, top=0.92, bottom=0.12, wspace=0.85)
@@ -114,7 +125,8 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
         plt.close(fig)
 
 
-def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFrame) -> None:
+def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFrame,
+                         accuracy: str = "top-1 accuracy") -> None:
     """Per encoder setting, each unauthorized model's accuracy under the best attack of each knowledge level (bars,
     hatched by level), its clean accuracy (dash), and the union over attacks beside its clean calibration."""
     wc = worst[worst.role == "unauthorized"]
@@ -141,7 +153,7 @@ def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFr
                            facecolors=face, edgecolors="black", linewidths=0.8, label=label, zorder=3)
             ax.set_xticks(x, [short(m) for m in models], rotation=20, ha="right", fontsize=7)
             ax.set_ylim(0, 105)
-            ax.set_ylabel("top-1 accuracy (%)", fontsize=8)
+            ax.set_ylabel(f"{accuracy} (%)", fontsize=8)
             ax.set_title(f"{short(s.designated)}, {s.setting}", fontsize=8)
             ax.grid(axis="y", alpha=0.3)
         for ax in axes.flat[len(chunk):]:

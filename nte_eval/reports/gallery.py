@@ -45,7 +45,7 @@ def save_examples(path: Path, images: torch.Tensor) -> None:
     os.replace(tmp, path)
 
 
-def _best_per_level(results: pd.DataFrame, encoder: str, params: str, knowledge: dict[tuple[str, str], str]) -> dict:
+def best_per_level(results: pd.DataFrame, encoder: str, params: str, knowledge: dict[tuple[str, str], str]) -> dict:
     """Per knowledge level: the (attack, attack_params) with the highest mean unauthorized accuracy."""
     acc = results[(results.encoder == encoder) & (results.encoder_params == params) & (results.metric == "accuracy")
                   & (results.role == "unauthorized") & (results.attack != "certify")]
@@ -71,7 +71,7 @@ def gallery_pages(pdf: PdfPages, run_dir: Path, results: pd.DataFrame, settings:
         if not nte.exists():
             continue
         panels = [("clean", clean), ("NTE (released)", torch.from_numpy(np.load(nte)))]
-        for level, ((att, att_params), mean_acc) in _best_per_level(results, s.encoder, s.encoder_params,
+        for level, ((att, att_params), mean_acc) in best_per_level(results, s.encoder, s.encoder_params,
                                                                    knowledge).items():
             path = example_file(run_dir, s.encoder, s.encoder_params, att, att_params)
             if path.exists():

@@ -21,6 +21,8 @@ from nte_eval.store import COLUMNS, attack_name, read_rows, setting_name
 from nte_eval.summary import read_worst_case
 
 MARGIN = 10.0  # percentage points above chance that still count as "held"
+METRICS = {"mcc": ("MCC x100", "Matthews correlation x 100 (GLUE's CoLA metric)"),
+           "f1": ("F1 %", "F1 of the positive class in % (GLUE's MRPC and QQP metric)")}  # a text task's own metric
 UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "clean %", "no attack %", "best attack %", "best attack",
                         "union %", "union clean %"]
 
@@ -39,6 +41,19 @@ class Headline:
     chance: float | None = None
     margin: float = MARGIN
     threshold: float = MARGIN  # the highest unauthorized accuracy (%) that still counts as held: chance + margin
+    modality: str = "image"  # or "text"
+    metric: str = "accuracy"  # a text task's own metric beside accuracy: "mcc", "f1" (METRICS) or "accuracy"
+    source: str = ""  # the data source, e.g. "mmbench_tsv" (multiple-choice accuracy)
+
+
+def psnr_name(modality: str) -> tuple[str, str]:
+    """The PSNR's name and its unit note: pixel-space PSNR for images, token PSNR for text (``nte_eval.tokens``)."""
+    return ("token PSNR", "peak 1, per stored entry") if modality == "text" else ("PSNR", "pixel space, peak 1")
+
+
+def accuracy_name(source: str) -> str:
+    """What accuracy means for a data source: multiple-choice accuracy over options A-D for MMBench, else top-1."""
+    return "multiple-choice accuracy (A\u2013D)" if source == "mmbench_tsv" else "top-1 accuracy"
 
 
 def _pct(value: float) -> float:
@@ -80,23 +95,58 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
     return pd.DataFrame(rows)
 
 
-def unauthorized_table(worst: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFrame:
+def text_designated_table(results: pd.DataFrame, settings: pd.DataFrame, metric: str,
+                          subspaces: dict[str, dict]) -> pd.DataFrame:
+    """Per designated text model and encoder setting: token PSNR, storage per example, the share of tokens read back
+    right by argmax (no attack, and after ``argmax_decode`` where run), clean and NTE accuracy (and the task's own
+    metric), agreement and first-layer ratio. Text models have no certificates."""
+    rows = []
+    des = results[results.role == "designated"]
+    for s in settings.itertuples(index=False):
+        part = des[des.encoder_params == s.encoder_params]
+        m = part[part.attack == "identity"].set_index("metric").value
+        decoded = part[(part.attack == "argmax_decode") & (part.metric == "token_recovery")].value
+        stored = subspaces.get(f"{s.encoder} {s.encoder_params}", {}).get("bytes_per_example", math.nan)
+        row = {"designated": s.designated, "setting": s.setting, "token PSNR dB": round(m["psnr"], 2) + 0.0,
+               "kB/example": round(stored / 1000, 1), "token recovery %": _pct(m["token_recovery"]),
+               "argmax-decode recovery %": _pct(decoded.iloc[0]) if len(decoded) else math.nan,
+               "clean %": _pct(m["clean_accuracy"]), "NTE %": _pct(m["accuracy"])}
+        if metric in METRICS:
+            name = METRICS[metric][0]
+            row |= {f"clean {name}": _pct(m[f"clean_{metric}"]), f"NTE {name}": _pct(m[metric])}
+        rows.append(row | {"agreement %": _pct(m["agreement"]),
+                           "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}")})
+    return pd.DataFrame(rows)
+
+
+def unauthorized_table(worst: pd.DataFrame, settings: pd.DataFrame, results: pd.DataFrame,
+                       metric: str = "accuracy") -> pd.DataFrame:
     """Per setting and unauthorized model: clean, no attack, the best single attack (named), and the union over
-    attacks beside the same union on clean inputs."""
+    attacks beside the same union on clean inputs; for a text task with its own metric (``METRICS``), that metric
+    clean, with no attack and under the best single attack (chosen by accuracy), taken from ``results``."""
     rows = []
     wc = worst[worst.role == "unauthorized"]
+    extra = metric in METRICS
+    name = METRICS[metric][0] if extra else ""
     for s in settings.itertuples(index=False):
         part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
         for model, g in part.groupby("model", sort=False):
             v = g.set_index("summary")
             best = v.loc["best_single"]
-            rows.append({"designated": s.designated, "setting": s.setting, "model": model,
-                         "clean %": _pct(v.value["clean"]), "no attack %": _pct(v.value["no_attack"]),
-                         "best attack %": _pct(best.value),
-                         "best attack": f"{attack_name(best.attack, best.attack_params)} ({best.knowledge})",
-                         "union %": _pct(v.value.get("union", math.nan)),
-                         "union clean %": _pct(v.value.get("union_clean", math.nan))})
-    return pd.DataFrame(rows, columns=UNAUTHORIZED_COLUMNS)
+            row = {"designated": s.designated, "setting": s.setting, "model": model,
+                   "clean %": _pct(v.value["clean"]), "no attack %": _pct(v.value["no_attack"]),
+                   "best attack %": _pct(best.value),
+                   "best attack": f"{attack_name(best.attack, best.attack_params)} ({best.knowledge})"}
+            if extra:
+                cells = results[(results.encoder_params == s.encoder_params) & (results.model == model)]
+                value = cells.set_index(["attack", "attack_params", "metric"]).value
+                row |= {f"clean {name}": _pct(value[("identity", "{}", f"clean_{metric}")]),
+                        f"no attack {name}": _pct(value[("identity", "{}", metric)]),
+                        f"best attack {name}": _pct(value[(best.attack, best.attack_params, metric)])}
+            rows.append(row | {"union %": _pct(v.value.get("union", math.nan)),
+                               "union clean %": _pct(v.value.get("union_clean", math.nan))})
+    extras = [f"{kind} {name}" for kind in ("clean", "no attack", "best attack")] if extra else []
+    return pd.DataFrame(rows, columns=[*UNAUTHORIZED_COLUMNS[:-2], *extras, *UNAUTHORIZED_COLUMNS[-2:]])
 
 
 def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -155,17 +205,23 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     results = read_rows(run_dir / "results.csv", COLUMNS) if results is None else results
     worst = read_worst_case(run_dir / "worst_case.csv") if worst is None else worst
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    chance = manifest.get("data", {}).get("chance")
+    data = manifest.get("data", {})
+    modality, metric, chance = data.get("modality", "image"), data.get("metric", "accuracy"), data.get("chance")
     threshold = 100 * (chance or 0.0) + margin
     certify = run_dir / "certify.json"
     fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
     settings = _settings(results)
-    des = designated_table(results, settings, fidelity)
+    if modality == "text":
+        des = text_designated_table(results, settings, metric, manifest.get("subspaces", {}))
+    else:
+        des = designated_table(results, settings, fidelity)
     levels = levels_table(worst, settings, threshold)
     verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], threshold)
                 for _, d in des.iterrows()]
     warnings = run_dir / "warnings.json"
-    return Headline(settings=settings, designated=des, unauthorized=unauthorized_table(worst, settings), levels=levels,
+    unauthorized = unauthorized_table(worst, settings, results, metric)
+    return Headline(settings=settings, designated=des, unauthorized=unauthorized, levels=levels,
                     certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
-                    chance=chance, margin=margin, threshold=threshold)
+                    chance=chance, margin=margin, threshold=threshold, modality=modality, metric=metric,
+                    source=data.get("source", ""))

@@ -1,6 +1,7 @@
 """``report.pdf`` from a run's files alone (no model is loaded): summary and verdicts, accuracy against PSNR, the
 attack x model heatmaps, the best attack of each knowledge level, the certification pages, first-layer spectra, the
-image gallery and an appendix with every parameter and the environment. Also writes ``summary.md``/``summary.tex``.
+image gallery (for text: decoded samples, with the designated model's tokenizer where its folder is still there) and
+an appendix with every parameter and the environment. Also writes ``summary.md``/``summary.tex``.
 """
 
 from __future__ import annotations
@@ -15,18 +16,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
 
+from nte_eval.reports.decoded import decoded_lines  # noqa: E402
 from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
 from nte_eval.reports.gallery import gallery_pages  # noqa: E402
-from nte_eval.reports.headline import MARGIN, Headline, headline  # noqa: E402
-from nte_eval.reports.summary_files import UNITS, matrix_lines, sections, table_lines, write_summaries  # noqa: E402
+from nte_eval.reports.headline import MARGIN, Headline, accuracy_name, headline, psnr_name  # noqa: E402
+from nte_eval.reports.summary_files import matrix_lines, sections, table_lines, units, write_summaries  # noqa: E402
 from nte_eval.store import COLUMNS, read_rows, setting_name  # noqa: E402
 from nte_eval.summary import read_worst_case  # noqa: E402
 
 FONT = 6.5  # monospace text pages
 LINES_PER_PAGE = int(7.3 * 72 / (FONT * 1.22))
 WIDTH = int(11.0 * 72 / (FONT * 0.6))
+HEADER_WIDTH = int(11.0 * 72 / (8 * 0.6))  # the first page's header lines (8 pt)
+GLYPHS = set(FT2Font(font_manager.findfont(font_manager.FontProperties(family="monospace"))).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with every character the monospace font cannot draw (e.g. CJK tokens) shown as a box."""
+    return "".join(c if c == "\n" or ord(c) in GLYPHS else "\u25a1" for c in text)
 
 
 def text_pages(pdf: PdfPages, kind: str, title: str, lines: list[str], header: list[str] | None = None) -> None:
@@ -35,6 +46,8 @@ def text_pages(pdf: PdfPages, kind: str, title: str, lines: list[str], header: l
         lines = lines[:-1]
     wrapped = [w for line in lines for w in (textwrap.wrap(line, WIDTH, subsequent_indent="    ",
                                                            replace_whitespace=False) or [""])]
+    if header:
+        header = [header[0], *(w for line in header[1:] for w in textwrap.wrap(line, HEADER_WIDTH))]
     first = LINES_PER_PAGE - (3 * len(header) if header else 0)
     chunks = [wrapped[:first]] + [wrapped[i:i + LINES_PER_PAGE] for i in range(first, len(wrapped), LINES_PER_PAGE)]
     for n, chunk in enumerate(chunks):
@@ -49,7 +62,7 @@ def text_pages(pdf: PdfPages, kind: str, title: str, lines: list[str], header: l
             fig.text(0.03, top, title + (f" (continued, {n + 1}/{len(chunks)})" if n else ""), fontsize=11,
                      weight="bold", va="top")
             top -= 0.045
-        fig.text(0.03, top, "\n".join(chunk), fontsize=FONT, va="top", family="monospace")
+        fig.text(0.03, top, drawable("\n".join(chunk)), fontsize=FONT, va="top", family="monospace")
         pdf.savefig(fig)
         plt.close(fig)
 
@@ -67,7 +80,8 @@ class ReportPages(PdfPages):
 
 
 def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
-    """Every model of the run with its first-layer geometry and clean accuracy."""
+    """Every model of the run with its first-layer geometry (text: type, vocabulary and embedding size) and clean
+    accuracy."""
     config = manifest.get("config", {})
     roles = {}
     for spec in [*(config.get("surrogates") or [])]:
@@ -78,12 +92,16 @@ def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
     for name, m in manifest.get("models", {}).items():
         role = "designated" if name in designated else ("unauthorized" if name in clean.index else roles.get(
             name, "surrogate"))
-        rows.append({"model": name, "role": role, "first layer": f"{m['layer']} ({m['kind']})",
-                     "kernel": "x".join(map(str, m["kernel"])), "stride": "x".join(map(str, m["stride"])),
-                     "padding": "x".join(map(str, m["padding"])),
-                     "channels": f"{m['in_channels']}->{m['out_channels']}",
-                     "input": "x".join(map(str, m["input_size"])),
-                     "clean %": round(100 * clean[name], 1) if name in clean.index else float("nan")})
+        row = {"model": name, "role": role, "first layer": f"{m['layer']} ({m['kind']})"}
+        if m.get("modality") == "text":
+            row |= {"type": m["model_type"], "vocabulary": f"{m['vocab_size']} ({m['vocabulary']})",
+                    "embedding dim": m["embedding_dim"], "max length": m["max_length"]}
+        else:
+            row |= {"kernel": "x".join(map(str, m["kernel"])), "stride": "x".join(map(str, m["stride"])),
+                    "padding": "x".join(map(str, m["padding"])),
+                    "channels": f"{m['in_channels']}->{m['out_channels']}",
+                    "input": "x".join(map(str, m["input_size"]))}
+        rows.append(row | {"clean %": round(100 * clean[name], 1) if name in clean.index else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -91,15 +109,22 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
     env = manifest.get("environment", {})
     data = manifest.get("data", {})
     public = manifest.get("public") or {}
+    if h.modality == "text":
+        task = manifest.get("config", {}).get("data", {})
+        source = (f"data: {data.get('source')} {task.get('task')} ({task.get('path')}), n = {data.get('n')} texts of "
+                  f"at most {data.get('shape', ['?'])[0]} tokens; no public texts")
+        models = "Models and their first linear operator (the token embedding matrix E; a soft token r is read as rE):"
+    else:
+        source = (f"data: {data.get('source')} / {data.get('split')}, n = {data.get('n')}, images "
+                  f"{data.get('shape')}; public (attackers'): {public.get('source', 'none')} / "
+                  f"{public.get('split', '-')}, n = {public.get('n', 0)}")
+        models = "Models and their first linear layer (pixel space):"
     header = [f"nte-eval report: {manifest.get('suite')}",
               f"finished {manifest.get('finished', 'unknown')}; nte-eval {env.get('nte_eval')}, "
               f"torch {env.get('torch')}, timm {env.get('timm')}, python {env.get('python')}; "
               f"device {manifest.get('device')}",
-              f"data: {data.get('source')} / {data.get('split')}, n = {data.get('n')}, images {data.get('shape')}; "
-              f"public (attackers'): {public.get('source', 'none')} / {public.get('split', '-')}, "
-              f"n = {public.get('n', 0)}; key (seed) {manifest.get('seed')}; config {manifest.get('config_hash')}",
-              UNITS]
-    lines = ["Models and their first linear layer (pixel space):", *_models(manifest, results).to_string(
+              f"{source}; key (seed) {manifest.get('seed')}; config {manifest.get('config_hash')}", units(h)]
+    lines = [models, *_models(manifest, results).to_string(
         index=False).splitlines(), "", "VERDICTS (held = every unauthorized model at most chance + "
         f"{h.margin:g} points under the strongest single attack of that knowledge level):",
              *(f"- {v}" for v in h.verdicts), ""]
@@ -137,10 +162,13 @@ def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
         fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
 
 
-def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame) -> None:
-    """The transfer matrix, every encoder and attack setting with all its parameters, and the environment."""
+def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame, notes: list[str]) -> None:
+    """The transfer matrix, every encoder and attack setting with all its parameters, the environment, and
+    ``notes`` (e.g. why a page is left out)."""
+    modality = manifest.get("data", {}).get("modality", "image")
+    name, unit = psnr_name(modality)
     lines = ["Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
-             "target PSNR; psnr = achieved PSNR (dB, pixel space, peak 1):"]
+             f"target PSNR; psnr = achieved {name} (dB, {unit}):"]
     matrix = matrix.rename(columns=lambda c: c.removeprefix("zoo:"))
     for designated, part in matrix.groupby("designated", sort=False):
         part = part.drop(columns="designated").dropna(axis=1, how="all")
@@ -156,9 +184,12 @@ def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.D
     timings = manifest.get("timings", {})
     lines += [f"- device {manifest.get('device')}, batch size {manifest.get('batch_size')}, total "
               f"{timings.get('total_seconds')} s{' (resumed)' if timings.get('resumed') else ''}"]
+    examples = "packed soft tokens of the first texts" if modality == "text" else "gallery arrays and PNGs"
     lines += ["", "Files in the run folder: results.csv/.parquet, samples.csv, worst_case.csv, warnings.json, "
               "manifest.json, certificates.csv, lipschitz.csv, angles.csv, certify.json, spectra.csv, "
-              "summary.md, summary.tex, examples/ (gallery arrays and PNGs)."]
+              f"summary.md, summary.tex, examples/ ({examples})."]
+    if notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
     text_pages(pdf, "appendix", "Appendix: parameters and environment", lines)
 
 
@@ -199,20 +230,32 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
     settings = h.settings
     knowledge = _knowledge(manifest)
+    accuracy = accuracy_name(h.source)
+    spectra = pd.read_csv(run_dir / "spectra.csv") if (run_dir / "spectra.csv").exists() else pd.DataFrame()
+    notes = []
+    if len(spectra) and spectra.sigma.isna().all():
+        notes.append("No first-layer spectra page: no model has one in spectra.csv (" + "; ".join(
+            f"{', '.join(g.model)}: {view}" for view, g in spectra.groupby("view", sort=False)) + ").")
+        spectra = pd.DataFrame()
     path = run_dir / "report.pdf"
     with ReportPages(path) as pdf:
         _summary_pages(pdf, manifest, results, h)
         table = wide(results[results.attack == "identity"])
         for designated in table.designated.unique():
-            psnr_page(pdf, table, designated)
-        heatmap_pages(pdf, results, settings, knowledge)
-        knowledge_bars_pages(pdf, worst, settings)
+            psnr_page(pdf, table, designated, h.modality, accuracy)
+        heatmap_pages(pdf, results, settings, knowledge, accuracy)
+        knowledge_bars_pages(pdf, worst, settings, accuracy)
         if (run_dir / "certify.json").exists():
             _certify_pages(pdf, run_dir, h)
-        if (run_dir / "spectra.csv").exists():
-            spectra_page(pdf, pd.read_csv(run_dir / "spectra.csv"), _taus(results), list(h.designated.designated))
-        gallery_pages(pdf, run_dir, results, settings, knowledge)
-        _appendix(pdf, manifest, results, matrix)
+        if len(spectra):
+            spectra_page(pdf, spectra, _taus(results), list(h.designated.designated))
+        if h.modality == "text":
+            lines = decoded_lines(run_dir, results, settings, knowledge, manifest.get("config", {}))
+            if lines:
+                text_pages(pdf, "decoded_samples", "Decoded samples", lines)
+        else:
+            gallery_pages(pdf, run_dir, results, settings, knowledge)
+        _appendix(pdf, manifest, results, matrix, notes)
     return Report(path, h, pdf.kinds)
 
 
