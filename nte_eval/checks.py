@@ -25,14 +25,16 @@ def _setting(params: str) -> str:
 
 def oracle_fill_restores(results: pd.DataFrame, tolerance: float = 0.05) -> list[Warning_]:
     """``oracle_fill`` knows the exact subspace: it should bring each unauthorized model back to within 5 points of
-    its clean accuracy. If not, the attack is broken or the NTE destroys information the models need."""
+    its clean accuracy. If not, the attack is broken or the NTE destroys information the models need. On text
+    (soft tokens) the exact oracle is ``oracle_projection``, which decodes with the designated embeddings."""
     acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
     if acc.empty:
         return []
-    fill = acc[acc.attack == "oracle_fill"]
+    oracle = "oracle_projection" if (results.metric == "token_recovery").any() else "oracle_fill"
+    fill = acc[acc.attack == oracle]
     if fill.empty:
-        return [_warn("oracle_fill", "no oracle_fill attack in this run: nothing shows that the attack pipeline can "
-                                     "undo the NTEs (add {type: oracle_fill} to the attacks).")]
+        return [_warn("oracle_fill", f"no {oracle} attack in this run: nothing shows that the attack pipeline can "
+                                     f"undo the NTEs (add {{type: {oracle}}} to the attacks).")]
     clean = results[results.metric == "clean_accuracy"].set_index(["encoder_params", "model"]).value
     out = []
     for (enc, params, model), g in fill.groupby(["encoder", "encoder_params", "model"], sort=False):
@@ -40,7 +42,7 @@ def oracle_fill_restores(results: pd.DataFrame, tolerance: float = 0.05) -> list
         if isinstance(ref, pd.Series):
             ref = ref.iloc[0]
         if best < ref - tolerance:
-            out.append(_warn("oracle_fill", f"{enc} ({_setting(params)}): oracle_fill restores {model} to only "
+            out.append(_warn("oracle_fill", f"{enc} ({_setting(params)}): {oracle} restores {model} to only "
                                             f"{100 * best:.1f}% vs {100 * ref:.1f}% clean (more than "
                                             f"{100 * tolerance:.0f} points below): the attack is broken or the NTE "
                                             f"destroys information the model needs."))

@@ -170,6 +170,8 @@ def test_text_suite_runs_through_the_runner(tmp_path, folders):
     assert manifest["data"]["modality"] == "text" and manifest["data"]["metric"] == "mcc"
     info = next(iter(manifest["subspaces"].values()))
     assert info["support"] == 768 and info["bytes_per_example"] > 0
+    # oracle_projection restores every model (the text oracle check), and nothing else looks wrong.
+    assert json.loads((tmp_path / "run" / "warnings.json").read_text()) == []
 
 
 def test_text_suite_errors(tmp_path, folders):
