@@ -146,9 +146,11 @@ def text_suite(path, folders, **extra):
     return {"name": "cola-tiny", "data": {"source": "glue_tsv", "task": "cola", "path": str(path), "max_length": 24},
             "designated": {"hf-text": str(folders["minilm"]), "name": "minilm"},
             "models": [{"hf-text": str(folders["tiny"]), "name": "tiny"}],
-            "surrogates": [{"hf-text": str(folders["tiny"]), "name": "tiny"}],
+            "surrogates": [{"hf-text": str(folders["tiny"]), "name": "tiny"},
+                           {"hf-text": str(MINILM), "name": "minilm_public"}],
             "encoders": [{"type": "nte_tokens", "psnr": [30, 0]}],
-            "attacks": ["identity", "argmax_decode", "oracle_projection", "surrogate_projection"], **extra}
+            "attacks": ["identity", "argmax_decode", "oracle_projection",
+                        {"type": "surrogate_projection", "models": [["tiny"], ["minilm_public"]]}], **extra}
 
 
 def test_text_suite_runs_through_the_runner(tmp_path, folders):
@@ -165,6 +167,12 @@ def test_text_suite_runs_through_the_runner(tmp_path, folders):
     assert v[30.0, "argmax_decode", "tiny", "token_recovery"] == 1.0  # 30 dB: the tokens read back
     assert v[0.0, "argmax_decode", "tiny", "token_recovery"] < 0.05  # 0 dB: they do not
     assert v[0.0, "identity", "tiny", "first_layer_ratio"] > 1.0
+    # An unrelated surrogate embedding reads little back; the public checkpoint the designated model was built from
+    # (the same embedding matrix, as after any fine-tuning that leaves embeddings close) reads every token back.
+    surrogate = results[(results.attack == "surrogate_projection") & (results.metric == "token_recovery")
+                        & results.encoder_params.str.contains('"psnr":0.0')]
+    by_model = {json.loads(p)["models"][0]: g.value.iloc[0] for p, g in surrogate.groupby("attack_params")}
+    assert by_model["tiny"] < 0.2 and by_model["minilm_public"] == 1.0
     assert {"mcc", "clean_mcc"} <= set(results.metric)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["data"]["modality"] == "text" and manifest["data"]["metric"] == "mcc"
