@@ -304,6 +304,11 @@ def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["data"]["source"] == "mmbench_tsv" and manifest["data"]["n"] == len(ROWS)
     assert manifest["models"]["llava_clip"]["layer"] == "model.vision_tower.embeddings.patch_embedding"
+    from nte_eval.reports.pdf import write_report
+
+    report = write_report(tmp_path / "run")
+    assert "gallery" in report.pages and "decoded_samples" not in report.pages
+    assert "multiple-choice accuracy (A\u2013D)" in (tmp_path / "run" / "summary.md").read_text()
 
 
 def test_mmbench_suite_needs_vlms(tmp_path, folders):
