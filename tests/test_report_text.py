@@ -125,3 +125,19 @@ def test_report_rebuilds_the_same_summaries(text_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "token PSNR" in printed and "(7 pages)" in printed
     assert pd.read_csv(copy / "spectra.csv").sigma.isna().all()  # hence no spectra page
+
+
+def test_verdict_names_models_already_at_chance():
+    """A model at chance on clean inputs cannot show protection: the verdict says so instead of a bare "held"."""
+    from nte_eval.reports.headline import verdict, weak_models
+
+    clean = pd.DataFrame({"model": ["strong", "weak"], "value": [0.9, 0.55]})
+    weak = weak_models(clean, threshold=60.0)
+    assert list(weak) == ["weak"] and weak["weak"] == pytest.approx(55.0)
+    des = pd.Series({"designated": "d", "setting": "nte 0 dB", "NTE %": 90.0, "clean %": 90.0})
+    levels = pd.DataFrame({"knowledge": ["none"], "held": ["yes"], "attack": ["identity"], "model": ["strong"],
+                           "max unauthorized %": [40.0]})
+    text = verdict(des, levels, 60.0, weak)
+    assert "Held (every unauthorized model <= 60.0%) against no knowledge" in text
+    assert "Uninformative for weak (55.0%)" in text and "strong (" not in text
+    assert "Uninformative" not in verdict(des, levels, 60.0, {})

@@ -174,9 +174,15 @@ def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) 
 LEVEL_NAMES = {k: f"{'no' if k == 'none' else k} knowledge" for k in KNOWLEDGE}
 
 
-def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float) -> str:
+def weak_models(clean: pd.DataFrame, threshold: float) -> dict[str, float]:
+    """Unauthorized models (worst_case 'clean' rows of one setting) whose clean accuracy, in %, is <= threshold."""
+    return {r.model: 100 * r.value for r in clean.itertuples() if 100 * r.value <= threshold}
+
+
+def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float, weak: dict[str, float] | None = None) -> str:
     """One plain sentence per setting: what the designated model keeps, and per knowledge level whether the NTEs
-    held or which attack broke them on which model."""
+    held or which attack broke them on which model. ``weak``: unauthorized models whose clean accuracy (%) is already
+    at or below the threshold, for which "held" shows nothing; they are named."""
     head = (f"{des.designated}, {des.setting}: designated {des['NTE %']:.1f}% on the NTEs (clean "
             f"{des['clean %']:.1f}%). ")
     held = [LEVEL_NAMES[k] for k in levels[levels.held == "yes"].knowledge]
@@ -191,6 +197,10 @@ def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float) -> str:
         parts.append(f"NOT held against {hits}.")
     if untested:
         parts.append(f"Not tested: {', '.join(untested)}.")
+    if weak:
+        names = ", ".join(f"{m} ({v:.1f}%)" for m, v in weak.items())
+        parts.append(f"Uninformative for {names}: already at or below {threshold:.1f}% on clean inputs, so their "
+                     "failing on NTEs shows nothing.")
     return head + " ".join(parts)
 
 
@@ -216,8 +226,10 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     else:
         des = designated_table(results, settings, fidelity)
     levels = levels_table(worst, settings, threshold)
-    verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], threshold)
-                for _, d in des.iterrows()]
+    clean = worst[(worst.summary == "clean") & (worst.role == "unauthorized")]
+    verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], threshold,
+                        weak_models(clean[clean.encoder_params == p], threshold))
+                for p, (_, d) in zip(settings.encoder_params, des.iterrows(), strict=True)]
     warnings = run_dir / "warnings.json"
     unauthorized = unauthorized_table(worst, settings, results, metric)
     return Headline(settings=settings, designated=des, unauthorized=unauthorized, levels=levels,
