@@ -227,7 +227,7 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     write_summaries(run_dir, h, f"nte-eval: {manifest.get('suite')}")
     matrix = transfer_matrix(results)
     matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
-    collapse_psnr(results).to_csv(run_dir / "collapse_psnr.csv", index=False)
+    collapse_psnr(results, h.threshold).to_csv(run_dir / "collapse_psnr.csv", index=False)
     settings = h.settings
     knowledge = _knowledge(manifest)
     accuracy = accuracy_name(h.source)

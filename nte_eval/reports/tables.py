@@ -39,14 +39,15 @@ def transfer_matrix(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def collapse_psnr(results: pd.DataFrame, chance: float = 10.0, margin: float = 5.0) -> pd.DataFrame:
+def collapse_psnr(results: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per designated model, setting and unauthorized model: the highest target PSNR at which that model's accuracy
-    is at or below chance + margin (percent) without attack, or NaN if it never gets there in the sweep."""
+    is at or below ``threshold`` (percent: the run's chance rate plus the verdict margin) without attack, or NaN if
+    it never gets there in the sweep."""
     w = wide(results[results.attack == "identity"])
     w = w[w.role == "unauthorized"]
     rows = []
     for (des, setting, model), g in w.groupby(["designated", "setting", "model"], sort=False):
-        hit = g[100 * g.accuracy <= chance + margin]
+        hit = g[100 * g.accuracy <= threshold]
         rows.append({"designated": des, "setting": setting, "model": model,
                      "clean_acc": 100 * g.clean_accuracy.iloc[0],
                      "collapse_psnr": hit.target_psnr.max() if len(hit) else float("nan")})
