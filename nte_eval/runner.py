@@ -30,7 +30,7 @@ from nte_eval.reports.spectra import spectrum_rows
 from nte_eval.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key, setting_name
 from nte_eval.suite import Suite, spec_name
 from nte_eval.summary import worst_case
-from nte_eval.tokens import recovered, token_psnr
+from nte_eval.tokens import bytes_per_example, recovered, token_psnr
 
 
 def compact(params: dict[str, Any]) -> str:
@@ -137,17 +137,45 @@ def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
                            f"{designated.vocab_size} rows) do not share one vocabulary, so the same soft tokens mean "
                            "different words to them. Compare models over one tokenizer (e.g. all BERT uncased).")
     text = load_glue_tsv(d.path, d.task, d.limit)
+    limit = getattr(designated.module.config, "max_position_embeddings", None)
+    if limit is not None and d.max_length > limit:
+        raise NTEError(f"data.max_length {d.max_length} exceeds {designated.spec}'s {limit} positions; lower it.")
     designated.max_length = d.max_length
     packed = designated.tokenize(text.texts, text.pairs)
-    return ImageSet(packed, text.labels, text.class_names, text.names,
-                    [{"text": t, "pair": p} for t, p in zip(text.texts, text.pairs or [None] * len(text.texts),
-                                                            strict=True)], "text")
+    segments = designated.segment_ids(text.texts, text.pairs)
+    extras = [{"text": t, "pair": p, "segments": s}
+              for t, p, s in zip(text.texts, text.pairs or [None] * len(text.texts), segments, strict=True)]
+    for handle in handles.values():
+        handle.bind(extras)  # sentence pairs: every BERT-style model reads the same segment ids
+    return ImageSet(packed, text.labels, text.class_names, text.names, extras, "text")
 
 
-def load_public(suite: Suite, data: ImageSet) -> ImageSet | None:
+def load_public_text(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageSet | None:
+    """The attackers' public clean texts (a GLUE TSV), tokenised like the data; none may be an evaluated text."""
+    from nte_eval.glue import load_glue_tsv
+
+    cfg = suite.public
+    if cfg is None:
+        return None
+    if cfg.source != "glue_tsv" or not cfg.path:
+        raise NTEError("public: text attackers' public data is a GLUE TSV: {source: glue_tsv, path: train.tsv}.")
+    text = load_glue_tsv(cfg.path, cfg.task or suite.data.task, cfg.limit)
+    evaluated = {(e["text"], e["pair"]) for e in data.extras}
+    overlap = sum((t, p) in evaluated for t, p in zip(text.texts, text.pairs or [None] * len(text.texts),
+                                                     strict=True))
+    if overlap:
+        raise NTEError(f"{overlap} public text(s) are also evaluated texts; the attackers' public texts must be "
+                       "disjoint from the data (e.g. data dev.tsv, public train.tsv).")
+    return ImageSet(designated.tokenize(text.texts, text.pairs), text.labels, text.class_names, text.names,
+                    modality="text")
+
+
+def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageSet | None:
     """The attackers' public clean images at the data's size; an error if any of them is an evaluated image."""
+    if data.modality == "text":
+        return load_public_text(suite, data, designated)
     cfg = suite.public_config()
-    if cfg is None or data.modality != "image":
+    if cfg is None:
         return None
     c, h, _ = data.images.shape[1:]
     public = load_data(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
@@ -195,13 +223,15 @@ def logit_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(both, new - old, torch.zeros_like(new)).norm(dim=1)
 
 
-def image_metrics(x_nte: torch.Tensor, x_rec: torch.Tensor, clean: ImageSet) -> list[tuple[str, torch.Tensor]]:
-    """The cell's input-space measurements: pixel PSNRs for images; token PSNRs and the share of tokens the
-    reconstruction reads back right (argmax) for text."""
+def input_metrics(x_nte: torch.Tensor, x_rec: torch.Tensor, clean: ImageSet) -> list[tuple[str, torch.Tensor]]:
+    """The cell's input-space measurements: pixel PSNRs for images; for text the NTEs' token PSNR and the share of
+    tokens the reconstruction reads back right (argmax), and the NTEs' storage per example (sparse format; in the
+    results so that a resumed run keeps it). A reconstruction's token PSNR would depend on the slot count
+    (a hard token that is wrong everywhere scores 10 log10(K / 2) dB), so token recovery replaces it."""
     if clean.modality == "text":
-        ref = clean.images
-        return [("psnr", token_psnr(x_nte, ref).mean()), ("recon_psnr", token_psnr(x_rec, ref).mean()),
-                ("token_recovery", recovered(x_rec, ref).mean())]
+        return [("psnr", token_psnr(x_nte, clean.images).mean()),
+                ("token_recovery", recovered(x_rec, clean.images).mean()),
+                ("bytes_per_example", torch.tensor(bytes_per_example(x_nte)))]
     return [("psnr", psnr(x_nte, clean.images).mean()), ("recon_psnr", psnr(x_rec, clean.images).mean()),
             ("change_psnr", psnr(x_rec, x_nte).mean())]
 
@@ -216,7 +246,7 @@ def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor,
     rows, samples = [], []
     labels = clean.labels
     n = len(labels)
-    measured = image_metrics(x_nte, x_rec, clean)
+    measured = input_metrics(x_nte, x_rec, clean)
     for name, ev in models.items():
         logits = batched_logits(ev.handle, x_rec, batch, device)
         correct = logits.argmax(1) == labels
@@ -268,7 +298,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     t0 = time.time()
     handles = load_models(suite, device)
     data = load_suite_data(suite, handles)
-    public = load_public(suite, data)
+    public = load_public(suite, data, handles[spec_name(suite.designated_list()[0])])
     designated = [spec_name(s) for s in suite.designated_list()]
     surrogate_names = [spec_name(s) for s in suite.surrogates]
     evaluated_names = [n for n in handles if n in designated or n in {spec_name(s) for s in suite.models}]

@@ -42,10 +42,12 @@ class DataConfig(Strict):
             raise ValueError("data.root is required for source 'imagefolder' (a folder ROOT/CLASS/*.png)")
         if self.source in ("glue_tsv", "mmbench_tsv") and not self.path:
             raise ValueError(f"data.path is required for source {self.source!r} (the TSV file)")
-        if self.source == "glue_tsv" and not self.task:
+        if self.source == "glue_tsv":
             from nte_eval.glue import TASKS
 
-            raise ValueError(f"data.task is required for source 'glue_tsv' (one of {', '.join(TASKS)})")
+            if self.task not in TASKS:
+                raise ValueError(f"task {self.task!r}: source 'glue_tsv' needs task: one of {', '.join(TASKS)}"
+                                 f"{did_you_mean(str(self.task), TASKS)}")
         return self
 
     @property
@@ -152,9 +154,11 @@ class Suite(Strict):
             if level not in self.knowledge:
                 raise ValueError(f"attacks: {name!r} needs knowledge {level!r}, which the suite does not allow "
                                  f"(knowledge: {self.knowledge}); allow it or remove the attack.")
-            if level != "none" and self.data.modality == "image" and self.public_config() is None:
+            needs_public = level == "method" or (level != "none" and self.data.modality == "image")
+            if needs_public and self.public_config() is None:
                 raise ValueError(f"attacks: {name!r} (knowledge {level!r}) needs public clean images disjoint from "
-                                 f"the evaluated ones; set `public:` (e.g. {{source: digits, split: train}}).")
+                                 f"the evaluated ones; set `public:` (e.g. {{source: digits, split: train}}, or for "
+                                 f"text {{source: glue_tsv, task: cola, path: train.tsv}}).")
             if level == "surrogate" and not self.surrogates:
                 raise ValueError(f"attacks: {name!r} needs surrogate models; list them under `surrogates:`.")
         return self

@@ -149,14 +149,16 @@ def text_suite(path, folders, **extra):
             "surrogates": [{"hf-text": str(folders["tiny"]), "name": "tiny"},
                            {"hf-text": str(MINILM), "name": "minilm_public"}],
             "encoders": [{"type": "nte_tokens", "psnr": [30, 0]}],
-            "attacks": ["identity", "argmax_decode", "oracle_projection",
+            "attacks": ["identity", "argmax_decode", "prior_decode", "oracle_projection",
                         {"type": "surrogate_projection", "models": [["tiny"], ["minilm_public"]]}], **extra}
 
 
 def test_text_suite_runs_through_the_runner(tmp_path, folders):
     sentences = load_docstrings(10)
     path = write_cola(tmp_path / "dev.tsv", sentences, [i % 2 for i in range(10)])
-    results = run_suite(parse_suite(text_suite(path, folders)), tmp_path / "run", progress=False, log=lambda _: None)
+    public = write_cola(tmp_path / "train.tsv", load_docstrings()[300:700], [0] * 400)
+    suite = text_suite(path, folders, public={"source": "glue_tsv", "task": "cola", "path": str(public)})
+    results = run_suite(parse_suite(suite), tmp_path / "run", progress=False, log=lambda _: None)
     v = results.assign(psnr=results.encoder_params.map(lambda p: json.loads(p)["psnr"]))
     v = v.set_index(["psnr", "attack", "model", "metric"]).value
     for psnr in (30.0, 0.0):
@@ -167,6 +169,8 @@ def test_text_suite_runs_through_the_runner(tmp_path, folders):
     assert v[30.0, "argmax_decode", "tiny", "token_recovery"] == 1.0  # 30 dB: the tokens read back
     assert v[0.0, "argmax_decode", "tiny", "token_recovery"] < 0.05  # 0 dB: they do not
     assert v[0.0, "identity", "tiny", "first_layer_ratio"] > 1.0
+    # Knowing the scheme and common words beats argmax: the real token is the common word among uniform decoys.
+    assert v[0.0, "prior_decode", "tiny", "token_recovery"] > v[0.0, "argmax_decode", "tiny", "token_recovery"] + 0.2
     # An unrelated surrogate embedding reads little back; the public checkpoint the designated model was built from
     # (the same embedding matrix, as after any fine-tuning that leaves embeddings close) reads every token back.
     surrogate = results[(results.attack == "surrogate_projection") & (results.metric == "token_recovery")
@@ -182,10 +186,55 @@ def test_text_suite_runs_through_the_runner(tmp_path, folders):
     assert json.loads((tmp_path / "run" / "warnings.json").read_text()) == []
 
 
+def test_sentence_pairs_read_their_segment_ids(folders):
+    """Pair tasks: the soft-token path gives BERT the same segment ids as its tokenizer (second sentence = 1)."""
+    handle = load_model(f"hf-text:{folders['minilm']}")
+    texts, pairs = ["A dog runs in the park.", "Nothing moves."], ["An animal moves.", "A dog runs in the park."]
+    clean, segments = handle.tokenize(texts, pairs), handle.segment_ids(texts, pairs)
+    assert any(1 in s for s in segments)
+    enc = handle.tokenizer(texts, pairs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = handle.module(**enc).logits
+    handle.bind([{"segments": s} for s in segments])
+    torch.testing.assert_close(handle.logits(clean, [0, 1]), want, atol=1e-5, rtol=1e-5)
+    ntes = TokenNTEEncoder(handle, psnr=0).encode(clean, key=0).images
+    torch.testing.assert_close(handle.logits(ntes, [0, 1]), want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(NTEError, match="pass the batch's sample positions"):
+        handle.logits(clean)
+
+
+def test_text_loading_refuses_incomplete_folders(tmp_path, folders):
+    import shutil
+
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(folders["tiny"], no_tok)
+    for f in no_tok.iterdir():
+        if "token" in f.name or f.name == "vocab.txt":
+            f.unlink()
+    with pytest.raises(NTEError, match="not this model's tokenizer|no usable tokenizer"):
+        load_model(f"hf-text:{no_tok}")
+    from transformers import BertConfig, BertModel
+
+    headless = tmp_path / "headless"  # a bare encoder whose config claims a classifier: its head would be random
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(headless)
+    config = json.loads((headless / "config.json").read_text())
+    (headless / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
+    load_model(f"hf-text:{folders['tiny']}").tokenizer.save_pretrained(headless)
+    with pytest.raises(NTEError, match="lacks .* weight"):
+        load_model(f"hf-text:{headless}")
+    (tmp_path / "unknown").mkdir()
+    (tmp_path / "unknown" / "config.json").write_text('{"model_type": "no_such_type"}')
+    with pytest.raises(NTEError, match="cannot read .*config.json.*Tested families"):
+        load_model(f"hf-text:{tmp_path / 'unknown'}")
+
+
 def test_text_suite_errors(tmp_path, folders):
     path = write_cola(tmp_path / "dev.tsv", ["The cat sat.", "Sat cat the."], [1, 0])
     mismatch = text_suite(path, folders, models=[{"hf-text": str(folders["other_vocab"]), "name": "other"}],
                           surrogates=[], attacks=["identity"])
+    with pytest.raises(NTEError, match="'prior_decode' \\(knowledge 'method'\\) needs public"):
+        parse_suite(text_suite(path, folders, attacks=["prior_decode"]))
     with pytest.raises(NTEError, match="tokenizer mismatch: other .* designated minilm"):
         run_suite(parse_suite(mismatch), tmp_path / "run", progress=False, log=lambda _: None)
     with pytest.raises(NTEError, match="attacks: 'jpeg' works on image.*text attacks: "):
@@ -194,7 +243,7 @@ def test_text_suite_errors(tmp_path, folders):
         parse_suite(text_suite(path, folders, encoders=[{"type": "nte"}]))
     with pytest.raises(NTEError, match="certify: certificates cover image classifiers"):
         parse_suite(text_suite(path, folders, certify=True))
-    with pytest.raises(NTEError, match="data.task is required"):
+    with pytest.raises(NTEError, match="source 'glue_tsv' needs task: one of cola"):
         parse_suite(text_suite(path, folders, data={"source": "glue_tsv", "path": str(path)}))
     image_designated = text_suite(path, folders, designated="zoo:vit_null", models=[], surrogates=[],
                                   attacks=["identity"])

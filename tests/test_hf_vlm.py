@@ -2,11 +2,17 @@
 
 Every tower sees 32 x 32 images through a 4 x 4 patch embedding with 32 output channels: the pixel operator is
 32 x 48, so it has an exact 16-dimensional null space per patch and NTEs leave the designated tower unchanged.
+``qwen2_vl_48`` is the qwen2_vl model with a processor for 48 x 48 images (a tower whose size is not the data's).
+The llava_clip and qwen2_vl folders are saved as the example template says (the whole processor:
+processor_config.json, no preprocessor_config.json); the others hold the image processor and tokenizer separately.
 """
 
 import base64
+import csv
 import io
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +25,7 @@ from nte_eval.encoders import NTEEncoder  # noqa: E402
 from nte_eval.errors import NTEError  # noqa: E402
 from nte_eval.handles import load_model  # noqa: E402
 from nte_eval.mmbench import load_mmbench_tsv  # noqa: E402
+from nte_eval.tsv import read_tsv  # noqa: E402
 
 SIZE, PATCH, HIDDEN = 32, 4, 32
 WORDS = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>", "<vs>", "<ve>", "<video>", "<img>", "</img>", "A", "B", "C",
@@ -76,8 +83,19 @@ def qwen2_5_vl():
             transformers.Qwen2VLImageProcessor(**QWEN_PROCESSOR))
 
 
+def llava_processor(image_processor):
+    return transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=PATCH,
+                                       vision_feature_select_strategy="default", image_token="<image>")
+
+
+def qwen_processor(image_processor):
+    return transformers.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer(),
+                                         video_processor=transformers.Qwen2VLVideoProcessor())
+
+
 FAMILIES = {"llava_clip": llava_clip, "llava_siglip": llava_siglip, "internvl": internvl, "qwen2_vl": qwen2_vl,
             "qwen2_5_vl": qwen2_5_vl}
+PROCESSORS = {"llava_clip": llava_processor, "qwen2_vl": qwen_processor}  # saved whole, as the template says
 OTHER = {"llava_clip": "qwen2_vl", "llava_siglip": "internvl", "internvl": "llava_clip", "qwen2_vl": "llava_siglip",
          "qwen2_5_vl": "llava_clip"}
 
@@ -93,16 +111,23 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """family -> a saved folder (weights, tokenizer, image processor)."""
+    """family -> a saved folder (weights, tokenizer, image processor), plus qwen2_vl_48."""
     out = {}
     for seed, (name, build) in enumerate(FAMILIES.items()):
         torch.manual_seed(seed)
         model, processor = build()
         folder = tmp_path_factory.mktemp(name)
         model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        tokenizer().save_pretrained(folder)
+        if name in PROCESSORS:
+            PROCESSORS[name](processor).save_pretrained(folder)
+        else:
+            processor.save_pretrained(folder)
+            tokenizer().save_pretrained(folder)
         out[name] = folder
+    out["qwen2_vl_48"] = shutil.copytree(out["qwen2_vl"], tmp_path_factory.mktemp("qwen2_vl_48"), dirs_exist_ok=True)
+    pixels = {"min_pixels": 48 * 48, "max_pixels": 48 * 48}
+    qwen_processor(transformers.Qwen2VLImageProcessor(**{**QWEN_PROCESSOR, **pixels})).save_pretrained(
+        out["qwen2_vl_48"])
     return out
 
 
@@ -199,8 +224,76 @@ def test_scores_batch_independent_and_resized(handles):
     assert handle.logits(big).shape == (3, 4)  # any size: the handle resizes to the tower's own
     with pytest.raises(NTEError, match="options"):
         handle.bind([{"question": "Which ?", "options": {"A": "red", "E": "blue"}}])
+    with pytest.raises(NTEError, match="3 images but 1 bound questions; pass the images' sample positions"):
+        handle.bind(QUESTIONS[:1]).logits(x)  # no index: which question goes with which image is unknown
     with pytest.raises(NTEError, match="no bound question for sample 1"):
-        handle.bind(QUESTIONS[:1]).logits(x)
+        handle.bind(QUESTIONS[:1]).logits(x, [0, 1, 2])
+
+
+def test_first_layer_response_at_the_towers_own_size(handles):
+    handle = handles["qwen2_vl_48"]
+    assert handle.input_size == (3, 48, 48)  # the Qwen size rule, read off the saved processor
+    x = images()
+    big = handle.resize(x)
+    response = handle.first_layer_response(x)
+    assert response.shape == (3, HIDDEN, 48 // PATCH, 48 // PATCH)
+    torch.testing.assert_close(response, handle.first_layer_response(big))
+    store = {}
+    hook = patch_module(handle).register_forward_hook(lambda m, i, o: store.__setitem__("out", o.detach().clone()))
+    handle.bind(QUESTIONS).logits(x)
+    hook.remove()
+    g = 48 // PATCH  # the model's rows: merge blocks (2 x 2) in row-major block order
+    want = response.reshape(3, HIDDEN, g // 2, 2, g // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(-1, HIDDEN)
+    torch.testing.assert_close(want, store["out"], rtol=1e-4, atol=1e-5)
+
+
+def test_processor_folder_layouts(folders, handles):
+    """The template's folders (AutoProcessor.save_pretrained: processor_config.json only) load like the others."""
+    for name in PROCESSORS:
+        assert (folders[name] / "processor_config.json").is_file()
+        assert not (folders[name] / "preprocessor_config.json").exists()
+    assert (folders["llava_siglip"] / "preprocessor_config.json").is_file()
+    for name, stats in [("llava_clip", CLIP_STATS), ("qwen2_vl", CLIP_STATS), ("llava_siglip", HALF_STATS)]:
+        torch.testing.assert_close(handles[name].mean.flatten(), torch.tensor(stats["image_mean"]))
+        torch.testing.assert_close(handles[name].std.flatten(), torch.tensor(stats["image_std"]))
+
+
+def llava_copy(folders, tmp_path, processor=None):
+    """The llava_clip folder with its whole-processor file replaced by a preprocessor_config.json (or none)."""
+    folder = shutil.copytree(folders["llava_clip"], tmp_path / "llava")
+    (folder / "processor_config.json").unlink()
+    if processor is not None:
+        (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+@pytest.mark.parametrize("settings, mean, std", [
+    ({"rescale_factor": 2 / 255, "image_mean": [1.0] * 3, "image_std": [1.0] * 3}, [0.5] * 3, [0.5] * 3),
+    ({}, list(transformers.image_utils.OPENAI_CLIP_MEAN), list(transformers.image_utils.OPENAI_CLIP_STD)),
+    ({"do_normalize": False, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}, [0.0] * 3, [1.0] * 3),
+])
+def test_image_processor_settings_map_to_pixels(tmp_path, folders, settings, mean, std):
+    """rescale_factor and the class's default mean/std count: (x - mean) / std on [0, 1] pixels is its output."""
+    folder = llava_copy(folders, tmp_path, {"image_processor_type": "CLIPImageProcessor", **settings})
+    handle = load_model(f"hf-vlm:{folder}")
+    torch.testing.assert_close(handle.mean.flatten(), torch.tensor(mean))
+    torch.testing.assert_close(handle.std.flatten(), torch.tensor(std))
+
+
+@pytest.mark.parametrize("case", ["missing", "too_large"])
+def test_tokenizer_that_is_not_the_models_is_refused(tmp_path, folders, case):
+    folder = shutil.copytree(folders["internvl"], tmp_path / "internvl")
+    if case == "missing":  # tokenizer files gone but a class named: transformers builds an empty default tokenizer
+        (folder / "tokenizer.json").unlink()
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "LlamaTokenizer"}))
+    else:
+        tok = tokenizer()
+        tok.add_tokens([f"extra{i}" for i in range(5)])
+        tok.save_pretrained(folder)
+    with pytest.raises(NTEError, match=rf"tokenizer in {re.escape(str(folder))} has \d+ tokens but the text model's "
+                                       rf"vocabulary has {len(WORDS)}.*tokenizer.save_pretrained\(FOLDER\)"):
+        load_model(f"hf-vlm:{folder}")
 
 
 def test_unsupported_and_missing_pieces(tmp_path, folders):
@@ -213,6 +306,8 @@ def test_unsupported_and_missing_pieces(tmp_path, folders):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(NTEError, match="safetensors"):
         load_model(f"hf-vlm:{bad}")
+    with pytest.raises(NTEError, match="cannot load the image processor.*AutoProcessor.from_pretrained"):
+        load_model(f"hf-vlm:{llava_copy(folders, tmp_path)}")
 
 
 def png_base64(seed, shape=(40, 56)):
@@ -232,8 +327,10 @@ ROWS = [
 ]
 
 
-def write_tsv(path, rows):
-    path.write_text("\n".join("\t".join(r) for r in [HEADER, *rows]) + "\n")
+def write_tsv(path, rows, encoding="utf-8"):
+    """Rows as pandas (VLMEvalKit) writes them: tab-separated, quoted where a field holds a tab, newline or quote."""
+    with open(path, "w", newline="", encoding=encoding) as f:
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows([HEADER, *rows])
     return path
 
 
@@ -255,9 +352,11 @@ def test_mmbench_loader(tmp_path):
 
 @pytest.mark.parametrize("row, message", [
     (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", "colour"], "line 3: 9 tab-separated field"),
-    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", "not*base64!", "misc"], "line 3: .*base64"),
-    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", base64.b64encode(b"no image").decode(), "misc"],
-     "line 3: .*image"),
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", "not*base64!" * 8, "misc"], "line 3: .*not valid base64"),
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", base64.b64encode(b"no image" * 8).decode(), "misc"],
+     "line 3: .*does not decode to an image"),
+    (["14", "Which ?", "", "red", "blue", "nan", "nan", "B", "99", "misc"],
+     "line 3: the image cell '99' is neither a base64-encoded JPEG/PNG nor the index of a row"),
     (["14", "Which ?", "", "red", "blue", "nan", "nan", "C", png_base64(4), "misc"], "line 3: answer 'C'"),
     (["14", "Which ?", "", "red", "nan", "nan", "nan", "A", png_base64(4), "misc"], "line 3: .*2 options"),
 ])
@@ -266,6 +365,38 @@ def test_mmbench_malformed_rows_name_the_line(tmp_path, row, message):
     with pytest.raises(NTEError, match=message) as err:
         load_mmbench_tsv(path, size=SIZE)
     assert str(path) in str(err.value)
+
+
+def test_mmbench_as_published(tmp_path):
+    """A VLMEvalKit/pandas TSV: a UTF-8 BOM, quoted fields with newlines, tabs and quotes, a \\u2028 inside a
+    field, and a repeated image stored as the index of the row that holds it."""
+    hint = 'Look at\nthe "picture"\tcarefully .'
+    rows = [ROWS[0], list(ROWS[1]), list(ROWS[2])]
+    rows[1][2] = hint
+    rows[2][1], rows[2][8] = "Which\u2028one fits ?", "10"  # row 12 refers to row 10's image
+    path = write_tsv(tmp_path / "mmb.tsv", rows, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf") and b'"Look at\n' in path.read_bytes()
+    data = load_mmbench_tsv(path, size=SIZE)
+    assert data.names == ["mmbench-10", "mmbench-11", "mmbench-12"] and data.labels.tolist() == [1, 0, 3]
+    assert data.extras[1]["hint"] == hint and data.extras[2]["question"] == "Which\u2028one fits ?"
+    assert torch.equal(data.images[2], data.images[0])
+    assert len(load_mmbench_tsv(path, size=SIZE, limit=1)) == 1
+    bad = list(ROWS[3])
+    bad[7] = "E"
+    with pytest.raises(NTEError, match="line 6: answer 'E'"):  # the multi-line row takes lines 3-4
+        load_mmbench_tsv(write_tsv(tmp_path / "bad.tsv", [*rows, bad]), size=SIZE)
+
+
+def test_read_tsv_unquoted_lines(tmp_path):
+    """GLUE-style (no quoting): only newlines end a row, a BOM is not part of the first column's name, and a quote
+    is plain text."""
+    path = tmp_path / "glue.tsv"
+    path.write_text('\ufeffsentence\tlabel\na\u2028b\x0cc\x85d\t1\nsay "hi\t0\n', encoding="utf-8")
+    assert read_tsv(path, ["sentence", "label"]) == [(2, {"sentence": "a\u2028b\x0cc\x85d", "label": "1"}),
+                                                     (3, {"sentence": 'say "hi', "label": "0"})]
+    path.write_text("sentence\tlabel\nfine\t1\ntoo\tmany\tfields\n", encoding="utf-8")
+    with pytest.raises(NTEError, match=re.escape(f"{path}: line 3: 3 tab-separated field(s), expected 2")):
+        read_tsv(path, ["sentence", "label"])
 
 
 @pytest.mark.parametrize("name", ["llava_siglip", "qwen2_5_vl"])
@@ -283,7 +414,8 @@ def test_end_to_end_mmbench_scoring(tmp_path, handles, name):
 
 def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
     """A whole suite on MMBench rows: the designated VLM answers NTE images exactly as clean ones (agreement 1),
-    the oracle restores the other VLM, and the manifest and results carry the multiple-choice task."""
+    the oracle restores the other VLM (which resizes to its own 48 x 48), and the manifest and results carry the
+    multiple-choice task."""
     from nte_eval.runner import run_suite
     from nte_eval.suite import parse_suite
 
@@ -292,7 +424,7 @@ def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
         "name": "mmbench-tiny", "data": {"source": "mmbench_tsv", "path": str(path)},
         "public": {"source": "photos"},
         "designated": {"hf-vlm": str(folders["llava_clip"]), "name": "llava_clip"},
-        "models": [{"hf-vlm": str(folders["qwen2_vl"]), "name": "qwen2_vl"}],
+        "models": [{"hf-vlm": str(folders["qwen2_vl_48"]), "name": "qwen2_vl"}],  # 48 x 48, the data 32 x 32
         "encoders": [{"type": "nte", "psnr": 0}],
         "attacks": ["identity", "oracle_projection"], "batch_size": 2})
     results = run_suite(suite, tmp_path / "run", progress=False, log=lambda _: None)
@@ -304,6 +436,7 @@ def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["data"]["source"] == "mmbench_tsv" and manifest["data"]["n"] == len(ROWS)
     assert manifest["models"]["llava_clip"]["layer"] == "model.vision_tower.embeddings.patch_embedding"
+    assert manifest["models"]["qwen2_vl"]["input_size"] == [3, 48, 48]
     from nte_eval.reports.pdf import write_report
 
     report = write_report(tmp_path / "run")

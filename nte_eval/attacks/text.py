@@ -1,6 +1,9 @@
 """Attacks on soft-token NTEs (``nte_eval.tokens``): read each soft row back as one token.
 
 - ``argmax_decode`` (knowledge none): the token with the largest weight, what a reader without any model does.
+- ``prior_decode`` (knowledge method): knowing that the token is one of the stored entries, weigh each entry by how
+  common it is in public text (a unigram prior) and by how much its weight exceeds the noise: the stored subsets
+  are drawn uniformly from the vocabulary, so the real token tends to be the common word among rare decoys.
 - Embedding decoding, used by ``oracle_projection`` (the designated embedding matrix) and ``surrogate_projection``
   (the surrogates' matrices over the same vocabulary): map the row into embedding space, r E', and pick the stored
   entry whose embedding is nearest. With the designated E this recovers every token exactly (r E = E[t]); with another
@@ -12,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from nte_eval import tokens
-from nte_eval.attacks.base import Attack
+from nte_eval.attacks.base import Attack, AttackContext
 
 CHUNK = 32  # positions whose K candidate embedding rows are compared at once
 
@@ -26,6 +29,34 @@ class ArgmaxDecode(Attack):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return tokens.hard(tokens.argmax_ids(x), tokens.attention_mask(x), x.shape[2])
+
+
+class PriorDecode(Attack):
+    """Picks each soft token's stored entry by a unigram prior from public text plus the evidence of its weight."""
+
+    name = "prior_decode"
+    knowledge = "method"
+    modalities = ("text",)
+
+    def fit(self, context: AttackContext) -> PriorDecode:
+        super().fit(context)
+        public = self.context.public.images
+        mask = tokens.attention_mask(public) == 1
+        vocab = int(tokens.indices(public).max()) + 1
+        counts = torch.bincount(tokens.clean_ids(public)[mask], minlength=vocab).double()
+        self.log_prior = torch.log(counts + 1.0)  # add-one smoothing; unseen ids beyond the public range score 0
+        return self
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        idx, w = tokens.indices(x), x[..., 1].double()
+        prior = self.log_prior.to(x.device)
+        log_prior = torch.where(idx < len(prior), prior[idx.clamp_max(len(prior) - 1)], torch.zeros_like(w))
+        # The token's entry is 1 + noise, the others noise: log-likelihood ratio (2w - 1) / (2 s^2), with s^2 the
+        # row's mean square weight (the noise variance, up to the one-hot's 1 / K).
+        var = w.pow(2).mean(-1, keepdim=True).clamp_min(1e-12)
+        score = log_prior + (2 * w - 1) / (2 * var)
+        ids = idx.gather(-1, score.argmax(-1, keepdim=True))[..., 0]
+        return tokens.hard(ids, tokens.attention_mask(x), x.shape[2])
 
 
 class EmbeddingDecoder:

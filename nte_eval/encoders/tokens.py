@@ -47,7 +47,8 @@ class TokenNTEEncoder(Encoder):
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
-        """Encode clean packed tokens (N, L, 1, 2); ``index`` with ``key`` fixes each sample's subsets and noise."""
+        """Encode clean packed tokens (N, L, 1, 2); ``index`` with ``key`` fixes each sample's subsets and noise.
+        ``labels`` are not used; the embedding response ratio is always recorded (it is cheap)."""
         idx = self.indices(x, index)
         self.handle.check_input(x)
         table = self.handle.embedding.double()
@@ -89,9 +90,10 @@ def null_project(rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         raise NTEError("nte_tokens: a token subset's embedding rows are linearly dependent (the embedding matrix "
                        "is rank-deficient on it); use a larger support.")
     scale = rows.norm(dim=(1, 2))
-    for _ in range(REFINE):
+    for _ in range(REFINE + 1):
         residual = (rows.transpose(1, 2) @ z[..., None])
         if bool((residual.norm(dim=(1, 2)) <= 1e-12 * scale * z.norm(dim=1)).all()):
-            break
+            return z
         z = z - (rows @ torch.cholesky_solve(residual.float(), factor).double())[..., 0]
-    return z
+    raise NTEError(f"nte_tokens: the null-space projection did not converge in {REFINE} refinement steps (an "
+                   "ill-conditioned embedding subset); use a larger support.")

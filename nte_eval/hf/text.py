@@ -22,7 +22,11 @@ TESTED_FAMILIES = ("bert (incl. MiniLM)", "roberta", "deberta", "deberta-v2", "d
 
 
 class TextHandle:
-    """A text classifier (or sentence encoder) over soft tokens, with its tokenizer and embedding matrix E."""
+    """A text classifier (or sentence encoder) over soft tokens, with its tokenizer and embedding matrix E.
+
+    Sentence pairs: the tokenizer's segment ids (``token_type_ids``) are per-sample side information, bound with
+    ``bind(extras)`` like a VLM's questions and read at the positions ``index`` that ``logits`` receives.
+    """
 
     modality = "text"
 
@@ -36,6 +40,8 @@ class TextHandle:
         labels = getattr(config, "id2label", None) or {}
         self.class_names = [str(labels[i]) for i in sorted(labels)] if self.classifier and labels else None
         self.num_classes = len(self.class_names) if self.class_names else None
+        self.uses_segments = (getattr(config, "type_vocab_size", 1) or 1) > 1
+        self.segments: list[list[int]] | None = None
         self.memo: dict[Any, Any] = {}
         check_embedding_input(self)
 
@@ -46,13 +52,16 @@ class TextHandle:
 
     @property
     def vocab_size(self) -> int:
+        """V, the rows of E (the tokenizer may have a few fewer: embeddings are often padded)."""
         return self.embedding.shape[0]
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are."""
         return self.embedding.device
 
     def to(self, device: str | torch.device) -> TextHandle:
+        """Move the model (in place) and return self."""
         self.module.to(device)
         self.memo.clear()
         return self
@@ -62,38 +71,58 @@ class TextHandle:
         vocab = sorted(self.tokenizer.get_vocab().items())
         return hashlib.sha1(json.dumps(vocab).encode()).hexdigest()[:16]
 
+    def _encode(self, texts: list[str], pairs: list[str] | None) -> Any:
+        return self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt", return_token_type_ids=True)
+
     def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
         """Clean packed tokens (N, L, 1, 2), padded to the longest text and truncated at ``max_length``."""
-        enc = self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self._encode(texts, pairs)
         return tokens.pack(enc["input_ids"], enc["attention_mask"])
 
-    def decode(self, ids: torch.Tensor) -> str:
-        """Token ids as text (special tokens kept, so that a reader sees exactly what the model reads)."""
-        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+    def segment_ids(self, texts: list[str], pairs: list[str] | None = None) -> list[list[int]]:
+        """Each text's segment ids as ``tokenize`` lays it out (0 for the first text, 1 for a pair's second)."""
+        return self._encode(texts, pairs)["token_type_ids"].tolist()
+
+    def bind(self, extras: list[dict]) -> TextHandle:
+        """Set each sample's segment ids (``extras[i]['segments']``), for the sentence-pair tasks."""
+        self.segments = [list(e["segments"]) for e in extras]
+        return self
+
+    def _segment_ids(self, x: torch.Tensor, index: list[int] | None) -> dict[str, torch.Tensor]:
+        """``token_type_ids`` for a batch, when the model has segment embeddings and segments are bound."""
+        if not self.uses_segments or self.segments is None:
+            return {}
+        if index is None:
+            raise NTEError(f"{self.spec}: segment ids are bound for {len(self.segments)} samples; pass the batch's "
+                           "sample positions (index) so that each text gets its own.")
+        rows = [self.segments[i][:x.shape[1]] + [0] * (x.shape[1] - len(self.segments[i])) for i in index]
+        return {"token_type_ids": torch.tensor(rows, device=self.device)}
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Packed soft tokens over this model's vocabulary (shape, finiteness, index range)."""
         tokens.check_tokens(x, self.vocab_size, self.spec)
 
-    def _run(self, x: torch.Tensor, **kwargs: Any) -> Any:
+    def _run(self, x: torch.Tensor, index: list[int] | None = None, **kwargs: Any) -> Any:
         self.check_input(x)
         x = x.to(self.device)
         embeds = tokens.embed(x, self.embedding)
-        return self.module(inputs_embeds=embeds, attention_mask=tokens.attention_mask(x), **kwargs)
+        return self.module(inputs_embeds=embeds, attention_mask=tokens.attention_mask(x),
+                           **self._segment_ids(x, index), **kwargs)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, index: list[int] | None = None) -> torch.Tensor:
-        """Class logits for packed soft tokens."""
+        """Class logits for packed soft tokens (``index``: the samples' positions, for their segment ids)."""
         if not self.classifier:
             raise NTEError(f"{self.spec}: has no classification head (its config's architectures are "
                            f"{self.module.config.architectures}); a suite needs *ForSequenceClassification models.")
-        return self._run(x).logits
+        return self._run(x, index).logits
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, index: list[int] | None = None) -> torch.Tensor:
         """Sentence embeddings: the mean of the last hidden states over real tokens, L2-normalised (as
         sentence-transformers' all-MiniLM-L6-v2 computes them)."""
-        out = self._run(x, output_hidden_states=self.classifier)
+        out = self._run(x, index, output_hidden_states=self.classifier)
         hidden = out.hidden_states[-1] if self.classifier else out.last_hidden_state
         mask = tokens.attention_mask(x).to(hidden)[..., None]
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
@@ -137,13 +166,20 @@ def check_embedding_input(handle: TextHandle) -> None:
                        "another model wrap it so that it reads inputs_embeds only.")
 
 
-def from_hf_text(folder: Path, spec: str, max_length: int = 128) -> TextHandle:
-    """Load a local text model (a sequence classifier, or a bare encoder for sentence embeddings) and its tokenizer."""
+def from_hf_text(folder: Path, spec: str) -> TextHandle:
+    """Load a local text model (a sequence classifier, or a bare encoder for sentence embeddings) and its tokenizer,
+    in float32 (soft tokens are exact only at full precision)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    custom = (f"Tested families: {', '.join(TESTED_FAMILIES)}. For another model use the Python API: "
+              "TextHandle(model, tokenizer, spec) with any model that reads inputs_embeds.")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise NTEError(f"{spec}: transformers cannot read {folder}/config.json ({str(e).splitlines()[0]}). "
+                       f"{custom}") from None
     archs = getattr(config, "architectures", None) or []
     head = any(a.endswith("ForSequenceClassification") for a in archs)
     if not list(folder.glob("*.safetensors")):
@@ -156,11 +192,21 @@ def from_hf_text(folder: Path, spec: str, max_length: int = 128) -> TextHandle:
                        "model with tokenizer.save_pretrained(folder).") from None
     loader = AutoModelForSequenceClassification if head else AutoModel
     try:
-        model = loader.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        model, info = loader.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                             dtype=torch.float32, output_loading_info=True)
     except (ValueError, RuntimeError, OSError) as e:
         raise NTEError(f"{spec}: transformers cannot build a {'classifier' if head else 'text model'} for model "
-                       f"type {config.model_type!r}: {str(e).splitlines()[0]}") from None
+                       f"type {config.model_type!r}: {str(e).splitlines()[0]}. {custom}") from None
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise NTEError(f"{spec}: the checkpoint lacks {len(missing)} weight(s) of {type(model).__name__} (e.g. "
+                       f"{missing[0]}), which would be random; save the complete fine-tuned model.")
     if not isinstance(model.get_input_embeddings(), nn.Embedding):
         raise NTEError(f"{spec}: its input embeddings are {type(model.get_input_embeddings()).__name__}, not an "
-                       f"nn.Embedding matrix. Tested families: {', '.join(TESTED_FAMILIES)}.")
-    return TextHandle(model, tokenizer, spec, max_length)
+                       f"nn.Embedding matrix. {custom}")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if not rows / 2 <= len(tokenizer) <= rows:
+        raise NTEError(f"{spec}: the tokenizer in {folder} has {len(tokenizer)} tokens for {rows} embedding rows; it "
+                       "is not this model's tokenizer (missing tokenizer files load a default one). Save the model's "
+                       "own with tokenizer.save_pretrained(folder).")
+    return TextHandle(model, tokenizer, spec)

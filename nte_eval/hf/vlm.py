@@ -19,11 +19,14 @@ config's image token id, as many as the tower and projector produce; the image s
 vision_start/vision_end ids, or InternVL's ``<img>``/``</img>`` when the tokenizer has them. The score of an
 option is the next-token log-probability of its letter (the tokenizer's single token for "A".."D"); letters a
 question does not offer score -inf. Weights load in float32 so that NTEs stay exact.
+
+mean/std come from the saved image processor (``preprocessor_config.json``, or the ``image_processor`` entry of the
+``processor_config.json`` that ``AutoProcessor.save_pretrained`` writes), class defaults included, mapped onto pixels
+in [0, 1] as ``hf:`` does (rescale_factor, image_mean, image_std).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from torch import nn
 
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
+from nte_eval.hf.vision import _normalisation
 
 LETTERS = ("A", "B", "C", "D")
 QWEN_MAX_SIDE_TOKENS = 16  # Qwen's fixed square side, in merged tokens (16 * 28 = 448 px for the released models)
@@ -151,6 +155,11 @@ class VLMHandle(ModelHandle):
         if not torch.isfinite(x.sum()):
             raise NTEError(f"{self.spec}: input contains NaN or infinite pixels.")
 
+    @torch.no_grad()
+    def first_layer_response(self, x: torch.Tensor) -> torch.Tensor:
+        """A(x) at the tower's own size: the patch embedding applied to the resized, normalised pixels."""
+        return super().first_layer_response(self.resize(x))
+
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel images at the tower's own size (bilinear, antialiased), untouched when they already are."""
         size = tuple(self.input_size[1:])
@@ -171,10 +180,13 @@ class VLMHandle(ModelHandle):
 
     def forward(self, u: torch.Tensor, index: list[int] | None = None) -> torch.Tensor:
         """(B, 4) letter log-probabilities for normalised images ``u`` at the input size and the bound questions
-        at positions ``index`` (default: the first B)."""
+        at positions ``index`` (default, only when exactly B questions are bound: all of them)."""
         if tuple(u.shape[1:]) != self.input_size:
             raise NTEError(f"{self.spec}: forward takes normalised input (N, {', '.join(map(str, self.input_size))})"
                            f", got {tuple(u.shape)}; use logits(), which resizes.")
+        if index is None and len(self.prompts) != u.shape[0]:
+            raise NTEError(f"{self.spec}: {u.shape[0]} images but {len(self.prompts)} bound questions; pass the "
+                           "images' sample positions in the bound data (index) so each image gets its own question.")
         index = list(range(u.shape[0])) if index is None else [int(i) for i in index]
         if len(index) != u.shape[0]:
             raise NTEError(f"{self.spec}: {u.shape[0]} images but {len(index)} question indices.")
@@ -238,20 +250,16 @@ def _check_extra(extra: Any, what: str) -> tuple[str, str, dict[str, str]]:
     return extra["question"], str(hint), {k: str(v) for k, v in options.items()}
 
 
-def _image_stats(folder: Path, spec: str) -> tuple[dict[str, Any], tuple[float, ...], tuple[float, ...]]:
-    """The image processor's config and its mean/std (preprocessor_config.json)."""
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        raise NTEError(f"{spec}: {folder} has no preprocessor_config.json (the image processor's mean/std); save "
-                       "it with processor.save_pretrained(FOLDER).")
-    cfg = json.loads(path.read_text())
-    if cfg.get("do_normalize") is False:
-        return cfg, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    if "image_mean" not in cfg or "image_std" not in cfg:
-        raise NTEError(f"{spec}: {path} has no image_mean/image_std; add the values the model was trained with.")
-    mean, std = (tuple(float(v) for v in (s if isinstance(s, list) else [s] * 3)) for s in
-                 (cfg["image_mean"], cfg["image_std"]))
-    return cfg, mean, std
+def _image_processor(folder: Path, spec: str) -> dict[str, Any]:
+    """The saved image processor's settings (preprocessor_ or processor_config.json), with its class defaults."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(folder, local_files_only=True).to_dict()
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        raise NTEError(f"{spec}: cannot load the image processor (its mean/std and size) from {folder}: "
+                       f"{str(e).splitlines()[0]}; save it there with AutoProcessor.from_pretrained(NAME)"
+                       ".save_pretrained(FOLDER).") from None
 
 
 def _input_size(config: Any, family: str, processor: dict[str, Any]) -> tuple[int, int, int]:
@@ -271,7 +279,7 @@ def _input_size(config: Any, family: str, processor: dict[str, Any]) -> tuple[in
 
 
 def from_hf_vlm(folder: Path, spec: str) -> VLMHandle:
-    """Load a local VLM folder (config.json, safetensors weights, tokenizer, preprocessor_config.json)."""
+    """Load a local VLM folder (config.json, safetensors weights, tokenizer, image processor)."""
     import transformers
 
     supported = ", ".join(f"{k} ({v.model_class}: {'/'.join(v.towers)})" for k, v in FAMILIES.items())
@@ -291,12 +299,19 @@ def from_hf_vlm(folder: Path, spec: str) -> VLMHandle:
     if not any(folder.glob("*.safetensors")):
         raise NTEError(f"{spec}: {folder} has no *.safetensors weights; nte-eval loads safetensors only (nothing "
                        "that may execute code). Re-save with model.save_pretrained(FOLDER, safe_serialization=True).")
-    processor, mean, std = _image_stats(folder, spec)
+    processor = _image_processor(folder, spec)
+    mean, std = _normalisation(processor, 3, spec)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
         raise NTEError(f"{spec}: cannot load the tokenizer from {folder} ({e}); save it with "
                        "tokenizer.save_pretrained(FOLDER).") from None
+    vocab = config.get_text_config().vocab_size
+    if not vocab / 2 <= len(tokenizer) <= vocab:
+        raise NTEError(f"{spec}: the tokenizer in {folder} has {len(tokenizer)} tokens but the text model's "
+                       f"vocabulary has {vocab}, so it is not the model's tokenizer (transformers builds a default one "
+                       "when the tokenizer files are missing); save the model's own there: tokenizer = "
+                       "AutoTokenizer.from_pretrained(NAME); tokenizer.save_pretrained(FOLDER).")
     model_class = getattr(transformers, FAMILIES[family].model_class)
     try:
         model = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=torch.float32)

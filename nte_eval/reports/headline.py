@@ -96,20 +96,24 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
 
 
 def text_designated_table(results: pd.DataFrame, settings: pd.DataFrame, metric: str,
-                          subspaces: dict[str, dict]) -> pd.DataFrame:
+                          knowledge: dict[tuple[str, str], str]) -> pd.DataFrame:
     """Per designated text model and encoder setting: token PSNR, storage per example, the share of tokens read back
-    right by argmax (no attack, and after ``argmax_decode`` where run), clean and NTE accuracy (and the task's own
-    metric), agreement and first-layer ratio. Text models have no certificates."""
+    right by argmax with no attack and by the best attack short of the oracle (named), clean and NTE accuracy (and
+    the task's own metric), agreement and first-layer ratio. Text models have no certificates."""
     rows = []
     des = results[results.role == "designated"]
     for s in settings.itertuples(index=False):
         part = des[des.encoder_params == s.encoder_params]
         m = part[part.attack == "identity"].set_index("metric").value
-        decoded = part[(part.attack == "argmax_decode") & (part.metric == "token_recovery")].value
-        stored = subspaces.get(f"{s.encoder} {s.encoder_params}", {}).get("bytes_per_example", math.nan)
+        rec = part[(part.metric == "token_recovery")]
+        rec = rec[[knowledge.get((a, p), "oracle") != "oracle" for a, p in zip(rec.attack, rec.attack_params,
+                                                                                strict=True)]]
+        best = rec.loc[rec.value.idxmax()] if len(rec) else None
+        stored = m.get("bytes_per_example", math.nan)
         row = {"designated": s.designated, "setting": s.setting, "token PSNR dB": round(m["psnr"], 2) + 0.0,
                "kB/example": round(stored / 1000, 1), "token recovery %": _pct(m["token_recovery"]),
-               "argmax-decode recovery %": _pct(decoded.iloc[0]) if len(decoded) else math.nan,
+               "best non-oracle recovery %": math.nan if best is None else _pct(best.value),
+               "recovered by": "-" if best is None else attack_name(best.attack, best.attack_params),
                "clean %": _pct(m["clean_accuracy"]), "NTE %": _pct(m["accuracy"])}
         if metric in METRICS:
             name = METRICS[metric][0]
@@ -222,7 +226,9 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
     settings = _settings(results)
     if modality == "text":
-        des = text_designated_table(results, settings, metric, manifest.get("subspaces", {}))
+        knowledge = {(a["type"], json.dumps(a["params"], sort_keys=True, separators=(",", ":"))): a["knowledge"]
+                     for a in manifest.get("attacks", [])}
+        des = text_designated_table(results, settings, metric, knowledge)
     else:
         des = designated_table(results, settings, fidelity)
     levels = levels_table(worst, settings, threshold)

@@ -46,8 +46,8 @@ def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
                   "setting (best certified Lipschitz source; estimates are not certificates).")
     if h.modality == "text":
         designated = ("Designated models: accuracy on their NTEs (no attack), the NTEs' token PSNR, their storage "
-                      "(kB per example, sparse format) and token recovery with no attack and after argmax decoding "
-                      "(text models have no fidelity certificate).")
+                      "(kB per example, sparse format), the tokens read back right by argmax with no attack and by the "
+                      "best attack short of the oracle (named) (text models have no fidelity certificate).")
     metric = (f" {METRICS[h.metric][0]}: the task's own metric, clean, with no attack and under the best single "
               "attack (chosen by accuracy)." if h.metric in METRICS else "")
     return [
