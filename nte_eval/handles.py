@@ -57,6 +57,8 @@ class FirstLayer:
 class ModelHandle:
     """A classifier taking pixel-space input, with its first linear operator, mean/std, input size and classes."""
 
+    modality = "image"  # what it reads (a text model's handle, ``nte_eval.hf.text.TextHandle``, says "text")
+
     def __init__(self, module: nn.Module, first_layer: str, mean: tuple[float, ...], std: tuple[float, ...],
                  input_size: tuple[int, int, int], class_names: list[str] | None = None, spec: str = "custom"):
         self.module = module.eval()

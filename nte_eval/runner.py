@@ -93,7 +93,7 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     d = suite.data
     if d.modality == "text":
         return load_text_data(suite, handles)
-    if getattr(first, "modality", "image") != "image":
+    if first.modality != "image":
         raise NTEError(f"data source {d.source!r} holds images, but the designated model {first.spec} is a text model.")
     c, h, _ = first.input_size
     if d.source == "mmbench_tsv":
@@ -109,7 +109,7 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
         data = load_data(d.source, d.split, d.limit, d.root, d.size or h, c)
     check_images(data.images, f"data ({d.source})", channels=c)
     for name, handle in handles.items():
-        if getattr(handle, "modality", "image") != "image":
+        if handle.modality != "image":
             raise NTEError(f"model {name} is a text model but the data ({d.source}) holds images.")
         if getattr(handle, "resizes_input", False) and name != first.spec:
             continue  # a VLM resizes what it is given (its processor would); the designated one gets its own size
@@ -129,7 +129,7 @@ def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     d = suite.data
     designated = handles[spec_name(suite.designated_list()[0])]
     for name, handle in handles.items():
-        if getattr(handle, "modality", "image") != "text":
+        if handle.modality != "text":
             raise NTEError(f"model {name} is an image model but the data ({d.source}) is text; use hf-text: models.")
         if handle.vocabulary() != designated.vocabulary() or handle.vocab_size != designated.vocab_size:
             raise NTEError(f"tokenizer mismatch: {name} (vocabulary {handle.vocabulary()}, {handle.vocab_size} "
@@ -199,7 +199,7 @@ def public_settings(encoder: Encoder) -> dict[str, Any]:
     """What a method-knowledge attacker knows (Kerckhoffs): the encoder, its settings and the designated
     architecture's first-layer geometry and normalisation; never the key or the weights."""
     h = encoder.handle
-    if getattr(h, "modality", "image") == "text":
+    if h.modality == "text":
         v, dim = h.embedding.shape
         return {"type": encoder.name, "params": encoder.params(), "view": None, "vocab_size": v,
                 "embedding_dim": dim, "vocabulary": h.vocabulary()}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nte_eval.attacks.base import ATTACKS, KNOWLEDGE
 from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
+from nte_eval.handles import HF_SCHEMES
 from nte_eval.params import param_errors
 from nte_eval.registry import Registry
 
@@ -228,7 +229,7 @@ def spec_name(spec: ModelSpec) -> str:
         return str(spec["name"])
     if "zoo" in spec:
         return f"zoo:{spec['zoo']}"
-    for scheme in ("hf", "hf-vlm", "hf-text"):
+    for scheme in HF_SCHEMES:
         if scheme in spec:
             return f"{scheme}:{spec[scheme]}"
     return f"timm:{spec.get('timm')}" + (f"@{spec['checkpoint']}" if spec.get("checkpoint") else "")

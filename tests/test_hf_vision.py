@@ -229,3 +229,21 @@ def test_zero_pad_that_crops_is_an_error():
     stem = torch.nn.Sequential(torch.nn.ZeroPad2d((0, -1, 0, 0)), torch.nn.Conv2d(3, 5, 3))
     with pytest.raises(NTEError, match=r"crops with ZeroPad2d\(0, -1, 0, 0\)"):
         ModelHandle.from_module(torch.nn.Sequential(stem), "0", input_size=(3, 16, 16))
+
+
+def test_processor_config_only_folder(tmp_path):
+    """A folder whose image processor sits inside processor_config.json (as AutoProcessor.save_pretrained writes it
+    in transformers 5) loads with that processor's mean/std and size."""
+    import json
+
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    processor = ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.6, 0.7], size={"height": 32,
+                                                                                              "width": 32})
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": processor.to_dict()}))
+    handle = load_model(f"hf:{tmp_path}")
+    assert handle.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert handle.std.flatten().tolist() == pytest.approx([0.5, 0.6, 0.7]) and handle.input_size == (3, 32, 32)

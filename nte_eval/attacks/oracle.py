@@ -15,7 +15,7 @@ from nte_eval.subspace import DEFAULT_SELECT
 def designated_subspace(context: AttackContext) -> Subspace | EmbeddingDecoder:
     """The designated model's subspace as the encoder selected it (its public settings). Baselines (no view) get
     the subspace of a default NTE encoder on the designated model. A text model: decoding with its embeddings."""
-    if getattr(context.designated, "modality", "image") == "text":
+    if context.designated.modality == "text":
         return EmbeddingDecoder([context.designated.embedding])
     settings = context.encoder
     params = settings.get("params", {}) if settings.get("view") else {}

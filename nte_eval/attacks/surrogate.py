@@ -48,7 +48,7 @@ class SurrogateProjection(Attack):
                                f"{did_you_mean(name, held)}")
         names = self.models or sorted(held)
         self.decoder: EmbeddingDecoder | None = None
-        if all(getattr(held[n], "modality", "image") == "text" for n in names):
+        if all(held[n].modality == "text" for n in names):
             if self.mode != "remove":
                 raise NTEError(f"surrogate_projection: mode {self.mode!r} has no text form; use mode 'remove' "
                                "(decoding in the surrogates' embedding spaces).")

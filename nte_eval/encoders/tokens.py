@@ -33,7 +33,7 @@ class TokenNTEEncoder(Encoder):
     modalities = ("text",)
 
     def __init__(self, handle: Any, psnr: float = 10.0, support: int | None = None):
-        if getattr(handle, "modality", "image") != "text":
+        if handle.modality != "text":
             raise NTEError(f"encoder 'nte_tokens' recodes text; {handle.spec} is an image model (use 'nte').")
         self.handle, self.psnr = handle, check_psnr(psnr)
         v, d = handle.embedding.shape

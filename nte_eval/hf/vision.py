@@ -5,7 +5,8 @@
   ``ZeroPad2d((0, 1, 0, 1))`` before an unpadded conv, and MobileNet's ``tf_padding`` pads TF 'same' style, a fixed
   function of the (fixed) input size; both stems are rewired as ``nn.Sequential(ZeroPad2d, Conv2d)``, which the
   handle expresses exactly as one convolution.
-- mean/std: from the saved image processor (``preprocessor_config.json``), mapped exactly onto pixels in [0, 1]:
+- mean/std: from the saved image processor (``preprocessor_config.json``, or ``processor_config.json`` as
+  ``AutoProcessor.save_pretrained`` writes it), mapped exactly onto pixels in [0, 1]:
   8-bit values times ``rescale_factor`` (minus 1 with EfficientNet's ``rescale_offset``), then ``image_mean`` /
   ``image_std`` if ``do_normalize``, then EfficientNet's ``include_top`` divides by ``image_std`` once more.
 - Input size: the processor's ``crop_size`` if it center-crops, else its ``size`` (height x width, or the square
@@ -111,7 +112,7 @@ def _processor(folder: Path, spec: str) -> dict[str, Any]:
     """The saved image processor's settings, class defaults filled in by transformers."""
     from transformers import AutoImageProcessor
 
-    if not (folder / "preprocessor_config.json").is_file():
+    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
         raise NTEError(f"{spec}: {folder} has no preprocessor_config.json, so the model's mean/std and input size "
                        "are unknown. Save the image processor the model was trained with next to it: "
                        "AutoImageProcessor.from_pretrained(ORIGINAL).save_pretrained(FOLDER); or build the handle "

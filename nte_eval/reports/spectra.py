@@ -28,7 +28,7 @@ MARKERS = ["o", "s", "^", "v", "D", "x", "P", "*"]
 
 def spectrum_rows(name: str, handle: ModelHandle) -> pd.DataFrame:
     """The model's first-layer singular values (one row per value, with its multiplicity ``count``) in its view."""
-    if getattr(handle, "modality", "image") == "text":
+    if handle.modality == "text":
         return pd.DataFrame([{"model": name, "view": "unavailable: a text model (its first operator is the token "
                               "embedding matrix, noised per token on keyed subsets)", "sigma": np.nan, "count": 0,
                               "exact_null": False}], columns=SPECTRA_COLUMNS)
