@@ -3,16 +3,13 @@ same tables from the files alone; verdicts follow the measurements; summary.md/.
 
 import json
 import math
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 
 from nte_eval.cli import main
 from nte_eval.reports import write_report
@@ -38,7 +35,7 @@ def quickstart(tmp_path_factory):
     return root / "out"
 
 
-def test_every_page_renders_and_none_is_blank(quickstart, tmp_path):
+def test_every_page_renders_and_none_is_blank(quickstart, rendered_ink):
     report = write_report(quickstart)
     kinds = pd.Series(report.pages).value_counts()
     for kind, count in FIGURE_PAGES.items():
@@ -46,17 +43,10 @@ def test_every_page_renders_and_none_is_blank(quickstart, tmp_path):
     assert all(kinds.get(kind, 0) >= 1 for kind in TEXT_PAGES), report.pages
     assert set(kinds.index) == set(FIGURE_PAGES) | set(TEXT_PAGES)
     assert report.pages[0] == "summary" and report.pages[-1] == "appendix"
-    if shutil.which("pdftoppm") is None:
-        if os.environ.get("NTE_EVAL_REQUIRE_PDFTOPPM"):
-            pytest.fail("pdftoppm is missing: install Debian's poppler-utils (.ci/run does).")
-        pytest.skip("pdftoppm (poppler-utils) is not installed")
-    subprocess.run(["pdftoppm", "-png", "-r", "30", str(report.path), str(tmp_path / "page")], check=True)
-    pngs = sorted(tmp_path.glob("page-*.png"))
-    assert len(pngs) == len(report.pages)
-    for png in pngs:
-        grey = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
-        ink = (grey < 200).mean()  # fraction of pixels with something drawn
-        assert ink > 0.005, f"{png.name} ({report.pages[pngs.index(png)]}) is blank: {ink:.4f} of it has ink"
+    ink = rendered_ink(report.path)
+    assert len(ink) == len(report.pages)
+    for kind, share in zip(report.pages, ink, strict=True):
+        assert share > 0.005, f"a {kind} page is blank: {share:.4f} of it has ink"
 
 
 def test_report_rebuilds_the_same_tables_from_the_files(quickstart, tmp_path, capsys):
