@@ -42,7 +42,7 @@ def load(scheme: str, path: str) -> Any:
     """Dispatch an ``hf``, ``hf-vlm`` or ``hf-text`` spec to its loader."""
     spec = f"{scheme}:{path}"
     folder = local_folder(path, spec)
-    require_transformers()
+    require_transformers().utils.logging.disable_progress_bar()  # nte-eval's own progress lines say what loads
     if scheme == "hf":
         from nte_eval.hf.vision import from_hf
 

@@ -170,9 +170,7 @@ def from_hf_text(folder: Path, spec: str) -> TextHandle:
     """Load a local text model (a sequence classifier, or a bare encoder for sentence embeddings) and its tokenizer,
     in float32 (soft tokens are exact only at full precision)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging
 
-    logging.disable_progress_bar()
     custom = (f"Tested families: {', '.join(TESTED_FAMILIES)}. For another model use the Python API: "
               "TextHandle(model, tokenizer, spec) with any model that reads inputs_embeds.")
     try:
