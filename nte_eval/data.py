@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -180,8 +181,9 @@ def load_photos(size: int = 224, limit: int | None = None) -> ImageSet:
     return ImageSet(torch.stack(imgs), torch.full((len(imgs),), -1, dtype=torch.long), [], names)
 
 
-def read_image(path: Path, channels: int = 3) -> torch.Tensor:
-    """Read one image file as a (C, H, W) float tensor in [0, 1]; a corrupt file is an NTEError naming it."""
+def read_image(path: Path | BinaryIO, channels: int = 3, name: str | None = None) -> torch.Tensor:
+    """Read one image (a file, or an open binary stream called ``name`` in errors) as a (C, H, W) float tensor in
+    [0, 1]; a corrupt image is an NTEError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -193,7 +195,8 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
                 im = im.convert("RGB" if channels == 3 else "L")
                 arr = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise NTEError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+        raise NTEError(f"cannot read image {name or path}: it does not decode to an image ({e}). Remove or replace "
+                       "it.") from None
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 

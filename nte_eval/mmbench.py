@@ -14,10 +14,9 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from nte_eval.data import ImageSet, _check_limit, _resize_crop
+from nte_eval.data import ImageSet, _check_limit, _resize_crop, read_image
 from nte_eval.errors import NTEError
 from nte_eval.tsv import read_tsv
 
@@ -46,20 +45,12 @@ def _image_cell(text: str, stored: dict[str, str], where: str) -> str:
 
 def _decode_image(text: str, where: str, size: int) -> torch.Tensor:
     """A base64 image cell as a (3, size, size) tensor in [0, 1] (resized and centre-cropped)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise NTEError(f"{where}: the image cell is not valid base64; it must hold a base64-encoded JPEG/PNG "
                        "(fix or remove the row).") from None
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise NTEError(f"{where}: the image cell does not decode to an image ({e}); it must hold a base64-encoded "
-                       "JPEG/PNG (fix or remove the row).") from None
-    return _resize_crop(torch.from_numpy(arr).permute(2, 0, 1).contiguous(), size)
+    return _resize_crop(read_image(io.BytesIO(raw), 3, where), size)
 
 
 def load_mmbench_tsv(path: str | Path, size: int, limit: int | None = None) -> ImageSet:

@@ -131,9 +131,9 @@ def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     for name, handle in handles.items():
         if handle.modality != "text":
             raise NTEError(f"model {name} is an image model but the data ({d.source}) is text; use hf-text: models.")
-        if handle.vocabulary() != designated.vocabulary() or handle.vocab_size != designated.vocab_size:
-            raise NTEError(f"tokenizer mismatch: {name} (vocabulary {handle.vocabulary()}, {handle.vocab_size} "
-                           f"rows) and the designated {designated.spec} (vocabulary {designated.vocabulary()}, "
+        if handle.vocabulary != designated.vocabulary or handle.vocab_size != designated.vocab_size:
+            raise NTEError(f"tokenizer mismatch: {name} (vocabulary {handle.vocabulary}, {handle.vocab_size} "
+                           f"rows) and the designated {designated.spec} (vocabulary {designated.vocabulary}, "
                            f"{designated.vocab_size} rows) do not share one vocabulary, so the same soft tokens mean "
                            "different words to them. Compare models over one tokenizer (e.g. all BERT uncased).")
     text = load_glue_tsv(d.path, d.task, d.limit)
@@ -202,7 +202,7 @@ def public_settings(encoder: Encoder) -> dict[str, Any]:
     if h.modality == "text":
         v, dim = h.embedding.shape
         return {"type": encoder.name, "params": encoder.params(), "view": None, "vocab_size": v,
-                "embedding_dim": dim, "vocabulary": h.vocabulary()}
+                "embedding_dim": dim, "vocabulary": h.vocabulary}
     geometry = {k: v for k, v in h.first.geometry().items() if k != "layer"}
     return {"type": encoder.name, "params": encoder.params(), "view": getattr(encoder, "mode", None),
             "first_layer": geometry, "mean": h.mean.flatten().tolist(), "std": h.std.flatten().tolist(),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nte_eval.errors import NTEError
+from nte_eval.metrics import psnr_from_mse
 
 MAX_VOCAB = 2**24  # float32 represents every integer index below this exactly
 
@@ -95,8 +96,7 @@ def squared_error(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 def token_psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Token PSNR in dB per sample (see the module docstring): peak 1, MSE per stored entry over real positions."""
     real = attention_mask(clean).sum(1).clamp_min(1).double()
-    mse = squared_error(x, clean).sum(1) / (real * x.shape[2])
-    return -10 * torch.log10(mse.clamp_min(1e-30))
+    return psnr_from_mse(squared_error(x, clean).sum(1) / (real * x.shape[2]))
 
 
 def recovered(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:

@@ -63,14 +63,14 @@ class EmbeddingDecoder:
     """Nearest stored entry in the embedding space of one or more matrices (V x d_i) over one vocabulary."""
 
     def __init__(self, tables: list[torch.Tensor]):
-        self.tables = [t.detach() for t in tables]
+        self.tables = [t.detach().double() for t in tables]  # once, not per batch
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Hard tokens: per position, the slot whose embedding rows (all tables, concatenated) lie nearest r E."""
         idx = tokens.indices(x).reshape(-1, x.shape[2])  # (P, K)
         dist = torch.zeros(idx.shape, dtype=torch.float64, device=x.device)
         for table in self.tables:
-            table = table.to(x.device, torch.float64)
+            table = table.to(x.device)
             target = tokens.embed(x.double(), table).reshape(len(idx), -1)  # (P, d)
             for i in range(0, len(idx), CHUNK):  # (CHUNK, K, d) gathered rows at a time
                 rows = table[idx[i:i + CHUNK]]

@@ -16,7 +16,7 @@ import torch
 from nte_eval import tokens
 from nte_eval.encoders.base import Encoder, EncodeResult, check_psnr, sample_seed
 from nte_eval.errors import NTEError
-from nte_eval.metrics import relative_change
+from nte_eval.metrics import noise_norm_for_psnr, relative_change
 
 CHUNK = 64  # positions per batched Gram solve (K x d float64 each)
 REFINE = 6  # at most this many refinement steps of the null-space projection
@@ -37,6 +37,9 @@ class TokenNTEEncoder(Encoder):
             raise NTEError(f"encoder 'nte_tokens' recodes text; {handle.spec} is an image model (use 'nte').")
         self.handle, self.psnr = handle, check_psnr(psnr)
         v, d = handle.embedding.shape
+        if v > tokens.MAX_VOCAB:
+            raise NTEError(f"nte_tokens: a vocabulary of {v} entries exceeds the {tokens.MAX_VOCAB} that packed soft "
+                           "tokens index exactly (float32 indices).")
         self.support = 2 * d if support is None else int(support)
         if not d < self.support <= v:
             raise NTEError(f"nte_tokens: support {self.support} must exceed the embedding dimension d = {d} (so that "
@@ -51,7 +54,7 @@ class TokenNTEEncoder(Encoder):
         ``labels`` are not used; the embedding response ratio is always recorded (it is cheap)."""
         idx = self.indices(x, index)
         self.handle.check_input(x)
-        table = self.handle.embedding.double()
+        table = self.handle.embedding
         ids, mask = tokens.clean_ids(x), tokens.attention_mask(x)
         subsets, noise = [], []
         for row, i in enumerate(idx):
@@ -59,14 +62,14 @@ class TokenNTEEncoder(Encoder):
             subsets.append(s)
             noise.append(z)
         subset, z = torch.cat(subsets).to(table.device), torch.cat(noise).to(table.device)
-        delta = torch.cat([null_project(table[subset[j:j + CHUNK]], z[j:j + CHUNK])
+        delta = torch.cat([null_project(table[subset[j:j + CHUNK]].double(), z[j:j + CHUNK])
                            for j in range(0, len(z), CHUNK)])
-        target = (self.support * 10 ** (-self.psnr / 10)) ** 0.5
+        target = noise_norm_for_psnr(self.psnr, self.support)  # per token: MSE per stored entry at the target
         delta = delta * (target / delta.norm(dim=1, keepdim=True).clamp_min(1e-30))
         weight = delta + (subset == ids[mask == 1][:, None].to(subset.device)).double()
         out = torch.zeros(*x.shape[:2], self.support, 2, device=x.device)
         out[mask == 1] = torch.stack([subset.float(), weight.float()], dim=-1).to(x.device)
-        ratio = relative_change(tokens.embed(out, self.handle.embedding), tokens.embed(x, self.handle.embedding))
+        ratio = relative_change(tokens.embed(out, table), tokens.embed(x, table))
         info = {"modality": "text", "support": self.support, "embedding_dim": table.shape[1],
                 "null_dim": self.support - table.shape[1], "bytes_per_example": tokens.bytes_per_example(out)}
         return EncodeResult(out, tokens.token_psnr(out, x).float(), ratio.float(), {**info, "storable": True})

@@ -38,6 +38,17 @@ def local_folder(path: str, spec: str) -> Path:
     return folder
 
 
+def require_safetensors(folder: Path, spec: str) -> None:
+    """An NTEError unless ``folder`` holds safetensors weights: pickled checkpoints can run code when loaded."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    raise NTEError(f"{spec}: {folder} has no safetensors weights" + (
+        f", only pickle files ({', '.join(pickled)}), which can run code when loaded. Convert them once, in a trusted "
+        "environment: loading the model with transformers and calling save_pretrained(FOLDER) writes "
+        "model.safetensors." if pickled else "; save the model with model.save_pretrained(FOLDER)."))
+
+
 def load(scheme: str, path: str) -> Any:
     """Dispatch an ``hf``, ``hf-vlm`` or ``hf-text`` spec to its loader."""
     spec = f"{scheme}:{path}"

@@ -7,6 +7,7 @@ tokens any other way (scaled embeddings, extra token-id inputs) is refused inste
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 from nte_eval import tokens
 from nte_eval.errors import NTEError
+from nte_eval.hf import require_safetensors
 
 TESTED_FAMILIES = ("bert (incl. MiniLM)", "roberta", "deberta", "deberta-v2", "distilbert")
 
@@ -66,6 +68,7 @@ class TextHandle:
         self.memo.clear()
         return self
 
+    @functools.cached_property
     def vocabulary(self) -> str:
         """A fingerprint of the tokenizer's vocabulary (token -> id): NTEs are only comparable across equal ones."""
         vocab = sorted(self.tokenizer.get_vocab().items())
@@ -137,7 +140,7 @@ class TextHandle:
         v, d = self.embedding.shape
         return {"spec": self.spec, "modality": "text", "model_type": self.module.config.model_type,
                 "layer": "input embeddings", "kind": "embedding", "vocab_size": v, "embedding_dim": d,
-                "max_length": self.max_length, "vocabulary": self.vocabulary()}
+                "max_length": self.max_length, "vocabulary": self.vocabulary}
 
     def __repr__(self) -> str:
         return f"TextHandle({self.spec!r}, vocab={self.vocab_size})"
@@ -180,9 +183,7 @@ def from_hf_text(folder: Path, spec: str) -> TextHandle:
                        f"{custom}") from None
     archs = getattr(config, "architectures", None) or []
     head = any(a.endswith("ForSequenceClassification") for a in archs)
-    if not list(folder.glob("*.safetensors")):
-        raise NTEError(f"{spec}: no .safetensors weights in {folder}; nte-eval does not unpickle checkpoints. "
-                       "Convert with model.save_pretrained(folder, safe_serialization=True).")
+    require_safetensors(folder, spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:

@@ -29,6 +29,7 @@ from torch import nn
 
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
+from nte_eval.hf import require_safetensors
 
 # config.model_type -> the first linear operator, relative to the AutoModelForImageClassification
 FIRST_LAYERS = {
@@ -74,9 +75,9 @@ def from_hf(folder: Path, spec: str) -> ModelHandle:
                        "ModelHandle.from_module(module, first_layer='path.to.conv', mean=..., std=..., "
                        "input_size=(3, H, W)) with a module mapping normalised pixels to logits, or use a timm "
                        "model spec (timm:NAME@weights.safetensors, or a mapping with first_layer/mean/std).")
-    processor = _processor(folder, spec)
+    processor = image_processor(folder, spec)
     input_size = (int(config.num_channels), *_image_size(processor, config, spec))
-    mean, std = _normalisation(processor, input_size[0], spec)
+    mean, std = processor_mean_std(processor, input_size[0], spec)
     model = _load_weights(folder, spec)
     if kind in STEMS:
         STEMS[kind](model, input_size[1:])
@@ -90,12 +91,7 @@ def _load_weights(folder: Path, spec: str) -> nn.Module:
     """The classifier in float32 from safetensors, offline; every weight must come from the checkpoint."""
     from transformers import AutoModelForImageClassification
 
-    if not any(folder.glob("*.safetensors")):
-        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        raise NTEError(f"{spec}: {folder} has no safetensors weights" + (
-            f", only pickle files ({', '.join(pickled)}), which can run code when loaded. Convert them once, in a "
-            "trusted environment: AutoModelForImageClassification.from_pretrained(FOLDER).save_pretrained(FOLDER) "
-            "writes model.safetensors." if pickled else "; save the model with model.save_pretrained(FOLDER)."))
+    require_safetensors(folder, spec)
     try:
         model, info = AutoModelForImageClassification.from_pretrained(
             folder, local_files_only=True, use_safetensors=True, output_loading_info=True)
@@ -108,19 +104,22 @@ def _load_weights(folder: Path, spec: str) -> nn.Module:
     return model.float().eval()
 
 
-def _processor(folder: Path, spec: str) -> dict[str, Any]:
-    """The saved image processor's settings, class defaults filled in by transformers."""
+def image_processor(folder: Path, spec: str) -> dict[str, Any]:
+    """The saved image processor's settings (``preprocessor_config.json``, or inside ``processor_config.json`` as
+    AutoProcessor writes it), class defaults filled in by transformers. Shared by ``hf:`` and ``hf-vlm:``."""
     from transformers import AutoImageProcessor
 
+    fix = ("Save the processor the model was trained with next to it: AutoImageProcessor.from_pretrained(NAME)"
+           ".save_pretrained(FOLDER) (a VLM: AutoProcessor.from_pretrained(NAME).save_pretrained(FOLDER)); or build "
+           "the handle in Python with ModelHandle.from_module(..., mean=..., std=..., input_size=...).")
     if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
-        raise NTEError(f"{spec}: {folder} has no preprocessor_config.json, so the model's mean/std and input size "
-                       "are unknown. Save the image processor the model was trained with next to it: "
-                       "AutoImageProcessor.from_pretrained(ORIGINAL).save_pretrained(FOLDER); or build the handle "
-                       "in Python with ModelHandle.from_module(..., mean=..., std=..., input_size=...).")
+        raise NTEError(f"{spec}: cannot load the image processor from {folder}: it has no preprocessor_config.json "
+                       f"or processor_config.json, so the model's mean/std and input size are unknown. {fix}")
     try:
         return AutoImageProcessor.from_pretrained(folder, local_files_only=True).to_dict()
     except (OSError, ValueError, KeyError, ImportError) as e:
-        raise NTEError(f"{spec}: cannot load the image processor in {folder}: {str(e).splitlines()[0]}") from None
+        raise NTEError(f"{spec}: cannot load the image processor from {folder}: {str(e).splitlines()[0]}. "
+                       f"{fix}") from None
 
 
 def _image_size(processor: dict[str, Any], config: Any, spec: str) -> tuple[int, int]:
@@ -139,7 +138,7 @@ def _image_size(processor: dict[str, Any], config: Any, spec: str) -> tuple[int,
                    "fixed input size; set size={'height': H, 'width': W} in preprocessor_config.json.")
 
 
-def _normalisation(processor: dict[str, Any], channels: int, spec: str) -> tuple[tuple[float, ...], ...]:
+def processor_mean_std(processor: dict[str, Any], channels: int, spec: str) -> tuple[tuple[float, ...], ...]:
     """mean/std with (x - mean) / std on pixels x in [0, 1] equal to the processor's output on 8-bit x * 255."""
     if processor.get("do_flip_channel_order"):
         raise NTEError(f"{spec}: the image processor flips RGB to BGR (do_flip_channel_order), which a per-channel "

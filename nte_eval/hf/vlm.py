@@ -38,7 +38,8 @@ from torch import nn
 
 from nte_eval.errors import NTEError
 from nte_eval.handles import ModelHandle
-from nte_eval.hf.vision import _normalisation
+from nte_eval.hf import require_safetensors
+from nte_eval.hf.vision import image_processor, processor_mean_std
 
 LETTERS = ("A", "B", "C", "D")
 QWEN_MAX_SIDE_TOKENS = 16  # Qwen's fixed square side, in merged tokens (16 * 28 = 448 px for the released models)
@@ -250,18 +251,6 @@ def _check_extra(extra: Any, what: str) -> tuple[str, str, dict[str, str]]:
     return extra["question"], str(hint), {k: str(v) for k, v in options.items()}
 
 
-def _image_processor(folder: Path, spec: str) -> dict[str, Any]:
-    """The saved image processor's settings (preprocessor_ or processor_config.json), with its class defaults."""
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(folder, local_files_only=True).to_dict()
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        raise NTEError(f"{spec}: cannot load the image processor (its mean/std and size) from {folder}: "
-                       f"{str(e).splitlines()[0]}; save it there with AutoProcessor.from_pretrained(NAME)"
-                       ".save_pretrained(FOLDER).") from None
-
-
 def _input_size(config: Any, family: str, processor: dict[str, Any]) -> tuple[int, int, int]:
     """The square (or config) size the handle feeds the tower (see the module docstring)."""
     vc = config.vision_config
@@ -296,11 +285,9 @@ def from_hf_vlm(folder: Path, spec: str) -> VLMHandle:
     if tower not in FAMILIES[family].towers:
         raise NTEError(f"{spec}: {family} with a {tower!r} vision tower is not supported; supported: {supported}. "
                        f"{custom}")
-    if not any(folder.glob("*.safetensors")):
-        raise NTEError(f"{spec}: {folder} has no *.safetensors weights; nte-eval loads safetensors only (nothing "
-                       "that may execute code). Re-save with model.save_pretrained(FOLDER, safe_serialization=True).")
-    processor = _image_processor(folder, spec)
-    mean, std = _normalisation(processor, 3, spec)
+    require_safetensors(folder, spec)
+    processor = image_processor(folder, spec)
+    mean, std = processor_mean_std(processor, 3, spec)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:

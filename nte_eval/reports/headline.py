@@ -95,6 +95,17 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
     return pd.DataFrame(rows)
 
 
+def attack_knowledge(manifest: dict) -> dict[tuple[str, str], str]:
+    """(attack, compact params) -> knowledge level, from the manifest (a plugin need not be importable)."""
+    from nte_eval.runner import compact, knowledge_of
+
+    out = {}
+    for a in manifest.get("attacks", []):
+        params = compact(a["params"])
+        out[(a["type"], params)] = a.get("knowledge") or knowledge_of(a["type"], params)
+    return out
+
+
 def text_designated_table(results: pd.DataFrame, settings: pd.DataFrame, metric: str,
                           knowledge: dict[tuple[str, str], str]) -> pd.DataFrame:
     """Per designated text model and encoder setting: token PSNR, storage per example, the share of tokens read back
@@ -226,9 +237,7 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
     settings = _settings(results)
     if modality == "text":
-        knowledge = {(a["type"], json.dumps(a["params"], sort_keys=True, separators=(",", ":"))): a["knowledge"]
-                     for a in manifest.get("attacks", [])}
-        des = text_designated_table(results, settings, metric, knowledge)
+        des = text_designated_table(results, settings, metric, attack_knowledge(manifest))
     else:
         des = designated_table(results, settings, fidelity)
     levels = levels_table(worst, settings, threshold)

@@ -23,7 +23,7 @@ from matplotlib.ft2font import FT2Font  # noqa: E402
 from nte_eval.reports.decoded import decoded_lines  # noqa: E402
 from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
 from nte_eval.reports.gallery import gallery_pages  # noqa: E402
-from nte_eval.reports.headline import MARGIN, Headline, accuracy_name, headline, psnr_name  # noqa: E402
+from nte_eval.reports.headline import MARGIN, Headline, accuracy_name, attack_knowledge, headline, psnr_name  # noqa: E402
 from nte_eval.reports.summary_files import matrix_lines, sections, table_lines, units, write_summaries  # noqa: E402
 from nte_eval.store import COLUMNS, read_rows, setting_name  # noqa: E402
 from nte_eval.summary import read_worst_case  # noqa: E402
@@ -111,8 +111,10 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
     public = manifest.get("public") or {}
     if h.modality == "text":
         task = manifest.get("config", {}).get("data", {})
+        public_text = (f"public (attackers'): {public.get('source')} {public.get('task') or task.get('task')} "
+                       f"({public.get('path')}), n = {public.get('n')}" if public else "no public texts")
         source = (f"data: {data.get('source')} {task.get('task')} ({task.get('path')}), n = {data.get('n')} texts of "
-                  f"at most {data.get('shape', ['?'])[0]} tokens; no public texts")
+                  f"at most {data.get('shape', ['?'])[0]} tokens; {public_text}")
         models = "Models and their first linear operator (the token embedding matrix E; a soft token r is read as rE):"
     else:
         source = (f"data: {data.get('source')} / {data.get('split')}, n = {data.get('n')}, images "
@@ -193,17 +195,6 @@ def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.D
     text_pages(pdf, "appendix", "Appendix: parameters and environment", lines)
 
 
-def _knowledge(manifest: dict) -> dict[tuple[str, str], str]:
-    """(attack, compact params) -> knowledge level, from the manifest (a plugin need not be importable)."""
-    from nte_eval.runner import compact, knowledge_of
-
-    out = {}
-    for a in manifest.get("attacks", []):
-        params = compact(a["params"])
-        out[(a["type"], params)] = a.get("knowledge") or knowledge_of(a["type"], params)
-    return out
-
-
 @dataclass
 class Report:
     """A written report: the PDF, the headline it opens with, and the kind of each page in order."""
@@ -229,7 +220,7 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
     collapse_psnr(results, h.threshold).to_csv(run_dir / "collapse_psnr.csv", index=False)
     settings = h.settings
-    knowledge = _knowledge(manifest)
+    knowledge = attack_knowledge(manifest)
     accuracy = accuracy_name(h.source)
     spectra = pd.read_csv(run_dir / "spectra.csv") if (run_dir / "spectra.csv").exists() else pd.DataFrame()
     notes = []
