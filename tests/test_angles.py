@@ -12,9 +12,9 @@ from torch import nn
 from nte_eval.certify.angles import model_spectrum, pair_geometry, predicted_energy, principal_angles
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
-from nte_eval.subspace import PixelConv, polyphase_operator
-from nte_eval.zoo import ZOO, load_zoo_model
+from nte_eval.geometry.conv import PixelConv, polyphase_operator
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.zoo import ZOO, load_zoo_model
 
 TAU = 0.01
 SMALL = (3, 8, 8)

@@ -5,12 +5,11 @@ import torch
 
 from nte_eval.attacks import ATTACKS, AttackContext
 from nte_eval.attacks.learned import LearnedDenoiser, random_surrogate
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.encoders import ENCODERS, NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import load_model
 from nte_eval.metrics import psnr
-from nte_eval.runner import public_settings
+from nte_eval.models.load import load_model
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def vit_null_case(public, test_digits):
     """A method-knowledge context for real vit_null NTEs at 10 dB (no designated model in it at all)."""
     encoder = NTEEncoder(load_model("zoo:vit_null"), psnr=10).fit()
     ntes = encoder.encode(test_digits.images, key=0).images
-    return AttackContext(seed=0, public=public, ntes=ntes, encoder=public_settings(encoder)), ntes
+    return AttackContext(seed=0, public=public, ntes=ntes, encoder=encoder.public_settings()), ntes
 
 
 def accuracy(handle, x, labels):
@@ -70,7 +69,7 @@ def test_same_seed_gives_identical_weights_and_outputs(vit_null_case):
 @pytest.mark.parametrize("zoo", ["vit_null", "resnet_stem", "mlp_linear"])
 def test_surrogates_share_the_designated_geometry_not_its_weights(zoo, test_digits):
     designated = load_model(f"zoo:{zoo}")
-    settings = public_settings(NTEEncoder(designated))
+    settings = NTEEncoder(designated).public_settings()
     gen = torch.Generator().manual_seed(0)
     surrogates = [random_surrogate(settings, gen, f"s{i}") for i in range(2)]
     for s in surrogates:
@@ -95,7 +94,7 @@ def test_fits_for_every_encoder_type_and_view(zoo, encoder, params, public, test
     enc = ENCODERS.get(encoder)(load_model(f"zoo:{zoo}"), **params).fit()
     x = enc.encode(test_digits.images[:8], key=0).images
     attack = LearnedDenoiser(steps=2, pairs=8, n_surrogates=1).fit(AttackContext(public=public,
-                                                                                encoder=public_settings(enc)))
+                                                                                encoder=enc.public_settings()))
     out = attack(x)
     assert out.shape == x.shape and torch.isfinite(out).all() and not torch.equal(out, x)
 

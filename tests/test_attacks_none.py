@@ -7,8 +7,8 @@ import torch
 
 from nte_eval.attacks import ATTACKS, Attack, AttackContext, build_attack
 from nte_eval.attacks.chain import Chain
-from nte_eval.attacks.denoise import estimate_noise_sigma
-from nte_eval.data import load_digits
+from nte_eval.attacks.denoisers import estimate_noise_sigma
+from nte_eval.data.images import load_digits
 from nte_eval.errors import NTEError
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601

@@ -5,21 +5,14 @@ import torch
 from torch import nn
 
 from nte_eval.attacks import AttackContext, build_attack
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.encoders import GaussianEncoder, NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle, load_model
 from nte_eval.metrics import psnr
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.load import load_model
 
 MODELS = ("vit_null", "vit_null_s1", "resnet_nullstem", "mlp_linear")
-
-
-def public_settings(enc) -> dict:
-    """The encoder's public settings, in the format an attack context holds them."""
-    h = enc.handle
-    geometry = {k: v for k, v in h.first.geometry().items() if k != "layer"}
-    return {"type": enc.name, "params": enc.params(), "view": getattr(enc, "mode", None), "first_layer": geometry,
-            "mean": h.mean.flatten().tolist(), "std": h.std.flatten().tolist(), "input_size": list(h.input_size)}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def public():
 
 
 def context(enc, ntes, public, zoo=None, surrogates=None):
-    return AttackContext(public=public, ntes=ntes, encoder=public_settings(enc), surrogates=surrogates or {},
+    return AttackContext(public=public, ntes=ntes, encoder=enc.public_settings(), surrogates=surrogates or {},
                          designated=enc.handle if zoo is None else zoo)
 
 
@@ -155,7 +148,7 @@ def test_attacks_see_only_their_knowledge(zoo, public, vit_0db, name, knowledge)
         with pytest.raises(NTEError, match="no access"):
             getattr(attack.context, field)
     with pytest.raises(NTEError, match="not available"):  # a field its knowledge allows but the run lacks
-        build_attack(name).fit(AttackContext(ntes=nte, encoder=public_settings(enc)))  # no public images
+        build_attack(name).fit(AttackContext(ntes=nte, encoder=enc.public_settings()))  # no public images
 
 
 def test_bad_parameters_and_shapes_raise(zoo, public, vit_0db):

@@ -14,13 +14,13 @@ from nte_eval.certify.degradation import degradation_warnings, rank_correlation
 from nte_eval.certify.fidelity import certificate_rows, float64_module, measure, summarize, violations
 from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds, product_bound
 from nte_eval.cli import main
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
+from nte_eval.evaluate.suite import parse_suite
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.zoo import load_zoo_model
 from nte_eval.runner import run_suite
-from nte_eval.suite import parse_suite
-from nte_eval.zoo import load_zoo_model
 
 
 @pytest.fixture(scope="module")

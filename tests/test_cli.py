@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from nte_eval.cli import main
-from nte_eval.runner import COLUMNS
+from nte_eval.evaluate.store import COLUMNS
 
 SMALL_SUITE = """
 name: small
@@ -92,8 +92,8 @@ def test_encode_writes_storable_pngs_without_the_key(tmp_path, capsys):
     assert "key" not in manifest and "secret-key" not in (out / "manifest.json").read_text()
     assert manifest["format"] == "png" and len(manifest["files"]) == 5 and manifest["subspace"]["exact"]
     assert all(abs(f["psnr"] - 25) < 1.0 for f in manifest["files"])
-    from nte_eval.data import load_digits
-    from nte_eval.handles import load_model
+    from nte_eval.data.images import load_digits
+    from nte_eval.models.load import load_model
 
     handle = load_model("zoo:vit_null")
     clean = load_digits("test", limit=5).images

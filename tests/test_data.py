@@ -7,14 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits as sk_digits
 
-from nte_eval.data import (
-    check_images,
-    load_data,
-    load_digits,
-    load_imagefolder,
-    load_photos,
-    read_image,
-)
+from nte_eval.data.images import check_images, load_data, load_digits, load_imagefolder, load_photos, read_image
 from nte_eval.errors import NTEError
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.encoders import AdversarialEncoder, GaussianEncoder, NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
 from nte_eval.metrics import psnr as measured_psnr
+from nte_eval.models.handle import ModelHandle
 
 
 def make_handle(first: nn.Module, size=32, seed=0):

@@ -12,7 +12,9 @@ from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
 from torch import nn
 
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle, from_timm, load_model, load_state_dict, resolve_first_layer
+from nte_eval.models.checkpoint import load_state_dict
+from nte_eval.models.handle import ModelHandle, resolve_first_layer
+from nte_eval.models.load import from_timm, load_model
 
 # family -> (timm name, kwargs, input size). All of these have a single-conv str `first_conv` in timm.
 TIMM_FAMILIES = {

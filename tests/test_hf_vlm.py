@@ -21,11 +21,11 @@ from PIL import Image
 
 transformers = pytest.importorskip("transformers")
 
+from nte_eval.data.mmbench import load_mmbench_tsv  # noqa: E402
+from nte_eval.data.tsv import read_tsv  # noqa: E402
 from nte_eval.encoders import NTEEncoder  # noqa: E402
 from nte_eval.errors import NTEError  # noqa: E402
-from nte_eval.handles import load_model  # noqa: E402
-from nte_eval.mmbench import load_mmbench_tsv  # noqa: E402
-from nte_eval.tsv import read_tsv  # noqa: E402
+from nte_eval.models.load import load_model  # noqa: E402
 
 SIZE, PATCH, HIDDEN = 32, 4, 32
 WORDS = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>", "<vs>", "<ve>", "<video>", "<img>", "</img>", "A", "B", "C",
@@ -204,7 +204,7 @@ def test_qwen_pixel_values_match_image_processor(handles, folders, name):
 def test_qwen_fixed_size_rule():
     from types import SimpleNamespace
 
-    from nte_eval.hf.vlm import _input_size
+    from nte_eval.models.hf.vlm import _input_size
 
     config = SimpleNamespace(vision_config=SimpleNamespace(patch_size=14, spatial_merge_size=2))
     released = {"size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}}  # Qwen2-VL's processor
@@ -416,8 +416,8 @@ def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
     """A whole suite on MMBench rows: the designated VLM answers NTE images exactly as clean ones (agreement 1),
     the oracle restores the other VLM (which resizes to its own 48 x 48), and the manifest and results carry the
     multiple-choice task."""
+    from nte_eval.evaluate.suite import parse_suite
     from nte_eval.runner import run_suite
-    from nte_eval.suite import parse_suite
 
     path = write_tsv(tmp_path / "mmb.tsv", ROWS)
     suite = parse_suite({
@@ -445,8 +445,8 @@ def test_mmbench_suite_runs_through_the_runner(tmp_path, folders):
 
 
 def test_mmbench_suite_needs_vlms(tmp_path, folders):
+    from nte_eval.evaluate.suite import parse_suite
     from nte_eval.runner import run_suite
-    from nte_eval.suite import parse_suite
 
     suite = parse_suite({
         "name": "mmbench-mixed", "data": {"source": "mmbench_tsv", "path": str(write_tsv(tmp_path / "m.tsv", ROWS))},

@@ -16,10 +16,10 @@ from nte_eval.certify.lipschitz import (
     local_estimate,
     product_bound,
 )
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
-from nte_eval.zoo import load_zoo_model
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.zoo import load_zoo_model
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

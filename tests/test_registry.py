@@ -17,7 +17,7 @@ from pydantic import Field
 
 from nte_eval.attacks import ATTACKS, Attack, AttackContext, build_attack
 from nte_eval.cli import main
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
 
@@ -54,8 +54,8 @@ def test_duplicate_name_names_both_classes():
 
 def test_lazy_builtins_load_on_first_lookup():
     """Importing the package imports no attack module; the first lookup does."""
-    code = ("import sys; from nte_eval.attacks import ATTACKS; assert 'nte_eval.attacks.none' not in sys.modules; "
-            "assert ATTACKS.get('identity').knowledge == 'none'; assert 'nte_eval.attacks.none' in sys.modules")
+    code = ("import sys; from nte_eval.attacks import ATTACKS; assert 'nte_eval.attacks.preprocessing' not in sys.modules; "
+            "assert ATTACKS.get('identity').knowledge == 'none'; assert 'nte_eval.attacks.preprocessing' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 

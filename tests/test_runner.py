@@ -11,11 +11,11 @@ from pydantic import Field
 
 import nte_eval.runner as runner
 from nte_eval.attacks import Attack
-from nte_eval.checks import identity_matches_encoder, oracle_fill_restores, strength_monotone
 from nte_eval.errors import NTEError
-from nte_eval.store import COLUMNS
-from nte_eval.suite import parse_suite
-from nte_eval.summary import worst_case
+from nte_eval.evaluate.checks import identity_matches_encoder, oracle_fill_restores, strength_monotone
+from nte_eval.evaluate.store import COLUMNS
+from nte_eval.evaluate.suite import parse_suite
+from nte_eval.evaluate.worst_case import worst_case
 
 
 class Jitter(Attack):
@@ -221,7 +221,7 @@ def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path)
 
 
 def test_resume_refuses_a_damaged_journal_with_a_clear_error(tmp_path):
-    from nte_eval.store import ResultStore
+    from nte_eval.evaluate.store import ResultStore
 
     store = ResultStore(tmp_path, "hash")
     store.journal.write_text('["a", "b", "c", "d"]\nnot json\n["e", "f", "g", "h"]\n')

@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle, load_model
-from nte_eval.subspace import OperatorSubspace, PatchSubspace, PixelConv, Select, null_dimension, select_mask
+from nte_eval.geometry.conv import PixelConv
+from nte_eval.geometry.subspace import OperatorSubspace, PatchSubspace, Select, null_dimension, select_mask
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.load import load_model
 
 
 def conv_handle(cin, m, k, s, p, size, seed=0):

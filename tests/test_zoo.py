@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from nte_eval.data import load_digits
+from nte_eval.data.images import load_digits
 from nte_eval.errors import NTEError
-from nte_eval.handles import load_model
-from nte_eval.zoo import ZOO, ZOO_MEAN, ZOO_STD, load_zoo_model, read_zoo_json, weights_dir, zoo_table
-from nte_eval.zoo.train import augment, train_one, train_zoo
+from nte_eval.models.load import load_model
+from nte_eval.models.zoo import ZOO, ZOO_MEAN, ZOO_STD, load_zoo_model, read_zoo_json, weights_dir, zoo_table
+from nte_eval.models.zoo.train import augment, train_one, train_zoo
 
 
 @pytest.fixture(scope="module")

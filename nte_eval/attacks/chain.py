@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from nte_eval.attacks.base import KNOWLEDGE, Attack, AttackContext, build_attack
+from nte_eval.attacks.base import Attack, build_attack
+from nte_eval.attacks.context import AttackContext
 from nte_eval.errors import NTEError
+from nte_eval.knowledge import KNOWLEDGE
 
 
 class Chain(Attack):

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from nte_eval.attacks.base import Attack, AttackContext
+from nte_eval.attacks.base import Attack
+from nte_eval.attacks.context import AttackContext
 from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
+from nte_eval.models.handle import ModelHandle
 
 HEAD_CLASSES = 10  # the surrogates' random heads: only there so that logit-based encoders (adversarial) can run
 CHUNK = 256  # images per encoding / inference batch

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from nte_eval import tokens
-from nte_eval.attacks.base import Attack, AttackContext
+from nte_eval.attacks.base import Attack
+from nte_eval.attacks.context import AttackContext
+from nte_eval.data import tokens
 
 CHUNK = 32  # positions whose K candidate embedding rows are compared at once
 

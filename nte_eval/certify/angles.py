@@ -2,7 +2,7 @@
 
 Every operator is a first layer in pixel space (its linear part W D^-1, normalisation included) acting on images in
 R^n, n = C*H*W. With circular padding a stride-s convolution is block-diagonal in the Fourier domain after a polyphase
-split (``nte_eval.subspace.polyphase_operator``); a Linear first layer is the convolution whose kernel and stride are
+split (``nte_eval.geometry.subspace.polyphase_operator``); a Linear first layer is the convolution whose kernel and stride are
 the whole image (a single block). Two layers are compared at their common period s = lcm(s_D, s_B) per axis: each
 model's right singular vectors at its own period are re-blocked to period s (exact, no new SVD). The polyphase DFT is
 unitary up to one constant factor, so principal angles, Frobenius norms and traces of the image-space operators are
@@ -21,8 +21,8 @@ import torch
 
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
-from nte_eval.subspace import PixelConv, full_spectrum_count, polyphase_operator, rfft_column_weights
+from nte_eval.geometry.conv import PixelConv, full_spectrum_count, polyphase_operator, rfft_column_weights
+from nte_eval.models.handle import ModelHandle
 
 GEOMETRY_KEYS = ("period", "n", "k", "r", "angles_deg", "angle_min", "angle_median", "angle_mean", "angle_max",
                  "sum_cos2", "sigma_r", "energy_circular", "energy_isotropic", "lower_bound", "misalignment",

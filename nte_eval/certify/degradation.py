@@ -19,12 +19,12 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from nte_eval.certify.angles import pair_geometry, predicted_energy
-from nte_eval.data import ImageSet
+from nte_eval.data.images import ImageSet
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
-from nte_eval.runner import batched_logits, encode_all, first_layer_responses
-from nte_eval.subspace import PixelConv
+from nte_eval.evaluate.batching import batched_logits, encode_all, first_layer_responses
+from nte_eval.geometry.conv import PixelConv
+from nte_eval.models.handle import ModelHandle
 
 AGREE_Z = 3.0  # predicted and measured energy agree when within 3 standard errors of the measured mean ...
 FLOAT32 = 1e-6  # ... or within float32 rounding of the NTE images (some pairs' energy hardly varies over samples)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nte_eval.certify.lipschitz import LipschitzBound
-from nte_eval.handles import ModelHandle
+from nte_eval.models.handle import ModelHandle
 
 CERT_COLUMNS = ["designated", "encoder", "encoder_params", "psnr", "sample", "label", "first_layer_change",
                 "lipschitz", "lipschitz_source", "lipschitz_status", "bound", "measured_change", "margin",

@@ -45,8 +45,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
-from nte_eval.subspace import polyphase_operator
+from nte_eval.geometry.conv import polyphase_operator
+from nte_eval.models.handle import ModelHandle
 
 SOURCES = ("product", "lipsdp", "local")
 # GELU'(x) = Φ(x) + x φ(x) has its extremes where GELU''(x) = φ(x) (2 - x²) = 0, i.e. at x = ±√2.

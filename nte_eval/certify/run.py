@@ -5,7 +5,6 @@ and ``certify.json``, and returns the summary rows for ``results.csv``."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -13,21 +12,15 @@ from typing import Any
 import pandas as pd
 
 from nte_eval.certify.degradation import degradation_study, degradation_summary
-from nte_eval.certify.fidelity import (
-    CERT_COLUMNS,
-    certificate_rows,
-    float64_module,
-    measure,
-    summarize,
-    violations,
-)
+from nte_eval.certify.fidelity import CERT_COLUMNS, certificate_rows, float64_module, measure, summarize, violations
 from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds
-from nte_eval.data import ImageSet
+from nte_eval.data.images import ImageSet
 from nte_eval.encoders import ENCODERS
-from nte_eval.handles import ModelHandle
-from nte_eval.runner import compact, encode_all
-from nte_eval.store import setting_name
-from nte_eval.suite import CertifyConfig, Suite, spec_name
+from nte_eval.evaluate.batching import encode_all
+from nte_eval.evaluate.labels import compact
+from nte_eval.evaluate.suite import CertifyConfig, Suite
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.load import spec_name
 
 
 def fidelity_encoders(suite: Suite, designated: str, handle: ModelHandle, cfg: CertifyConfig) -> list:
@@ -118,33 +111,3 @@ def certify_suite(suite: Suite, handles: dict[str, ModelHandle], evaluated: list
     return rows, violations(certs)
 
 
-def certification_table(out: Path) -> pd.DataFrame:
-    """Certified (or, for an estimate, estimated) accuracy (%), pass rate (%) and median tightness per designated
-    model, encoder setting, PSNR and Lipschitz source, from ``certify.json``; refused sources are in
-    ``lipschitz.csv`` with their reason."""
-    table = pd.DataFrame(json.loads((Path(out) / "certify.json").read_text()).get("fidelity", []))
-    if table.empty:
-        return table
-    table["setting"] = [setting_name(e, p, psnr=False) for e, p in zip(table.encoder, table.encoder_params,
-                                                                           strict=True)]
-    table["source"] = table.lipschitz + " (" + table.status + ")"
-    pick = lambda names: table.metrics.map(lambda m: next((m[n] for n in names if n in m), math.nan))  # noqa: E731
-    table["certified % (estimated)"] = (100 * pick(("certified_accuracy", "estimated_accuracy"))).round(1)
-    table["pass %"] = (100 * pick(("cert_pass_rate", "estimate_pass_rate"))).round(1)
-    table["tightness"] = pick(("bound_tightness",)).map(lambda v: f"{v:.2g}")
-    return table.set_index(["designated", "setting", "psnr", "source"])[["certified % (estimated)", "pass %",
-                                                                         "tightness"]]
-
-
-def degradation_line(out: Path) -> str:
-    """The degradation study in two sentences: rank correlations with the accuracy drop, and the checks."""
-    deg = json.loads((Path(out) / "certify.json").read_text()).get("degradation")
-    if not deg:
-        return ""
-    mis, energy = deg["spearman_misalignment"], deg["spearman_predicted_energy"]
-    return (f"Degradation at {deg['psnr']:g} dB: Spearman rho with the accuracy drop = {mis['rho']:.3f} "
-            f"(p = {mis['p_value']:.3g}, {mis['pairs']} unordered model pairs) for the misalignment score, "
-            f"{energy['rho']:.3f} (p = {energy['p_value']:.3g}, {energy['pairs']} ordered pairs) for the predicted "
-            f"first-layer energy. Predicted and measured energy agree for {deg['energy_agree']} of "
-            f"{deg['pairs']} pairs; the principal-angle lower bound holds for {deg['lower_bound_holds']} of "
-            f"{deg['lower_bound_pairs']} (angles.csv).")

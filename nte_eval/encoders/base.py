@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
 from nte_eval.metrics import mse, noise_norm_for_psnr, psnr_from_mse, relative_change
+from nte_eval.models.handle import ModelHandle
 from nte_eval.params import Fields, describe_params, expand_sweeps, param_model
 from nte_eval.registry import Registry
 
@@ -177,6 +177,14 @@ class Encoder(ABC):
     def params(self) -> dict[str, Any]:
         """Public settings, as written to results and manifests (never the key)."""
         return {"psnr": self.psnr, "box": self.box, "quantize": self.quantize}
+
+    def public_settings(self) -> dict[str, Any]:
+        """What a method-knowledge attacker knows (Kerckhoffs): the encoder, its settings and the designated
+        architecture's first-layer geometry and normalisation; never the key or the weights."""
+        h = self.handle
+        geometry = {k: v for k, v in h.first.geometry().items() if k != "layer"}
+        return {"type": self.name, "params": self.params(), "view": None, "first_layer": geometry,
+                "mean": h.mean.flatten().tolist(), "std": h.std.flatten().tolist(), "input_size": list(h.input_size)}
 
     @staticmethod
     def indices(x: torch.Tensor, index: torch.Tensor | list[int] | None) -> list[int]:

@@ -9,8 +9,8 @@ from torch import nn
 
 from nte_eval.encoders.base import Encoder, EncodeResult, finish, keyed_normal, scale_to_psnr
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
 from nte_eval.metrics import noise_norm_for_psnr
+from nte_eval.models.handle import ModelHandle
 
 
 class GaussianEncoder(Encoder):

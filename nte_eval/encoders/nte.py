@@ -7,18 +7,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from nte_eval.encoders.base import (
-    Encoder,
-    EncodeResult,
-    box_scale,
-    dykstra,
-    finish,
-    keyed_normal,
-)
+from nte_eval.encoders.base import Encoder, EncodeResult, box_scale, dykstra, finish, keyed_normal
 from nte_eval.errors import NTEError
-from nte_eval.handles import ModelHandle
+from nte_eval.geometry.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, Select, cached_subspace
 from nte_eval.metrics import mse, noise_norm_for_psnr
-from nte_eval.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, Select, cached_subspace
+from nte_eval.models.handle import ModelHandle
 
 MODES = ("auto", "patch", "operator")
 NOISES = ("per_patch", "tiled")
@@ -66,6 +59,9 @@ class NTEEncoder(Encoder):
         extra = {"border": self.border} if self.mode == "operator" else {}
         return {**super().params(), "mode": self.requested_mode, "select": str(self.select), "noise": self.noise,
                 **extra}
+
+    def public_settings(self) -> dict[str, Any]:
+        return {**super().public_settings(), "view": self.mode}
 
     def fit(self) -> NTEEncoder:
         if self.subspace is None:

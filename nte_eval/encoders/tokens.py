@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from nte_eval import tokens
+from nte_eval.data import tokens
 from nte_eval.encoders.base import Encoder, EncodeResult, check_psnr, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.metrics import noise_norm_for_psnr, relative_change
@@ -47,6 +47,11 @@ class TokenNTEEncoder(Encoder):
 
     def params(self) -> dict[str, Any]:
         return {"psnr": self.psnr, "support": self.support}
+
+    def public_settings(self) -> dict[str, Any]:
+        v, dim = self.handle.embedding.shape
+        return {"type": self.name, "params": self.params(), "view": None, "vocab_size": v, "embedding_dim": dim,
+                "vocabulary": self.handle.vocabulary}
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nte_eval import tokens
-from nte_eval.reports.gallery import best_per_level, example_file
-from nte_eval.store import attack_name
+from nte_eval.data import tokens
+from nte_eval.evaluate.labels import attack_name
+from nte_eval.evaluate.run_folder import example_file
+from nte_eval.reports.gallery import best_per_level
 
 
 def tokenizer_folder(config: dict) -> str | None:

@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from nte_eval.attacks.base import KNOWLEDGE  # noqa: E402
+from nte_eval.evaluate.labels import attack_name  # noqa: E402
+from nte_eval.knowledge import KNOWLEDGE  # noqa: E402
 from nte_eval.reports.headline import psnr_name  # noqa: E402
-from nte_eval.store import attack_name  # noqa: E402
 
 A4 = (11.69, 8.27)
 LINESTYLES = ["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]

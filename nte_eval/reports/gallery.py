@@ -7,9 +7,6 @@ setting, clean | NTE | the best reconstruction of each knowledge level, each wit
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -21,28 +18,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from nte_eval.attacks.base import KNOWLEDGE  # noqa: E402
+from nte_eval.evaluate.labels import attack_name  # noqa: E402
+from nte_eval.evaluate.run_folder import (
+    EXAMPLES,  # noqa: E402
+    example_file,  # noqa: E402
+)
+from nte_eval.knowledge import KNOWLEDGE  # noqa: E402
 from nte_eval.metrics import psnr  # noqa: E402
-from nte_eval.store import EXAMPLES, attack_name  # noqa: E402
 
-N_EXAMPLES = 3  # images kept per cell
 PER_PAGE = 2  # encoder settings per gallery page
-
-
-def example_file(out: Path, *key: str) -> Path:
-    """The file of one cell's reconstructions (key: encoder, encoder_params, attack, attack_params), of one
-    setting's NTEs (key: encoder, encoder_params) or of the clean images (no key)."""
-    name = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16] if key else "clean"
-    return Path(out) / EXAMPLES / f"{name}.npy"
-
-
-def save_examples(path: Path, images: torch.Tensor) -> None:
-    """Write the first ``N_EXAMPLES`` images atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, images[:N_EXAMPLES].detach().cpu().float().numpy())
-    os.replace(tmp, path)
 
 
 def best_per_level(results: pd.DataFrame, encoder: str, params: str, knowledge: dict[tuple[str, str], str]) -> dict:

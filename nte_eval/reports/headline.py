@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from nte_eval.attacks.base import KNOWLEDGE
-from nte_eval.store import COLUMNS, attack_name, read_rows, setting_name
-from nte_eval.summary import read_worst_case
+from nte_eval.evaluate.labels import attack_name, compact, knowledge_of, setting_name
+from nte_eval.evaluate.store import COLUMNS, read_rows
+from nte_eval.evaluate.worst_case import read_worst_case
+from nte_eval.knowledge import KNOWLEDGE
+from nte_eval.reports.certification import certification_table
 
 MARGIN = 10.0  # percentage points above chance that still count as "held"
 METRICS = {"mcc": ("MCC x100", "Matthews correlation x 100 (GLUE's CoLA metric)"),
@@ -97,8 +99,6 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
 
 def attack_knowledge(manifest: dict) -> dict[tuple[str, str], str]:
     """(attack, compact params) -> knowledge level, from the manifest (a plugin need not be importable)."""
-    from nte_eval.runner import compact, knowledge_of
-
     out = {}
     for a in manifest.get("attacks", []):
         params = compact(a["params"])
@@ -224,8 +224,6 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     """The headline tables and verdicts of the run in ``run_dir`` (``results.csv``, ``worst_case.csv``,
     ``manifest.json``, and where present ``certify.json`` and ``warnings.json``); pass ``results`` and ``worst``
     if they are already read."""
-    from nte_eval.certify.run import certification_table
-
     run_dir = Path(run_dir)
     results = read_rows(run_dir / "results.csv", COLUMNS) if results is None else results
     worst = read_worst_case(run_dir / "worst_case.csv") if worst is None else worst

@@ -20,13 +20,18 @@ from matplotlib import font_manager  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.ft2font import FT2Font  # noqa: E402
 
+from nte_eval.evaluate.labels import setting_name  # noqa: E402
+from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
+from nte_eval.evaluate.worst_case import read_worst_case  # noqa: E402
+from nte_eval.reports.certification import degradation_line
+from nte_eval.reports.certify_pages import degradation_page, fidelity_page
 from nte_eval.reports.decoded import decoded_lines  # noqa: E402
 from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
 from nte_eval.reports.gallery import gallery_pages  # noqa: E402
 from nte_eval.reports.headline import MARGIN, Headline, accuracy_name, attack_knowledge, headline, psnr_name  # noqa: E402
+from nte_eval.reports.spectra import spectra_page
 from nte_eval.reports.summary_files import matrix_lines, sections, table_lines, units, write_summaries  # noqa: E402
-from nte_eval.store import COLUMNS, read_rows, setting_name  # noqa: E402
-from nte_eval.summary import read_worst_case  # noqa: E402
+from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
 
 FONT = 6.5  # monospace text pages
 LINES_PER_PAGE = int(7.3 * 72 / (FONT * 1.22))
@@ -143,9 +148,6 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
 
 def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
     """The degradation page, the certification tables as text and the fidelity scatter."""
-    from nte_eval.certify.run import degradation_line
-    from nte_eval.reports.certify_pages import degradation_page, fidelity_page
-
     degradation = json.loads((run_dir / "certify.json").read_text()).get("degradation")
     if degradation and (run_dir / "angles.csv").exists():
         degradation_page(pdf, pd.read_csv(run_dir / "angles.csv"), degradation["spearman_misalignment"],
@@ -207,9 +209,6 @@ class Report:
 def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     """Build ``report.pdf``, ``summary.md``, ``summary.tex``, ``transfer_matrix.csv`` and ``collapse_psnr.csv`` in
     ``run_dir`` from its files alone."""
-    from nte_eval.reports.spectra import spectra_page
-    from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
-
     run_dir = Path(run_dir)
     results = read_rows(run_dir / "results.csv", COLUMNS)
     manifest = json.loads((run_dir / "manifest.json").read_text())

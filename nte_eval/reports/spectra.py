@@ -11,42 +11,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from nte_eval.errors import NTEError  # noqa: E402
-from nte_eval.handles import ModelHandle  # noqa: E402
-from nte_eval.subspace import DEFAULT_SELECT, Select, cached_subspace, rfft_column_weights  # noqa: E402
-
-SPECTRA_COLUMNS = ["model", "view", "sigma", "count", "exact_null"]
 FLOOR = 1e-12  # exact zeros are drawn here on the log axis
 STYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "v", "D", "x", "P", "*"]
-
-
-def spectrum_rows(name: str, handle: ModelHandle) -> pd.DataFrame:
-    """The model's first-layer singular values (one row per value, with its multiplicity ``count``) in its view."""
-    if handle.modality == "text":
-        return pd.DataFrame([{"model": name, "view": "unavailable: a text model (its first operator is the token "
-                              "embedding matrix, noised per token on keyed subsets)", "sigma": np.nan, "count": 0,
-                              "exact_null": False}], columns=SPECTRA_COLUMNS)
-    first = handle.first
-    view = "patch" if first.non_overlapping or first.kind == "linear" else "operator"
-    try:
-        sub = cached_subspace(handle, view, Select.parse(DEFAULT_SELECT))
-    except NTEError as e:
-        return pd.DataFrame([{"model": name, "view": f"unavailable: {e}", "sigma": np.nan, "count": 0,
-                              "exact_null": False}], columns=SPECTRA_COLUMNS)
-    sigma = sub.sigma.double()
-    if view == "patch":
-        count = torch.ones_like(sigma)
-    else:
-        count = rfft_column_weights(sub.grid[1]).to(sigma)[None, :, None].expand_as(sigma)
-    return pd.DataFrame({"model": name, "view": view, "sigma": sigma.flatten().numpy(),
-                         "count": count.flatten().numpy().astype(int),
-                         "exact_null": (sigma <= sub.tol).flatten().numpy()}, columns=SPECTRA_COLUMNS)
 
 
 def spectra_page(pdf: PdfPages, spectra: pd.DataFrame, taus: list[float], designated: list[str]) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from nte_eval.store import setting_name
+from nte_eval.evaluate.labels import setting_name
 
 
 def wide(results: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,110 @@
+"""Sanity checks on a finished run, in the spirit of AutoAttack's ``checks.py``: small, independent, each producing
+one-line warnings (logged and written to ``warnings.json``). A warning means a result needs a second look."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pandas as pd
+
+from nte_eval.attacks.base import ATTACKS
+from nte_eval.evaluate.store import CELL
+
+Warning_ = dict[str, str]
+
+
+def _warn(check: str, message: str) -> Warning_:
+    return {"check": check, "message": message}
+
+
+def _setting(params: str) -> str:
+    p = json.loads(params)
+    return f"designated {p.pop('designated')}, " + ", ".join(f"{k}={v}" for k, v in p.items())
+
+
+def oracle_fill_restores(results: pd.DataFrame, tolerance: float = 0.05) -> list[Warning_]:
+    """``oracle_fill`` knows the exact subspace: it should bring each unauthorized model back to within 5 points of
+    its clean accuracy. If not, the attack is broken or the NTE destroys information the models need. On text
+    (soft tokens) the exact oracle is ``oracle_projection``, which decodes with the designated embeddings."""
+    acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
+    if acc.empty:
+        return []
+    oracle = "oracle_projection" if (results.metric == "token_recovery").any() else "oracle_fill"
+    fill = acc[acc.attack == oracle]
+    if fill.empty:
+        return [_warn("oracle_fill", f"no {oracle} attack in this run: nothing shows that the attack pipeline can "
+                                     f"undo the NTEs (add {{type: {oracle}}} to the attacks).")]
+    clean = results[results.metric == "clean_accuracy"].set_index(["encoder_params", "model"]).value
+    out = []
+    for (enc, params, model), g in fill.groupby(["encoder", "encoder_params", "model"], sort=False):
+        best, ref = g.value.max(), clean[(params, model)]
+        if isinstance(ref, pd.Series):
+            ref = ref.iloc[0]
+        if best < ref - tolerance:
+            out.append(_warn("oracle_fill", f"{enc} ({_setting(params)}): {oracle} restores {model} to only "
+                                            f"{100 * best:.1f}% vs {100 * ref:.1f}% clean (more than "
+                                            f"{100 * tolerance:.0f} points below): the attack is broken or the NTE "
+                                            f"destroys information the model needs."))
+    return out
+
+
+def strength_monotone(results: pd.DataFrame, tolerance_db: float = 0.1) -> list[Warning_]:
+    """A stronger setting of an attack (its declared ``strength`` parameter) should change its input at least as
+    much: the PSNR between the attack's output and its input (``change_psnr``) must not rise with strength."""
+    change = results[results.metric == "change_psnr"].drop_duplicates(CELL)
+    out = []
+    for (enc, params, attack), g in change.groupby(["encoder", "encoder_params", "attack"], sort=False):
+        strength = getattr(ATTACKS.get(attack), "strength", None)
+        if strength is None or len(g) < 2:
+            continue
+        name, sign = strength
+        groups: dict[str, list[tuple[float, float, object]]] = {}
+        for p_json, value in zip(g.attack_params, g.value, strict=True):
+            p = json.loads(p_json)
+            others = json.dumps({k: v for k, v in p.items() if k != name}, sort_keys=True)
+            groups.setdefault(others, []).append((sign * p[name], value, p[name]))
+        for points in groups.values():
+            points.sort(key=lambda t: t[0])
+            if any(b[1] - a[1] > tolerance_db for a, b in zip(points, points[1:], strict=False)):
+                levels = ", ".join(f"{raw}: {v:.1f} dB" for _, v, raw in points)
+                out.append(_warn("monotone", f"{attack} on {enc} ({_setting(params)}): a stronger {name} changed the "
+                                             f"images less (change PSNR {levels}); the strength sweep is not "
+                                             f"monotone."))
+    return out
+
+
+def identity_matches_encoder(results: pd.DataFrame, tolerance: float = 1e-9) -> list[Warning_]:
+    """Under ``identity`` the designated model must score exactly what it scored on the encoder's own output: any
+    difference is a pipeline bug (batching, dtype, an identity that is not one)."""
+    des = results[(results.role == "designated") & (results.attack == "identity")]
+    out = []
+    for (enc, params), g in des.groupby(["encoder", "encoder_params"], sort=False):
+        vals = g.set_index("metric").value
+        if "encoded_accuracy" in vals and abs(vals["accuracy"] - vals["encoded_accuracy"]) > tolerance:
+            out.append(_warn("identity", f"{enc} ({_setting(params)}): the designated model scores "
+                                         f"{100 * vals['accuracy']:.2f}% under identity but "
+                                         f"{100 * vals['encoded_accuracy']:.2f}% on the encoder's output."))
+    return out
+
+
+def certificates_hold(results: pd.DataFrame) -> list[Warning_]:
+    """A certified Lipschitz bound must hold on every sample (measured logit change within the bound, certified
+    predictions kept): a pass rate below 100% is a bug in the bound or the pipeline, never a property of the data."""
+    rates = results[(results.attack == "certify") & (results.metric == "cert_pass_rate")]
+    out = []
+    for row in rates.itertuples(index=False):
+        source = json.loads(row.attack_params)
+        if source["status"] == "certified" and row.value < 1:
+            out.append(_warn("certificate", f"{row.encoder} ({_setting(row.encoder_params)}): the certified "
+                                            f"{source['lipschitz']} bound fails on {100 * (1 - row.value):.1f}% of "
+                                            f"the samples (certificates.csv, column passed)."))
+    return out
+
+
+CHECKS: tuple[Callable[[pd.DataFrame], list[Warning_]], ...] = (oracle_fill_restores, strength_monotone,
+                                                                identity_matches_encoder, certificates_hold)
+
+
+def run_checks(results: pd.DataFrame) -> list[Warning_]:
+    return [w for check in CHECKS for w in check(results)]

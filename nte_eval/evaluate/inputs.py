@@ -1,0 +1,131 @@
+"""A run's inputs: its models, its evaluated data at the designated model's input size, and the attackers' public
+data, checked to be disjoint from the evaluated data."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from nte_eval.data.glue import load_glue_tsv
+from nte_eval.data.images import ImageSet, check_images, load_data
+from nte_eval.data.mmbench import load_mmbench_tsv
+from nte_eval.errors import NTEError
+from nte_eval.evaluate.suite import Suite
+from nte_eval.models.handle import ModelHandle
+from nte_eval.models.load import load_model, spec_name
+
+
+def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
+    """Load every model named in the suite once, keyed by display name."""
+    handles: dict[str, ModelHandle] = {}
+    for spec in [*suite.designated_list(), *suite.models, *suite.surrogates]:
+        name = spec_name(spec)
+        if name not in handles:
+            clean = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else spec
+            handle = load_model(clean)
+            handle.spec = name
+            handles[name] = handle.to(device)
+    return handles
+
+
+def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
+    """Load the suite's data at the designated model's input size, and check every model accepts it."""
+    first = handles[spec_name(suite.designated_list()[0])]
+    d = suite.data
+    if d.modality == "text":
+        return load_text_data(suite, handles)
+    if first.modality != "image":
+        raise NTEError(f"data source {d.source!r} holds images, but the designated model {first.spec} is a text model.")
+    c, h, _ = first.input_size
+    if d.source == "mmbench_tsv":
+        data = load_mmbench_tsv(d.path, d.size or h, d.limit)
+        for name, handle in handles.items():
+            if not hasattr(handle, "bind"):
+                raise NTEError(f"model {name} is not a vision-language model; mmbench_tsv questions need hf-vlm: "
+                               "models for every role.")
+            handle.bind(data.extras)
+    else:
+        data = load_data(d.source, d.split, d.limit, d.root, d.size or h, c)
+    check_images(data.images, f"data ({d.source})", channels=c)
+    for name, handle in handles.items():
+        if handle.modality != "image":
+            raise NTEError(f"model {name} is a text model but the data ({d.source}) holds images.")
+        if getattr(handle, "resizes_input", False) and name != first.spec:
+            continue  # a VLM resizes what it is given (its processor would); the designated one gets its own size
+        if tuple(data.images.shape[1:]) != handle.input_size:
+            raise NTEError(f"model {name} expects input {handle.input_size} but the data is "
+                           f"{tuple(data.images.shape[1:])}; use models with one input size, or set data.size.")
+    if (data.labels < 0).all():
+        raise NTEError(f"data source {d.source!r} has no labels; accuracy needs a labelled source.")
+    return data
+
+
+def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
+    """A GLUE TSV file tokenised by the designated model's tokenizer, as packed clean tokens; every text model in the
+    suite must share that vocabulary (soft tokens are rows over it)."""
+    d = suite.data
+    designated = handles[spec_name(suite.designated_list()[0])]
+    for name, handle in handles.items():
+        if handle.modality != "text":
+            raise NTEError(f"model {name} is an image model but the data ({d.source}) is text; use hf-text: models.")
+        if handle.vocabulary != designated.vocabulary or handle.vocab_size != designated.vocab_size:
+            raise NTEError(f"tokenizer mismatch: {name} (vocabulary {handle.vocabulary}, {handle.vocab_size} "
+                           f"rows) and the designated {designated.spec} (vocabulary {designated.vocabulary}, "
+                           f"{designated.vocab_size} rows) do not share one vocabulary, so the same soft tokens mean "
+                           "different words to them. Compare models over one tokenizer (e.g. all BERT uncased).")
+    text = load_glue_tsv(d.path, d.task, d.limit)
+    limit = getattr(designated.module.config, "max_position_embeddings", None)
+    if limit is not None and d.max_length > limit:
+        raise NTEError(f"data.max_length {d.max_length} exceeds {designated.spec}'s {limit} positions; lower it.")
+    designated.max_length = d.max_length
+    packed = designated.tokenize(text.texts, text.pairs)
+    segments = designated.segment_ids(text.texts, text.pairs)
+    extras = [{"text": t, "pair": p, "segments": s}
+              for t, p, s in zip(text.texts, text.pairs or [None] * len(text.texts), segments, strict=True)]
+    for handle in handles.values():
+        handle.bind(extras)  # sentence pairs: every BERT-style model reads the same segment ids
+    return ImageSet(packed, text.labels, text.class_names, text.names, extras, "text")
+
+
+def load_public_text(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageSet | None:
+    """The attackers' public clean texts (a GLUE TSV), tokenised like the data; none may be an evaluated text."""
+    cfg = suite.public
+    if cfg is None:
+        return None
+    if cfg.source != "glue_tsv" or not cfg.path:
+        raise NTEError("public: text attackers' public data is a GLUE TSV: {source: glue_tsv, path: train.tsv}.")
+    text = load_glue_tsv(cfg.path, cfg.task or suite.data.task, cfg.limit)
+    evaluated = {(e["text"], e["pair"]) for e in data.extras}
+    overlap = sum((t, p) in evaluated for t, p in zip(text.texts, text.pairs or [None] * len(text.texts),
+                                                     strict=True))
+    if overlap:
+        raise NTEError(f"{overlap} public text(s) are also evaluated texts; the attackers' public texts must be "
+                       "disjoint from the data (e.g. data dev.tsv, public train.tsv).")
+    return ImageSet(designated.tokenize(text.texts, text.pairs), text.labels, text.class_names, text.names,
+                    modality="text")
+
+
+def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageSet | None:
+    """The attackers' public clean images at the data's size; an error if any of them is an evaluated image."""
+    if data.modality == "text":
+        return load_public_text(suite, data, designated)
+    cfg = suite.public_config()
+    if cfg is None:
+        return None
+    c, h, _ = data.images.shape[1:]
+    public = load_data(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
+    check_images(public.images, f"public ({cfg.source})", channels=c)
+    if tuple(public.images.shape[1:]) != tuple(data.images.shape[1:]):
+        raise NTEError(f"public images are {tuple(public.images.shape[1:])} but the data is "
+                       f"{tuple(data.images.shape[1:])}; set public.size.")
+    seen = {_digest(x) for x in data.images}
+    overlap = sum(_digest(x) in seen for x in public.images)
+    if overlap:
+        raise NTEError(f"{overlap} public image(s) are also evaluated images; the attackers' public images must be "
+                       f"disjoint from the data (e.g. data split 'test', public split 'train').")
+    return public
+
+
+def _digest(x: torch.Tensor) -> bytes:
+    return hashlib.sha1(torch.round(x * 255).to(torch.uint8).numpy().tobytes()).digest()

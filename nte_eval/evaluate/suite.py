@@ -1,0 +1,299 @@
+"""The suite YAML: schema, validation (errors name the key path and the allowed values) and sweep expansion."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nte_eval.attacks.base import ATTACKS
+from nte_eval.data.glue import TASKS
+from nte_eval.encoders.base import ENCODERS
+from nte_eval.errors import NTEError, did_you_mean
+from nte_eval.knowledge import KNOWLEDGE
+from nte_eval.models.load import ModelSpec, spec_name
+from nte_eval.params import param_errors
+from nte_eval.registry import Registry
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    source: Literal["digits", "photos", "imagefolder", "glue_tsv", "mmbench_tsv"] = "digits"
+    split: Literal["train", "test", "all"] = "test"
+    limit: int | None = Field(default=None, ge=1)
+    root: str | None = None
+    size: int | None = Field(default=None, ge=1)
+    path: str | None = None  # a TSV file (glue_tsv, mmbench_tsv)
+    task: str | None = None  # the GLUE task (glue_tsv)
+    max_length: int = Field(default=128, ge=2)  # tokens per text (glue_tsv), longer texts are truncated
+
+    @model_validator(mode="after")
+    def _required_keys(self) -> DataConfig:
+        if self.source == "imagefolder" and not self.root:
+            raise ValueError("data.root is required for source 'imagefolder' (a folder ROOT/CLASS/*.png)")
+        if self.source in ("glue_tsv", "mmbench_tsv") and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r} (the TSV file)")
+        if self.source == "glue_tsv":
+            if self.task not in TASKS:
+                raise ValueError(f"task {self.task!r}: source 'glue_tsv' needs task: one of {', '.join(TASKS)}"
+                                 f"{did_you_mean(str(self.task), TASKS)}")
+        return self
+
+    @property
+    def modality(self) -> str:
+        return "text" if self.source == "glue_tsv" else "image"
+
+
+LIPSCHITZ_SOURCES = ("product", "lipsdp", "local")
+
+
+class CertifyConfig(Strict):
+    """The ``certify`` section: fidelity certificates for the designated models and the degradation study."""
+
+    fidelity: bool = True
+    degradation: bool = True
+    lipschitz: list[Literal["product", "lipsdp", "local"]] = Field(default=list(LIPSCHITZ_SOURCES), min_length=1)
+    psnr: list[float] | None = None  # fidelity PSNRs (dB); default: each encoder setting's own
+    pairs: Literal["all", "designated"] = "all"  # who plays the designated role in the degradation study
+    degradation_psnr: float = 10.0
+    tau: float = Field(default=0.01, gt=0)  # selection threshold for S (degradation NTEs) and B's sensitive subspace
+    local_samples: int = Field(default=16, ge=1)  # clean images at which the local Lipschitz estimate is taken
+
+
+class Suite(Strict):
+    name: str
+    seed: int | str = 0
+    plugins: list[str] = []
+    data: DataConfig = DataConfig()
+    public: DataConfig | None = None
+    designated: ModelSpec | list[ModelSpec]
+    models: list[ModelSpec] = []
+    surrogates: list[ModelSpec] = []
+    encoders: list[dict[str, Any]] = Field(min_length=1)
+    attacks: list[dict[str, Any] | str] = [{"type": "identity"}]
+    knowledge: list[Literal["none", "method", "surrogate", "oracle"]] = list(KNOWLEDGE)
+    batch_size: int = Field(default=128, ge=1)
+    certify: CertifyConfig | None = None
+
+    @field_validator("certify", mode="before")
+    @classmethod
+    def _certify(cls, v: Any) -> Any:
+        """``certify: true`` means every default; ``false`` none."""
+        if isinstance(v, bool):
+            return CertifyConfig() if v else None
+        return v
+
+    @field_validator("encoders", mode="before")
+    @classmethod
+    def _encoders(cls, v: Any) -> Any:
+        for i, item in enumerate(v if isinstance(v, list) else []):
+            encoder_cls = plugin_class(ENCODERS, item, f"[{i}]")
+            for params in sweep_of(item, encoder_cls):
+                errors = param_errors(encoder_cls.param_model(), params)
+                if errors:
+                    raise ValueError("; ".join(f"[{i}].{k}: {m}" for k, m in errors))
+        return v
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, v: Any) -> Any:
+        for i, item in enumerate(v if isinstance(v, list) else []):
+            item = {"type": item} if isinstance(item, str) else item
+            attack_cls = plugin_class(ATTACKS, item, f"[{i}]")
+            for params in sweep_of(item, attack_cls):
+                try:
+                    attack_cls(**params)
+                except NTEError as e:
+                    raise ValueError(f"[{i}] {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _encoder_designated(self) -> Suite:
+        names = self.designated_names()
+        for i, item in enumerate(self.encoders):
+            unknown = [d for d in restriction(item, names) if d not in names]
+            if unknown:
+                raise ValueError(f"encoders[{i}].designated: {unknown[0]!r} is not one of the suite's designated "
+                                 f"models ({', '.join(names)}).")
+        return self
+
+    @model_validator(mode="after")
+    def _modality(self) -> Suite:
+        modality = self.data.modality
+        for i, item in enumerate(self.encoders):
+            encoder = ENCODERS.get(item["type"])
+            if modality not in encoder.modalities:
+                fit = [n for n in ENCODERS.names() if modality in ENCODERS.get(n).modalities]
+                raise ValueError(f"encoders[{i}]: {item['type']!r} recodes {', '.join(encoder.modalities)}, but the "
+                                 f"data ({self.data.source}) is {modality}; use {', '.join(fit)}.")
+        for name, params in self.attack_settings():
+            if modality not in ATTACKS.get(name)(**params).modalities:
+                fit = [n for n in ATTACKS.names() if modality in ATTACKS.get(n).modalities]
+                raise ValueError(f"attacks: {name!r} works on {', '.join(ATTACKS.get(name).modalities)}, but the "
+                                 f"data ({self.data.source}) is {modality}; {modality} attacks: {', '.join(fit)}.")
+        if self.certify is not None and (modality != "image" or self.data.source == "mmbench_tsv"):
+            raise ValueError(f"certify: certificates cover image classifiers; remove the certify section for "
+                             f"{self.data.source} data.")
+        return self
+
+    @model_validator(mode="after")
+    def _threat_model(self) -> Suite:
+        for name, params in self.attack_settings():
+            level = ATTACKS.get(name)(**params).knowledge
+            if level not in self.knowledge:
+                raise ValueError(f"attacks: {name!r} needs knowledge {level!r}, which the suite does not allow "
+                                 f"(knowledge: {self.knowledge}); allow it or remove the attack.")
+            needs_public = level == "method" or (level != "none" and self.data.modality == "image")
+            if needs_public and self.public_config() is None:
+                raise ValueError(f"attacks: {name!r} (knowledge {level!r}) needs public clean images disjoint from "
+                                 f"the evaluated ones; set `public:` (e.g. {{source: digits, split: train}}, or for "
+                                 f"text {{source: glue_tsv, task: cola, path: train.tsv}}).")
+            if level == "surrogate" and not self.surrogates:
+                raise ValueError(f"attacks: {name!r} needs surrogate models; list them under `surrogates:`.")
+        return self
+
+    def designated_list(self) -> list[ModelSpec]:
+        return self.designated if isinstance(self.designated, list) else [self.designated]
+
+    def public_config(self) -> DataConfig | None:
+        """The attackers' public images: as given, else the digits training split when evaluating digits test."""
+        if self.public is not None:
+            return self.public
+        if self.data.source == "digits" and self.data.split == "test":
+            return DataConfig(source="digits", split="train", size=self.data.size)
+        return None
+
+    def encoder_settings(self, designated: str) -> list[tuple[str, dict[str, Any]]]:
+        """(encoder name, parameters) for every setting of every encoder sweep that applies to ``designated`` (an
+        encoder entry's own ``designated`` key restricts it to some of the suite's designated models)."""
+        return [(item["type"], params) for item in self.encoders
+                if designated in restriction(item, self.designated_names())
+                for params in sweep_of(item, ENCODERS.get(item["type"]))]
+
+    def designated_names(self) -> list[str]:
+        return [spec_name(s) for s in self.designated_list()]
+
+    def attack_settings(self) -> list[tuple[str, dict[str, Any]]]:
+        """(attack name, parameters) for every attack setting; ``identity`` first (added when missing): the
+        no-attack baseline every summary and check needs."""
+        items = [{"type": a} if isinstance(a, str) else a for a in self.attacks]
+        settings = [(item["type"], params) for item in items for params in sweep_of(item, ATTACKS.get(item["type"]))]
+        if not any(name == "identity" for name, _ in settings):
+            settings.insert(0, ("identity", {}))
+        return settings
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plugin_class(registry: Registry, item: Any, where: str) -> type:
+    """The registered class an encoder/attack entry names; a ValueError naming the entry's key path otherwise."""
+    if not isinstance(item, dict) or "type" not in item:
+        raise ValueError(f"{where}: each {registry.kind} is a mapping with a 'type' "
+                         f"(see `nte-eval list {registry.kind}s`)")
+    try:
+        return registry.get(str(item["type"]))
+    except NTEError as e:
+        raise ValueError(f"{where}.type: {e}") from None
+
+
+def sweep_of(item: dict[str, Any], cls: Any) -> list[dict[str, Any]]:
+    """The settings of one encoder/attack entry: its list-valued parameters expand (``type`` and an encoder's
+    ``designated`` restriction excluded)."""
+    return cls.sweep({k: v for k, v in item.items() if k not in ("type", "designated")})
+
+
+def restriction(item: dict[str, Any], designated: list[str]) -> list[str]:
+    """The designated models an encoder entry applies to: its ``designated`` key (one spec or a list), else all."""
+    value = item.get("designated", designated)
+    return [spec_name(v) for v in (value if isinstance(value, list) else [value])]
+
+
+BRANCH_TAGS = {"str", "int", "float", "bool", "dict[str,any]"}
+
+
+def _format_errors(err: ValidationError) -> str:
+    """One line per bad key path, e.g. ``encoders[0].psnr: ...``; union-branch noise is dropped."""
+    lines: dict[str, str] = {}
+    for e in err.errors():
+        parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]
+                 if isinstance(p, int) or not (p in BRANCH_TAGS or "[" in p or "-" in p)]
+        path = "".join(parts).lstrip(".") or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key {e['loc'][-1]!r}"
+        elif e["type"] == "literal_error":
+            msg = f"got {e['input']!r}; allowed: {e['ctx']['expected']}"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        lines.setdefault(path.removesuffix(".type") if msg.startswith("[") else path, msg)
+    return "; ".join(m if p == "(top level)" else f"{p}{m}" if m.startswith("[") else f"{p}: {m}"
+                     for p, m in lines.items())
+
+
+def import_plugins(plugins: Any, base: Path) -> None:
+    """Import the suite's ``plugins``: module names, or ``.py`` files relative to the suite file. Importing a module
+    defines its Attack/Encoder subclasses, which registers them."""
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise NTEError("plugins: a list of module names or .py files, e.g. [my_attacks.py].")
+    for item in plugins:
+        try:
+            if item.endswith(".py"):
+                path = (base / item).resolve()
+                if not path.is_file():
+                    raise NTEError(f"file {path} does not exist")
+                name = f"nte_eval_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                if name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(name, path)
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[name] = module
+                    try:
+                        spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+            else:
+                importlib.import_module(item)
+        except Exception as e:
+            raise NTEError(f"plugins: {item!r} failed to import: {type(e).__name__}: {e}") from None
+
+
+def parse_suite(data: dict[str, Any], source: str = "suite", base: str | Path = ".") -> Suite:
+    """Validate a suite mapping; raise NTEError naming each bad key path and its allowed values.
+
+    ``base``: the folder that relative plugin files are resolved against (the suite file's folder).
+    """
+    if not isinstance(data, dict):
+        raise NTEError(f"{source}: the suite must be a YAML mapping with keys name, designated, encoders, ...")
+    import_plugins(data.get("plugins", []), Path(base))
+    unknown = set(data) - set(Suite.model_fields)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise NTEError(f"{source}: unknown key {key!r}; allowed: {', '.join(Suite.model_fields)}."
+                       f"{did_you_mean(key, Suite.model_fields)}")
+    try:
+        return Suite(**data)
+    except ValidationError as e:
+        raise NTEError(f"{source}: {_format_errors(e)}") from None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NTEError(f"suite file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise NTEError(f"{path}: malformed YAML: {str(e).splitlines()[0]} "
+                       f"({getattr(e, 'problem_mark', '') or 'see above'})".replace("\n", " ")) from None
+    return parse_suite(data, str(path), path.parent)

@@ -1,0 +1,110 @@
+"""Model specs: the grammar (``zoo:NAME``, ``timm:NAME[@ckpt]``, ``hf:PATH``, mappings) and dispatch to each scheme."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nte_eval.errors import NTEError, did_you_mean
+from nte_eval.models import hf
+from nte_eval.models.checkpoint import apply_checkpoint
+from nte_eval.models.handle import IMAGENET_MEAN, IMAGENET_STD, ModelHandle
+from nte_eval.models.hf import HF_SCHEMES
+from nte_eval.models.zoo import load_zoo_model
+
+ModelSpec = str | dict[str, Any]
+
+
+def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] | None = None,
+              mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+              first_layer: str | None = None, input_size: tuple[int, int, int] | None = None,
+              spec: str | None = None) -> ModelHandle:
+    """Build a timm model (random init, no download) and optionally load a local checkpoint."""
+    import timm
+
+    spec = spec or f"timm:{name}" + (f"@{checkpoint}" if checkpoint else "")
+    kwargs = dict(kwargs or {})
+    if not timm.is_model(name):
+        raise NTEError(f"unknown timm model {name!r}.{did_you_mean(name, timm.list_models())}")
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise NTEError(f"{spec}: timm rejected kwargs {kwargs}: {e}") from None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if checkpoint:
+        apply_checkpoint(model, checkpoint, spec)
+    if input_size is None:
+        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+        if "img_size" in kwargs:
+            s = kwargs["img_size"]
+            input_size = (input_size[0], *((s, s) if isinstance(s, int) else s))
+        if "in_chans" in kwargs:
+            input_size = (kwargs["in_chans"], *input_size[1:])
+    c = input_size[0]
+    mean = tuple(mean if mean is not None else cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(std if std is not None else cfg.get("std", IMAGENET_STD))
+    if len(mean) != c and len(mean) == 3 and c == 1:  # timm keeps RGB stats for in_chans=1 models
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    first = first_layer or cfg.get("first_conv")
+    if first is None:
+        raise NTEError(f"{spec}: timm's pretrained_cfg has no 'first_conv'; pass first_layer= explicitly.")
+    if isinstance(first, (tuple, list)):
+        raise NTEError(f"{spec}: pretrained_cfg['first_conv'] is a tuple {tuple(first)} (parallel stem branches); "
+                       "nte-eval needs a single first linear operator. Pass first_layer= one Conv2d path.")
+    num = getattr(model, "num_classes", None)
+    names = [str(i) for i in range(num)] if isinstance(num, int) and num > 0 else None
+    return ModelHandle(model, first, mean, std, input_size, names, spec)
+
+
+def load_model(spec: ModelSpec) -> ModelHandle:
+    """Build a handle from ``zoo:NAME``, ``timm:NAME[@checkpoint]``, ``hf:PATH`` (image classifier), ``hf-vlm:PATH``
+    (a vision-language model's vision tower), ``hf-text:PATH`` (text classifier) or a mapping ``{timm: NAME, ...}``."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if "zoo" in spec:
+            return load_model(f"zoo:{spec['zoo']}")
+        scheme = next((k for k in HF_SCHEMES if k in spec), None)
+        if scheme:
+            extra = set(spec) - {scheme, "name"}
+            if extra:
+                raise NTEError(f"model mapping {spec}: an {scheme} model takes only '{scheme}' (a local folder) and "
+                               f"'name'; unknown {sorted(extra)}.")
+            return load_model(f"{scheme}:{spec[scheme]}")
+        if "timm" not in spec:
+            raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
+                           "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
+        allowed = {"timm", "checkpoint", "kwargs", "mean", "std", "first_layer", "input_size", "name"}
+        extra = set(spec) - allowed
+        if extra:
+            key = sorted(extra)[0]
+            raise NTEError(f"model mapping: unknown key {key!r}; allowed {sorted(allowed)}."
+                           f"{did_you_mean(key, allowed)}")
+        inp = spec.get("input_size")
+        return from_timm(spec["timm"], spec.get("checkpoint"), spec.get("kwargs"), spec.get("mean"), spec.get("std"),
+                         spec.get("first_layer"), tuple(inp) if inp else None)
+    if not isinstance(spec, str) or ":" not in spec:
+        raise NTEError(f"model spec {spec!r} must be 'zoo:NAME', 'timm:NAME[@checkpoint]' or a mapping.")
+    scheme, _, rest = spec.partition(":")
+    if scheme == "zoo":
+        return load_zoo_model(rest)
+    if scheme == "timm":
+        name, _, ckpt = rest.partition("@")
+        return from_timm(name, ckpt or None)
+    if scheme in HF_SCHEMES:
+        return hf.load(scheme, rest)
+    schemes = ["zoo", "timm", *HF_SCHEMES]
+    raise NTEError(f"model spec {spec!r}: unknown scheme {scheme!r}.{did_you_mean(scheme, schemes)} "
+                   "Use 'zoo:NAME', 'timm:NAME[@checkpoint]', 'hf:PATH', 'hf-vlm:PATH' or 'hf-text:PATH'.")
+
+
+def spec_name(spec: ModelSpec) -> str:
+    """A short display name for a model spec (the mapping's ``name`` key, else its timm name and checkpoint)."""
+    if isinstance(spec, str):
+        return spec
+    if "name" in spec:
+        return str(spec["name"])
+    if "zoo" in spec:
+        return f"zoo:{spec['zoo']}"
+    for scheme in HF_SCHEMES:
+        if scheme in spec:
+            return f"{scheme}:{spec[scheme]}"
+    return f"timm:{spec.get('timm')}" + (f"@{spec['checkpoint']}" if spec.get("checkpoint") else "")
