@@ -7,23 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from nte_eval.attacks import ATTACKS
-from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
-from nte_eval.evaluate.suite import load_suite
-from nte_eval.export import encode_to_folder
-from nte_eval.models.zoo import zoo_table
-from nte_eval.models.zoo.train import train_zoo
-from nte_eval.reports import write_report
-from nte_eval.reports.certification import certification_table, degradation_line
-from nte_eval.reports.summary_files import text
-from nte_eval.runner import run_suite
 
 MARGIN_HELP = ("verdicts: the NTEs held against a knowledge level if no unauthorized model scores more than chance + "
                "MARGIN percentage points under its strongest attack (default 10)")
 
 
 def _run(args: argparse.Namespace, attacks: bool):
+    from nte_eval.evaluate.suite import load_suite
+    from nte_eval.runner import run_suite
+
     suite = load_suite(args.suite)
     if not attacks and suite.certify is None:
         raise NTEError(f"{args.suite} has no `certify:` section; add e.g. `certify: {{fidelity: true, degradation: "
@@ -42,7 +35,10 @@ def _run(args: argparse.Namespace, attacks: bool):
 
 
 def _print_certification(out: Path) -> None:
-    if not (out / "certify.json").is_file():
+    from nte_eval.evaluate.run_folder import CERTIFY
+    from nte_eval.reports.certification import certification_table, degradation_line
+
+    if not (out / CERTIFY).is_file():
         return
     table = certification_table(out)
     if len(table):
@@ -64,6 +60,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 def _finish(out: Path, margin: float | None) -> None:
     """Write the report and the summaries, then print the headline and where everything is."""
+    from nte_eval.reports import write_report
+    from nte_eval.reports.summary_files import text
+
     report = write_report(out, margin)
     print(text(report.headline))
     print(f"\nTables: {out / 'summary.md'}, {out / 'summary.tex'}; tidy results: {out / 'results.csv'}\n"
@@ -79,12 +78,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """Names, knowledge levels, parameters and defaults of the registered attacks / encoders, or the zoo models."""
     if args.what == "models":
+        from nte_eval.models.zoo import zoo_table
+
         rows = [{"name": f"zoo:{r['name']}", "arch": r["arch"], "test_accuracy": r["test_accuracy"]}
                 for r in zoo_table()]
         note = ("Also: timm:NAME[@checkpoint] or a mapping {timm: NAME, checkpoint: PATH, ...} in a suite; local "
                 "Hugging Face folders hf:PATH (image classifier), hf-vlm:PATH (vision-language model), "
                 "hf-text:PATH (text classifier) with pip install 'nte-eval[hf]'.")
     else:
+        from nte_eval.attacks import ATTACKS
+        from nte_eval.encoders import ENCODERS
+
         registry = ATTACKS if args.what == "attacks" else ENCODERS
         rows = [registry.get(name).describe() for name in registry.names()]
         note = "List-valued parameters in a suite are sweeps. Plugins: entry-point group " + registry.group + "."
@@ -104,7 +108,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    for name in ("results.csv", "manifest.json", "worst_case.csv"):
+    from nte_eval.evaluate.run_folder import MANIFEST, RESULTS, WORST_CASE
+
+    for name in (RESULTS, MANIFEST, WORST_CASE):
         if not (Path(args.dir) / name).is_file():
             raise NTEError(f"{args.dir} has no {name}; point `nte-eval report` at the --out folder of a finished run "
                            "(a killed run: finish it with `nte-eval run SUITE --out DIR --resume`).")
@@ -120,6 +126,8 @@ def with_pd_options(fn) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from nte_eval.export import encode_to_folder
+
     manifest = encode_to_folder(
         model=args.model, source=args.data, out=args.out, key=args.key, psnr=args.psnr, mode=args.mode,
         select=args.select, noise=args.noise, box=args.box, quantize=args.quantize, save_key=args.save_key,
@@ -129,7 +137,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
+    from nte_eval.models.zoo import zoo_table
+
     if args.zoo_command == "train":
+        from nte_eval.models.zoo.train import train_zoo
+
         train_zoo(args.names or None)
     rows = zoo_table()
     if args.json:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nte_eval.data.images import ImageSet, _resize_crop, check_images, list_images, load_digits, load_photos, read_image
+from nte_eval.data.images import ImageSet, _resize_crop, check_images, list_images, read_image
+from nte_eval.data.sources import load_pixels
 from nte_eval.encoders import NTEEncoder
 from nte_eval.errors import NTEError
 from nte_eval.models.load import load_model
@@ -17,10 +18,8 @@ from nte_eval.models.load import load_model
 
 def load_source(source: str, size: int, channels: int, limit: int | None, split: str) -> ImageSet:
     """``digits``, ``photos``, or any folder of images (searched recursively), at the model's size."""
-    if source == "digits":
-        return load_digits(split, limit, size)
-    if source == "photos":
-        return load_photos(size, limit)
+    if source in ("digits", "photos"):  # the bundled sets; anything else names a folder
+        return load_pixels(source, split, limit, size=size)
     root = Path(source)
     if not root.is_dir():
         raise NTEError(f"--data {source!r} is neither 'digits', 'photos' nor an existing folder.")

@@ -1,10 +1,12 @@
-"""Declared plugin parameters (type + default): validation with clear errors, sweep expansion, description."""
+"""Declared plugin parameters (type + default): validation with clear errors, sweep expansion, description, and
+``Parametrised``, the base that attacks and encoders share for them."""
 
 from __future__ import annotations
 
 import itertools
+import types
 import typing
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -34,6 +36,9 @@ def param_errors(model: type[BaseModel], params: dict[str, Any]) -> list[tuple[s
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "literal_error":
                 msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
+            elif set(err.get("ctx", {})) & {"gt", "ge", "lt", "le"} and len(err["loc"]) == 1:  # the whole range
+                field = model.model_fields[err["loc"][0]]
+                msg = f"{msg}; allowed: {type_name(Annotated[(field.annotation, *field.metadata)])}"
             out.append((where, msg))
         return list(dict.fromkeys(out))
     return []
@@ -54,7 +59,7 @@ def is_list_type(annotation: Any) -> bool:
         return is_list_type(typing.get_args(annotation)[0])
     if origin in (list, tuple):
         return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(is_list_type(a) for a in typing.get_args(annotation))
     return annotation in (list, tuple)
 
@@ -89,3 +94,48 @@ def type_name(annotation: Any) -> str:
 
 def describe_params(fields: Fields) -> dict[str, dict[str, Any]]:
     return {k: {"type": type_name(ann), "default": default} for k, (ann, default) in fields.items()}
+
+
+class Parametrised:
+    """A plugin whose parameters are annotated class attributes with defaults, e.g. ``quality: Annotated[int,
+    Field(ge=1, le=100)] = 75``: each subclass collects them into a pydantic model (``Field`` bounds, ``Literal``
+    choices, validators that normalise), so that a suite is checked, swept and recorded from the declarations alone.
+    """
+
+    _fields: ClassVar[Fields] = {}
+    _model: ClassVar[type[BaseModel]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hints = typing.get_type_hints(cls, include_extras=True)
+        cls._fields = {k: (hint, getattr(cls, k)) for k, hint in hints.items()
+                       if typing.get_origin(hint) is not ClassVar and hint is not ClassVar
+                       and not k.startswith("_") and hasattr(cls, k)}
+        cls._model = param_model(cls.__name__, cls._fields)
+
+    def set_params(self, owner: str, params: dict[str, Any]) -> None:
+        """Validate ``params`` (NTEError names ``owner`` and the bad parameter), fill in defaults, set each as an
+        attribute and record the validated values for ``params()``."""
+        values = validate_params(owner, self._model, params)
+        for k, v in values.items():
+            setattr(self, k, v)
+        self._params = values
+
+    def params(self) -> dict[str, Any]:
+        """Every declared parameter as validated (defaults included, normalised), as written to the results."""
+        return dict(self._params)
+
+    @classmethod
+    def sweep(cls, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """All settings of a sweep (list values of non-list parameters expand)."""
+        return expand_sweeps(cls._fields, params)
+
+    @classmethod
+    def validation_errors(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """(parameter, message) for every problem with ``params`` (suite validation); empty when they validate."""
+        return param_errors(cls._model, params)
+
+    @classmethod
+    def declared(cls) -> dict[str, dict[str, Any]]:
+        """Each declared parameter's readable type and default."""
+        return describe_params(cls._fields)

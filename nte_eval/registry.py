@@ -1,13 +1,16 @@
 """A small typed registry of named plugin classes (attacks, encoders), filled lazily.
 
-Built-ins register themselves when their modules are first imported (on the first lookup); third-party packages
+Built-ins register themselves when their modules are imported: the first lookup imports every module under the
+registry's package (subpackages included), so a new built-in module needs no list entry. Third-party packages
 register through an entry-point group, loaded only when a name is not built in or when everything is listed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import pkgutil
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -21,10 +24,11 @@ def qualified(cls: type) -> str:
 
 
 class Registry(Generic[T]):
-    """Name -> class for one plugin kind; ``builtins`` are modules imported on first use."""
+    """Name -> class for one plugin kind: the classes of every module under ``package`` (imported on first use) and
+    of the entry-point ``group``."""
 
-    def __init__(self, kind: str, group: str, builtins: tuple[str, ...]):
-        self.kind, self.group, self.builtins = kind, group, builtins
+    def __init__(self, kind: str, group: str, package: str):
+        self.kind, self.group, self.package = kind, group, package
         self._classes: dict[str, type[T]] = {}
         self._builtins_loaded = self._plugins_loaded = False
 
@@ -41,10 +45,12 @@ class Registry(Generic[T]):
         return cls
 
     def _load_builtins(self) -> None:
+        """Import every module under the package; defining a class with a ``name`` registers it."""
         if not self._builtins_loaded:
             self._builtins_loaded = True
-            for module in self.builtins:
-                importlib.import_module(module)
+            root = importlib.import_module(self.package)
+            for module in pkgutil.walk_packages(root.__path__, f"{self.package}."):
+                importlib.import_module(module.name)  # before walk_packages' own import, which hides ImportErrors
 
     def load_plugins(self) -> None:
         """Import every entry point of the group; importing a module defines (and so registers) its classes."""
@@ -73,6 +79,19 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         self.load_plugins()
         return sorted(self._classes)
+
+    @contextlib.contextmanager
+    def scope(self, *classes: type[T]) -> Iterator[Registry[T]]:
+        """Register ``classes`` (and whatever is defined or registered inside the block) until the block ends, then
+        restore the registry as it was: test plugins that do not leak into later lookups."""
+        self._load_builtins()  # built-ins stay: their modules would not register them again
+        saved = dict(self._classes), self._plugins_loaded
+        try:
+            for cls in classes:
+                self.register(cls)
+            yield self
+        finally:
+            self._classes, self._plugins_loaded = saved
 
     def __contains__(self, name: object) -> bool:
         try:

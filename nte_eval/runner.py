@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +12,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-import nte_eval
 from nte_eval.attacks.base import build_attack
 from nte_eval.attacks.context import AttackContext
 from nte_eval.certify.degradation import degradation_warnings
 from nte_eval.certify.fidelity import CERT_COLUMNS, violations
 from nte_eval.certify.run import certify_suite
-from nte_eval.data.glue import TASKS
 from nte_eval.data.images import ImageSet
+from nte_eval.data.sources import source
 from nte_eval.encoders import ENCODERS, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.batching import apply_attack, batched_logits, encode_all, first_layer_responses
@@ -28,21 +26,24 @@ from nte_eval.evaluate.cells import Evaluated, evaluate_cell
 from nte_eval.evaluate.checks import run_checks
 from nte_eval.evaluate.inputs import load_models, load_public, load_suite_data
 from nte_eval.evaluate.labels import compact, knowledge_of, setting_name
-from nte_eval.evaluate.run_folder import example_file, save_examples
+from nte_eval.evaluate.run_folder import (
+    ANGLES,
+    CERTIFICATES,
+    MANIFEST,
+    RESULTS_PARQUET,
+    SPECTRA,
+    WARNINGS,
+    WORST_CASE,
+    environment,
+    example_file,
+    save_examples,
+)
 from nte_eval.evaluate.spectra import spectrum_rows
 from nte_eval.evaluate.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key
 from nte_eval.evaluate.suite import Suite
 from nte_eval.evaluate.worst_case import worst_case
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
-
-
-def environment() -> dict[str, str]:
-    import numpy
-    import timm
-
-    return {"nte_eval": nte_eval.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "timm": timm.__version__, "numpy": numpy.__version__, "platform": platform.platform()}
 
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: int | None = None,
@@ -73,16 +74,17 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                               first_layer_responses(handles[n], data.images, batch, device))
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
-    metric = TASKS[suite.data.task].metric if data.modality == "text" else "accuracy"
+    kind = source(suite.data.source)
+    metric = kind.metric(suite.data.task)
     timings, subspaces = [], {}
     cell_keys = [cell_key(e.name, compact({**e.params(), "designated": d}), a, compact(p))
                  for (d, _), e in encoders.items() for a, p in attack_settings]
     save_examples(example_file(out), data.images)
     done = sum(store.is_done(k) for k in cell_keys)
     if attacks:
-        unit = "texts" if data.modality == "text" else "images"
         log(f"{len(encoders)} encoder setting(s) x {len(attack_settings)} attack setting(s) = {len(cell_keys)} cells, "
-            f"{len(evaluated_names)} models, {len(data)} {unit}" + (f"; {done} cells already done" if done else ""))
+            f"{len(evaluated_names)} models, {len(data)} {kind.unit}"
+            + (f"; {done} cells already done" if done else ""))
     overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks, initial=done)
     for number, ((d, _), encoder) in enumerate(encoders.items() if attacks else (), 1):
         enc_params = compact({**encoder.params(), "designated": d})
@@ -125,16 +127,16 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
             overall.update()
     overall.close()
     broken = _certify(suite, handles, evaluated_names, data, out, batch, store, progress, log, timings)
-    pd.concat([spectrum_rows(n, handles[n]) for n in evaluated_names]).to_csv(out / "spectra.csv", index=False)
+    pd.concat([spectrum_rows(n, handles[n]) for n in evaluated_names]).to_csv(out / SPECTRA, index=False)
     results, samples = store.load()
-    results.to_parquet(out / "results.parquet", index=False)
-    worst_case(results, samples, knowledge_of).to_csv(out / "worst_case.csv", index=False)
+    results.to_parquet(out / RESULTS_PARQUET, index=False)
+    worst_case(results, samples, knowledge_of).to_csv(out / WORST_CASE, index=False)
     warnings = run_checks(results)
-    if (out / "angles.csv").exists():
-        warnings += degradation_warnings(pd.read_csv(out / "angles.csv"))
+    if (out / ANGLES).exists():
+        warnings += degradation_warnings(pd.read_csv(out / ANGLES))
     for w in warnings:
         log(f"warning [{w['check']}]: {w['message']}")
-    (out / "warnings.json").write_text(json.dumps(warnings, indent=2))
+    (out / WARNINGS).write_text(json.dumps(warnings, indent=2))
     manifest = {"suite": suite.name, "config_hash": suite.config_hash(), "status": "complete", "seed": suite.seed,
                 "device": device, "batch_size": batch, "config": suite.model_dump(), "environment": environment(),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -147,7 +149,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                 "attacks": [{"type": a, "params": p, "knowledge": knowledge_of(a, compact(p))}
                             for a, p in attack_settings],
                 "timings": {"total_seconds": round(time.time() - t0, 3), "resumed": resume, "cells": timings}}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     if len(broken):
         raise NTEError(f"{len(broken)} certificate(s) of a certified Lipschitz bound failed (first: "
                        f"{broken.iloc[0].designated}, sample {broken.iloc[0]['sample']}, "
@@ -164,7 +166,7 @@ def _certify(suite: Suite, handles: dict[str, ModelHandle], evaluated: list[str]
         return pd.DataFrame()
     key = cell_key("certify", compact(suite.certify.model_dump()), "", "")
     if store.is_done(key):
-        path = out / "certificates.csv"
+        path = out / CERTIFICATES
         return violations(pd.read_csv(path)) if path.exists() else pd.DataFrame(columns=CERT_COLUMNS)
     tc = time.time()
     rows, broken = certify_suite(suite, handles, evaluated, data, out, batch, progress, log)

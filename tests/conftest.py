@@ -1,8 +1,13 @@
-"""Shared test settings."""
+"""Shared test settings and the one finished quickstart run that tests reading a run share."""
+
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from threadpoolctl import threadpool_limits
+
+from nte_eval.cli import main
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,3 +41,29 @@ def rendered_ink(tmp_path):
         return [float((np.asarray(Image.open(p).convert("L"), dtype=np.float64) < 200).mean()) for p in pages]
 
     return render
+
+
+QUICKSTART = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
+
+
+def plumbing_quickstart() -> dict:
+    """The quickstart suite (every built-in attack, both designated models, every encoder setting, certification)
+    shrunk where only plumbing is checked: 40 evaluated images, a short learned-denoiser training, two fidelity
+    PSNRs, the degradation study for the designated models' pairs and 4 local-estimate samples. The report and its
+    pages have the quickstart's structure; strength is measured elsewhere (the README's full run, attack tests)."""
+    suite = yaml.safe_load(QUICKSTART.read_text())
+    suite["data"]["limit"] = 40
+    suite["attacks"] = [{"type": "learned_denoiser", "steps": 40, "pairs": 128, "width": 16}
+                        if a == "learned_denoiser" else a for a in suite["attacks"]]
+    suite["certify"].update(psnr=[30, 0], pairs="designated", local_samples=4)
+    return suite
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """One finished plumbing-sized quickstart run through the CLI, shared by every test that reads a finished run
+    (read-only: a test that changes files copies the folder first)."""
+    root = tmp_path_factory.mktemp("quickstart")
+    (root / "quickstart.yaml").write_text(yaml.safe_dump(plumbing_quickstart(), sort_keys=False))
+    assert main(["run", str(root / "quickstart.yaml"), "--out", str(root / "out"), "--quiet", "--threads", "1"]) == 0
+    return root / "out"

@@ -217,9 +217,9 @@ def test_chain_errors(steps, match):
 
 @pytest.fixture
 def method_attack():
-    """A throwaway knowledge-'method' attack (removed from the registry afterwards)."""
+    """A throwaway knowledge-'method' attack, registered for one test only."""
 
-    class KnowsMethod(Attack):
+    class KnowsMethod(Attack, register=False):
         """Test only: reads the NTE corpus in fit."""
 
         name = "test_knows_method"
@@ -233,8 +233,8 @@ def method_attack():
         def run(self, x):
             return x - self.mean
 
-    yield KnowsMethod
-    ATTACKS._classes.pop("test_knows_method")
+    with ATTACKS.scope(KnowsMethod):
+        yield KnowsMethod
 
 
 def test_chain_knowledge_is_the_highest_step_and_fit_fits_every_step(method_attack, digits):

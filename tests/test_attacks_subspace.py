@@ -8,6 +8,8 @@ from nte_eval.attacks import AttackContext, build_attack
 from nte_eval.data.images import load_digits
 from nte_eval.encoders import GaussianEncoder, NTEEncoder
 from nte_eval.errors import NTEError
+from nte_eval.geometry.conv import PixelConv
+from nte_eval.geometry.subspace import natural_view
 from nte_eval.metrics import psnr
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import load_model
@@ -184,3 +186,18 @@ def test_baseline_encoders_and_large_images_still_run(zoo, public, test_set):
     for name in ("oracle_fill", "blind_fill"):
         out = build_attack(name).fit(context(enc, nte, big_public))(nte)
         assert psnr(out, big).mean() > psnr(nte, big).mean() + 5
+
+
+def test_natural_view_is_patch_for_patchify_and_linear_layers_only(zoo):
+    views = {name: natural_view(handle.first) for name, handle in zoo.items()}
+    assert views == {"vit_null": "patch", "vit_null_s1": "patch", "resnet_nullstem": "operator", "mlp_linear": "patch"}
+
+
+def test_dense_convolution_matches_apply_and_adjoint(zoo):
+    """The dense matrix and Gram matrix behind the exact border subspaces are the operator itself (std included)."""
+    op = PixelConv(zoo["resnet_nullstem"])
+    x = torch.randn(2, *op.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, y = op.matrix(), op.apply(x)
+    assert torch.allclose(x.flatten(1) @ a.T, y.flatten(1))
+    assert torch.allclose(y.flatten(1) @ a, op.adjoint(y).flatten(1))
+    assert torch.allclose(op.gram(), a.T @ a)

@@ -139,7 +139,7 @@ def test_encode_a_folder_with_a_corrupt_image(tmp_path, capsys):
     ("name: x\ndesignated: zoo:vit_nul\nencoders: [{type: nte}]\n", "Did you mean 'vit_null'"),
     ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, psnr: [30, abc]}]\n", "encoders[0].psnr"),
     ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, box: maybe}]\n", "'none', 'clip' or 'project'"),
-    ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, psnr: 1000}]\n", "psnr 1000"),
+    ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, psnr: 1000}]\n", "encoders[0].psnr"),
     ("name: x\ndesignated: zoo:vit_null\nencodrs: [{type: nte}]\n", "Did you mean 'encoders'"),
     ("name: x\ndesignated: timm:resnet18@missing.pth\nencoders: [{type: nte}]\n", "does not exist"),
     ("name: x\ndesignated: zoo:vit_null\ndata: {source: digits, size: 64}\nencoders: [{type: nte}]\n", "expects"),

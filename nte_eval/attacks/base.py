@@ -3,7 +3,6 @@ and ``AttackContext``, which hands each attacker exactly what its threat model (
 
 from __future__ import annotations
 
-import typing
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, final
 
@@ -12,18 +11,20 @@ import torch
 from nte_eval.attacks.context import AttackContext
 from nte_eval.errors import NTEError
 from nte_eval.knowledge import KNOWLEDGE
-from nte_eval.params import Fields, describe_params, expand_sweeps, param_model, validate_params
+from nte_eval.params import Parametrised
 from nte_eval.registry import Registry
 
-ATTACKS: Registry[Attack] = Registry("attack", "nte_eval.attacks", ("nte_eval.attacks.builtin",))
+ATTACKS: Registry[Attack] = Registry("attack", "nte_eval.attacks", "nte_eval.attacks")
 
 
-class Attack(ABC):
+class Attack(Parametrised, ABC):
     """A reconstruction attacker: maps released images (pixel space) to its best guess of the clean images.
 
     Subclasses set ``name`` and ``knowledge``, declare parameters as annotated class attributes with defaults
     (``quality: Annotated[int, Field(ge=1, le=100)] = 75``), optionally override ``fit(context)`` (call
-    ``super().fit(context)``), and implement ``run(x)``. Defining a subclass with a ``name`` registers it.
+    ``super().fit(context)``), and implement ``run(x)``. Defining a subclass with a ``name`` registers it, unless
+    it says ``register=False`` (``class Probe(Attack, register=False)``; then ``ATTACKS.scope(Probe)`` registers it
+    for a block).
     """
 
     name: ClassVar[str]
@@ -32,30 +33,18 @@ class Attack(ABC):
     strength: ClassVar[tuple[str, int] | None] = None
     #: The data it reconstructs: ``image`` (pixels, B x C x H x W) and/or ``text`` (packed soft tokens).
     modalities: ClassVar[tuple[str, ...]] = ("image",)
-    _fields: ClassVar[Fields] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        hints = typing.get_type_hints(cls, include_extras=True)
-        cls._fields = {k: (hint, getattr(cls, k)) for k, hint in hints.items()
-                       if typing.get_origin(hint) is not ClassVar and hint is not ClassVar
-                       and not k.startswith("_") and hasattr(cls, k)}
-        cls._model = param_model(cls.__name__, cls._fields)
         if "name" in cls.__dict__:
             if cls.knowledge not in KNOWLEDGE:
                 raise NTEError(f"attack {cls.name!r}: knowledge {cls.knowledge!r} must be one of {KNOWLEDGE}.")
-            ATTACKS.register(cls)
+            if register:
+                ATTACKS.register(cls)
 
     def __init__(self, **params: Any):
-        values = validate_params(f"attack {self.name!r}", self._model, params)
-        for k, v in values.items():
-            setattr(self, k, v)
-        self._params = values
+        self.set_params(f"attack {self.name!r}", params)
         self.context: AttackContext | None = None
-
-    def params(self) -> dict[str, Any]:
-        """The validated parameters (defaults included), as written to the results."""
-        return dict(self._params)
 
     def fit(self, context: AttackContext) -> Attack:
         """Learn whatever the attack needs from the context (restricted to its knowledge); returns self."""
@@ -81,14 +70,10 @@ class Attack(ABC):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """Name, knowledge, data, parameters (type, default) and the docstring's first line (``nte-eval list``)."""
         doc = (cls.__doc__ or "").strip().split("\n")[0]
         return {"name": cls.name, "knowledge": cls.knowledge, "modalities": list(cls.modalities),
-                "params": describe_params(cls._fields), "description": doc}
-
-    @classmethod
-    def sweep(cls, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """All settings of a sweep (list values of non-list parameters expand)."""
-        return expand_sweeps(cls._fields, params)
+                "params": cls.declared(), "description": doc}
 
 
 def build_attack(spec: dict[str, Any] | str) -> Attack:

@@ -231,19 +231,3 @@ def load_imagefolder(root: str | Path, size: int, limit: int | None = None, chan
     names = [str(p.relative_to(root)) for _, p in order]
     class_names = [str(i) for i in range(max(int(c) for c in classes) + 1)] if numeric else classes
     return ImageSet(torch.stack(imgs), labels, class_names, names)
-
-
-def load_data(source: str, split: str = "test", limit: int | None = None, root: str | None = None,
-              size: int | None = None, channels: int = 3) -> ImageSet:
-    """Dispatch on ``source``: ``digits``, ``photos`` or ``imagefolder``."""
-    if source == "digits":
-        return load_digits(split, limit, size or 32)
-    if source == "photos":
-        return load_photos(size or 224, limit)
-    if source == "imagefolder":
-        if root is None:
-            raise NTEError("imagefolder: data.root is required (a folder ROOT/CLASS/*.png).")
-        if size is None:
-            raise NTEError("imagefolder: data.size is required (the model's input size).")
-        return load_imagefolder(root, size, limit, channels)
-    raise NTEError(f"unknown data source {source!r}; use 'digits', 'photos' or 'imagefolder'.")

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
-import math
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field
 
 from nte_eval.errors import NTEError
 from nte_eval.metrics import mse, noise_norm_for_psnr, psnr_from_mse, relative_change
 from nte_eval.models.handle import ModelHandle
-from nte_eval.params import Fields, describe_params, expand_sweeps, param_model
+from nte_eval.params import Parametrised
 from nte_eval.registry import Registry
 
-BOXES = ("none", "clip", "project")
+ENCODERS: Registry[Encoder] = Registry("encoder", "nte_eval.encoders", "nte_eval.encoders")
 
-ENCODERS: Registry[Encoder] = Registry("encoder", "nte_eval.encoders",
-                                       ("nte_eval.encoders.nte", "nte_eval.encoders.baselines",
-                                        "nte_eval.encoders.tokens"))
+#: A PSNR target in dB (pixel space, peak 1): finite, in the meaningful range [-40, 100] dB (at -40 dB the noise
+#: already dwarfs any image).
+PSNR = Annotated[float, Field(ge=-40, le=100, allow_inf_nan=False)]
 
 
 @dataclass
@@ -65,18 +63,8 @@ def scale_to_psnr(delta: torch.Tensor, psnr_db: float) -> torch.Tensor:
     return delta * (target / norms).view(-1, *([1] * (delta.dim() - 1)))
 
 
-def check_psnr(value: float) -> float:
-    """PSNR targets must be finite numbers in dB; very low values make noise dwarf the image (allowed to -40 dB)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise NTEError(f"psnr {value!r} must be a finite number of dB (pixel space, peak 1), e.g. 30.")
-    if not -40 <= value <= 100:
-        raise NTEError(f"psnr {value} dB is outside the meaningful range [-40, 100] dB (pixel space, peak 1).")
-    return float(value)
-
-
 def check_box(box: str, quantize: bool) -> None:
-    if box not in BOXES:
-        raise NTEError(f"box {box!r}: use one of {', '.join(BOXES)}.")
+    """8-bit quantization needs a box: a storable image lies in [0, 1]."""
     if quantize and box == "none":
         raise NTEError("quantize=true needs box='clip' or 'project': 8-bit images must lie in [0, 1].")
 
@@ -121,46 +109,30 @@ def finish(clean: torch.Tensor, encoded: torch.Tensor, handle: ModelHandle, quan
     return EncodeResult(encoded, achieved, ratio, {**info, "storable": storable})
 
 
-class Encoder(ABC):
-    """An encoder recodes pixel-space images for one designated model. Subclasses implement ``encode``."""
+class Encoder(Parametrised, ABC):
+    """An encoder recodes pixel-space images for one designated model. Subclasses set ``name``, declare parameters
+    as annotated class attributes with defaults (``psnr: PSNR = 30.0``), check rules that involve several
+    parameters or the model in ``__init__`` (after ``super().__init__``) and implement ``encode``. Defining a
+    subclass with a ``name`` registers it, unless it says ``register=False``."""
 
     name: ClassVar[str]
     #: The data it recodes: ``image`` (pixels) or ``text`` (packed soft tokens, ``nte_eval.tokens``).
     modalities: ClassVar[tuple[str, ...]] = ("image",)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
+        if register and "name" in cls.__dict__:
             ENCODERS.register(cls)
 
-    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: Literal["none", "clip", "project"] = "none",
-                 quantize: bool = False):
-        check_box(box, quantize)
-        self.handle, self.psnr, self.box, self.quantize = handle, check_psnr(psnr), box, bool(quantize)
-
-    @classmethod
-    def fields(cls) -> Fields:
-        """The constructor's parameters after ``handle``: (annotation, default), as a suite declares them."""
-        hints = typing.get_type_hints(cls.__init__, include_extras=True)
-        return {k: (hints.get(k, Any), p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
-                if k not in ("self", "handle")}
-
-    @classmethod
-    def param_model(cls) -> type:
-        if "_params_model" not in cls.__dict__:
-            cls._params_model = param_model(cls.__name__, cls.fields())
-        return cls._params_model
-
-    @classmethod
-    def sweep(cls, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """All settings of a sweep (list values expand)."""
-        return expand_sweeps(cls.fields(), params)
+    def __init__(self, handle: ModelHandle, **params: Any):
+        self.set_params(f"encoder {self.name!r}", params)
+        self.handle = handle
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """Name, data, parameters (type, default) and the docstring's first line (``nte-eval list``)."""
         doc = (cls.__doc__ or "").strip().split("\n")[0]
-        return {"name": cls.name, "modalities": list(cls.modalities), "params": describe_params(cls.fields()),
-                "description": doc}
+        return {"name": cls.name, "modalities": list(cls.modalities), "params": cls.declared(), "description": doc}
 
     def fit(self) -> Encoder:
         """Compute and cache whatever the encoder needs (e.g. the subspace); returns self."""
@@ -173,10 +145,6 @@ class Encoder(ABC):
 
         ``record=False`` skips measuring the first-layer response ratio (NaN in the result), for throughput.
         """
-
-    def params(self) -> dict[str, Any]:
-        """Public settings, as written to results and manifests (never the key)."""
-        return {"psnr": self.psnr, "box": self.box, "quantize": self.quantize}
 
     def public_settings(self) -> dict[str, Any]:
         """What a method-knowledge attacker knows (Kerckhoffs): the encoder, its settings and the designated

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from nte_eval.encoders.base import Encoder, EncodeResult, finish, keyed_normal, scale_to_psnr
-from nte_eval.errors import NTEError
+from nte_eval.encoders.base import PSNR, Encoder, EncodeResult, check_box, finish, keyed_normal, scale_to_psnr
 from nte_eval.metrics import noise_norm_for_psnr
 from nte_eval.models.handle import ModelHandle
 
@@ -17,10 +17,13 @@ class GaussianEncoder(Encoder):
     """i.i.d. Gaussian pixel noise scaled to exactly the target pixel-space PSNR (before any box)."""
 
     name = "gaussian"
+    psnr: PSNR = 30.0
+    box: Literal["none", "clip"] = "none"
+    quantize: bool = False
 
-    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: Literal["none", "clip"] = "none",
-                 quantize: bool = False):
-        super().__init__(handle, psnr, box, quantize)
+    def __init__(self, handle: ModelHandle, **params: Any):
+        super().__init__(handle, **params)
+        check_box(self.box, self.quantize)
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:
@@ -50,16 +53,10 @@ class AdversarialEncoder(Encoder):
     """
 
     name = "adversarial"
-
-    def __init__(self, handle: ModelHandle, psnr: float = 30.0, box: Literal["clip"] = "clip",
-                 quantize: bool = False, steps: int = 20):
-        super().__init__(handle, psnr, box, quantize)
-        if not isinstance(steps, int) or steps < 1:
-            raise NTEError(f"adversarial: steps must be a positive integer, got {steps!r}.")
-        self.steps = steps
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "steps": self.steps}
+    psnr: PSNR = 30.0
+    box: Literal["clip"] = "clip"
+    quantize: bool = False
+    steps: Annotated[int, Field(ge=1)] = 20
 
     def encode(self, x: torch.Tensor, key: int | str, index: torch.Tensor | list[int] | None = None,
                labels: torch.Tensor | None = None, record: bool = True) -> EncodeResult:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field
 
-from nte_eval.encoders.base import Encoder, EncodeResult, box_scale, dykstra, finish, keyed_normal
+from nte_eval.encoders.base import PSNR, Encoder, EncodeResult, box_scale, check_box, dykstra, finish, keyed_normal
 from nte_eval.errors import NTEError
-from nte_eval.geometry.subspace import DEFAULT_SELECT, OperatorSubspace, PatchSubspace, Select, cached_subspace
+from nte_eval.geometry.subspace import (
+    DEFAULT_SELECT,
+    OperatorSubspace,
+    PatchSubspace,
+    Select,
+    cached_subspace,
+    natural_view,
+)
 from nte_eval.metrics import mse, noise_norm_for_psnr
 from nte_eval.models.handle import ModelHandle
 
-MODES = ("auto", "patch", "operator")
-NOISES = ("per_patch", "tiled")
-BORDERS = ("correct", "check")
+
+def normal_select(spec: str) -> str:
+    """A ``select`` spec in the form the results record ('tau=1e-2' -> 'tau=0.01'); a ValueError says what is
+    wrong with it (suite validation reports it under the key path)."""
+    try:
+        return str(Select.parse(spec))
+    except NTEError as e:
+        raise ValueError(str(e)) from None
 
 
 class NTEEncoder(Encoder):
@@ -31,34 +44,30 @@ class NTEEncoder(Encoder):
     """
 
     name = "nte"
+    mode: Literal["auto", "patch", "operator"] = "auto"
+    select: Annotated[str, AfterValidator(normal_select)] = DEFAULT_SELECT
+    psnr: PSNR = 30.0
+    noise: Literal["per_patch", "tiled"] = "per_patch"
+    box: Literal["none", "clip", "project"] = "none"
+    quantize: bool = False
+    border: Literal["correct", "check"] = "correct"
+    project_iters: Annotated[int, Field(ge=0)] = 100
 
-    def __init__(self, handle: ModelHandle, mode: Literal["auto", "patch", "operator"] = "auto",
-                 select: str = DEFAULT_SELECT, psnr: float = 30.0, noise: Literal["per_patch", "tiled"] = "per_patch",
-                 box: Literal["none", "clip", "project"] = "none", quantize: bool = False,
-                 border: Literal["correct", "check"] = "correct", project_iters: int = 100):
-        super().__init__(handle, psnr, box, quantize)
-        if mode not in MODES:
-            raise NTEError(f"mode {mode!r}: use one of {', '.join(MODES)}.")
-        if noise not in NOISES:
-            raise NTEError(f"noise {noise!r}: use one of {', '.join(NOISES)}.")
+    def __init__(self, handle: ModelHandle, **params: Any):
+        """Validate the settings for ``handle``; afterwards ``mode`` is the view in use (``auto`` resolved) and
+        ``select`` a ``Select``, while ``params()`` records them as given."""
+        super().__init__(handle, **params)
+        check_box(self.box, self.quantize)
         first = handle.first
-        self.mode = ("patch" if first.non_overlapping or first.kind == "linear" else "operator") if mode == "auto" \
-            else mode
-        if self.mode == "operator" and noise == "tiled":
+        if self.mode == "auto":
+            self.mode = natural_view(first)
+        if self.mode == "operator" and self.noise == "tiled":
             raise NTEError("noise='tiled' repeats one patch vector and exists only in mode='patch'.")
-        if box == "project" and self.mode == "patch" and not first.non_overlapping:
+        if self.box == "project" and self.mode == "patch" and not first.non_overlapping:
             raise NTEError("box='project' needs an exact subspace projector; for an overlapping first layer use "
                            "mode='operator' (or 'auto').")
-        if border not in BORDERS:
-            raise NTEError(f"border {border!r}: use one of {', '.join(BORDERS)}.")
-        self.requested_mode, self.select, self.noise, self.border = mode, Select.parse(select), noise, border
-        self.project_iters = int(project_iters)
+        self.select = Select.parse(self.select)
         self.subspace: PatchSubspace | OperatorSubspace | None = None
-
-    def params(self) -> dict[str, Any]:
-        extra = {"border": self.border} if self.mode == "operator" else {}
-        return {**super().params(), "mode": self.requested_mode, "select": str(self.select), "noise": self.noise,
-                **extra}
 
     def public_settings(self) -> dict[str, Any]:
         return {**super().public_settings(), "view": self.mode}

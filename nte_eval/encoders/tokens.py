@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nte_eval.data import tokens
-from nte_eval.encoders.base import Encoder, EncodeResult, check_psnr, sample_seed
+from nte_eval.encoders.base import PSNR, Encoder, EncodeResult, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.metrics import noise_norm_for_psnr, relative_change
 
@@ -31,22 +31,25 @@ class TokenNTEEncoder(Encoder):
 
     name = "nte_tokens"
     modalities = ("text",)
+    psnr: PSNR = 10.0
+    support: int | None = None
 
-    def __init__(self, handle: Any, psnr: float = 10.0, support: int | None = None):
+    def __init__(self, handle: Any, **params: Any):
         if handle.modality != "text":
             raise NTEError(f"encoder 'nte_tokens' recodes text; {handle.spec} is an image model (use 'nte').")
-        self.handle, self.psnr = handle, check_psnr(psnr)
+        super().__init__(handle, **params)
         v, d = handle.embedding.shape
         if v > tokens.MAX_VOCAB:
             raise NTEError(f"nte_tokens: a vocabulary of {v} entries exceeds the {tokens.MAX_VOCAB} that packed soft "
                            "tokens index exactly (float32 indices).")
-        self.support = 2 * d if support is None else int(support)
+        self.support = 2 * d if self.support is None else self.support
         if not d < self.support <= v:
             raise NTEError(f"nte_tokens: support {self.support} must exceed the embedding dimension d = {d} (so that "
                            f"a null space exists) and not exceed the vocabulary ({v}).")
 
     def params(self) -> dict[str, Any]:
-        return {"psnr": self.psnr, "support": self.support}
+        """The declared parameters with ``support`` as used (its default, 2 d, depends on the model)."""
+        return {**super().params(), "support": self.support}
 
     def public_settings(self) -> dict[str, Any]:
         v, dim = self.handle.embedding.shape

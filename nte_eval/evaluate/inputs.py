@@ -8,8 +8,9 @@ import hashlib
 import torch
 
 from nte_eval.data.glue import load_glue_tsv
-from nte_eval.data.images import ImageSet, check_images, load_data
+from nte_eval.data.images import ImageSet, check_images
 from nte_eval.data.mmbench import load_mmbench_tsv
+from nte_eval.data.sources import load_pixels, source
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.suite import Suite
 from nte_eval.models.handle import ModelHandle
@@ -33,20 +34,21 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     """Load the suite's data at the designated model's input size, and check every model accepts it."""
     first = handles[spec_name(suite.designated_list()[0])]
     d = suite.data
-    if d.modality == "text":
+    kind = source(d.source)
+    if kind.modality == "text":
         return load_text_data(suite, handles)
     if first.modality != "image":
         raise NTEError(f"data source {d.source!r} holds images, but the designated model {first.spec} is a text model.")
     c, h, _ = first.input_size
-    if d.source == "mmbench_tsv":
+    if kind.scoring == "multiple_choice":
         data = load_mmbench_tsv(d.path, d.size or h, d.limit)
         for name, handle in handles.items():
             if not hasattr(handle, "bind"):
-                raise NTEError(f"model {name} is not a vision-language model; mmbench_tsv questions need hf-vlm: "
+                raise NTEError(f"model {name} is not a vision-language model; {d.source} questions need hf-vlm: "
                                "models for every role.")
             handle.bind(data.extras)
     else:
-        data = load_data(d.source, d.split, d.limit, d.root, d.size or h, c)
+        data = load_pixels(d.source, d.split, d.limit, d.root, d.size or h, c)
     check_images(data.images, f"data ({d.source})", channels=c)
     for name, handle in handles.items():
         if handle.modality != "image":
@@ -114,7 +116,7 @@ def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageS
     if cfg is None:
         return None
     c, h, _ = data.images.shape[1:]
-    public = load_data(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
+    public = load_pixels(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
     check_images(public.images, f"public ({cfg.source})", channels=c)
     if tuple(public.images.shape[1:]) != tuple(data.images.shape[1:]):
         raise NTEError(f"public images are {tuple(public.images.shape[1:])} but the data is "

@@ -6,14 +6,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 
-FILES = ("results.csv", "samples.csv", "cells.jsonl", "manifest.json", "results.parquet", "worst_case.csv",
-         "warnings.json", "report.pdf", "certificates.csv", "lipschitz.csv", "angles.csv", "certify.json",
-         "spectra.csv", "summary.md", "summary.tex", "transfer_matrix.csv", "collapse_psnr.csv")
+import nte_eval
+
+RESULTS = "results.csv"  # tidy metrics, one row per cell, model and metric
+RESULTS_PARQUET = "results.parquet"  # the same, as Parquet
+SAMPLES = "samples.csv"  # per-sample correctness (for the unions)
+JOURNAL = "cells.jsonl"  # one line per finished cell (resume)
+MANIFEST = "manifest.json"  # versions, seeds, config hash, timings
+WORST_CASE = "worst_case.csv"  # best single attack, per level, unions
+WARNINGS = "warnings.json"  # the sanity checks' warnings
+SPECTRA = "spectra.csv"  # first-layer singular values per model
+CERTIFICATES = "certificates.csv"  # fidelity certificates per sample
+LIPSCHITZ = "lipschitz.csv"  # each Lipschitz source's bound or refusal
+ANGLES = "angles.csv"  # the degradation study's model pairs
+CERTIFY = "certify.json"  # the certification's summary
+REPORT = "report.pdf"  # the report
+SUMMARY_MD = "summary.md"  # the report's tables as Markdown
+SUMMARY_TEX = "summary.tex"  # ... and as LaTeX
+TRANSFER_MATRIX = "transfer_matrix.csv"  # accuracy per designated and unauthorized model
+COLLAPSE_PSNR = "collapse_psnr.csv"  # the PSNR at which each model collapses
+FILES = (RESULTS, RESULTS_PARQUET, SAMPLES, JOURNAL, MANIFEST, WORST_CASE, WARNINGS, SPECTRA, CERTIFICATES,
+         LIPSCHITZ, ANGLES, CERTIFY, REPORT, SUMMARY_MD, SUMMARY_TEX, TRANSFER_MATRIX, COLLAPSE_PSNR)
 EXAMPLES = "examples"  # the gallery's image arrays (and PNGs), one file per cell
 N_EXAMPLES = 3  # images kept per cell
 
@@ -32,3 +51,11 @@ def save_examples(path: Path, images: torch.Tensor) -> None:
     with open(tmp, "wb") as f:
         np.save(f, images[:N_EXAMPLES].detach().cpu().float().numpy())
     os.replace(tmp, path)
+
+
+def environment() -> dict[str, str]:
+    """Versions of what produced the results, for the manifest."""
+    import timm  # imported here only: the manifest is its one use
+
+    return {"nte_eval": nte_eval.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "platform": platform.platform()}

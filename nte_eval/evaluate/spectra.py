@@ -12,7 +12,7 @@ import torch
 
 from nte_eval.errors import NTEError
 from nte_eval.geometry.conv import rfft_column_weights
-from nte_eval.geometry.subspace import DEFAULT_SELECT, Select, cached_subspace
+from nte_eval.geometry.subspace import DEFAULT_SELECT, Select, cached_subspace, natural_view
 from nte_eval.models.handle import ModelHandle
 
 SPECTRA_COLUMNS = ["model", "view", "sigma", "count", "exact_null"]
@@ -24,8 +24,7 @@ def spectrum_rows(name: str, handle: ModelHandle) -> pd.DataFrame:
         return pd.DataFrame([{"model": name, "view": "unavailable: a text model (its first operator is the token "
                               "embedding matrix, noised per token on keyed subsets)", "sigma": np.nan, "count": 0,
                               "exact_null": False}], columns=SPECTRA_COLUMNS)
-    first = handle.first
-    view = "patch" if first.non_overlapping or first.kind == "linear" else "operator"
+    view = natural_view(handle.first)
     try:
         sub = cached_subspace(handle, view, Select.parse(DEFAULT_SELECT))
     except NTEError as e:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from nte_eval.errors import NTEError
-from nte_eval.evaluate.run_folder import EXAMPLES, FILES
+from nte_eval.evaluate.run_folder import EXAMPLES, FILES, JOURNAL, MANIFEST, RESULTS, SAMPLES
 
 CELL = ["encoder", "encoder_params", "attack", "attack_params"]
 COLUMNS = [*CELL, "model", "role", "metric", "value", "n"]
@@ -48,7 +48,7 @@ class ResultStore:
 
     def __init__(self, out: Path, config_hash: str, resume: bool = False, overwrite: bool = False):
         self.out, self.config_hash = out, config_hash
-        self.results, self.samples, self.journal = out / "results.csv", out / "samples.csv", out / "cells.jsonl"
+        self.results, self.samples, self.journal = out / RESULTS, out / SAMPLES, out / JOURNAL
         out.mkdir(parents=True, exist_ok=True)
         has_results = self.results.exists() or self.journal.exists()
         if has_results and not (resume or overwrite):
@@ -64,10 +64,10 @@ class ResultStore:
             shutil.rmtree(out / EXAMPLES, ignore_errors=True)
             for tmp in out.glob("*.tmp"):  # a half-written file of a killed run
                 tmp.unlink()
-        (out / "manifest.json").write_text(json.dumps({"config_hash": config_hash, "status": "running"}))
+        (out / MANIFEST).write_text(json.dumps({"config_hash": config_hash, "status": "running"}))
 
     def _check_same_suite(self) -> None:
-        manifest = self.out / "manifest.json"
+        manifest = self.out / MANIFEST
         old = json.loads(manifest.read_text()).get("config_hash") if manifest.exists() else None
         if old != self.config_hash:
             raise NTEError(f"{self.out} holds results of a different suite (config {old}, now {self.config_hash}); "

@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nte_eval.attacks.base import ATTACKS
 from nte_eval.data.glue import TASKS
+from nte_eval.data.sources import SOURCES, Source
 from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.knowledge import KNOWLEDGE
 from nte_eval.models.load import ModelSpec, spec_name
-from nte_eval.params import param_errors
 from nte_eval.registry import Registry
 
 
@@ -28,7 +28,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["digits", "photos", "imagefolder", "glue_tsv", "mmbench_tsv"] = "digits"
+    source: Literal[tuple(SOURCES)] = "digits"  # see nte_eval.data.sources
     split: Literal["train", "test", "all"] = "test"
     limit: int | None = Field(default=None, ge=1)
     root: str | None = None
@@ -39,19 +39,23 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _required_keys(self) -> DataConfig:
-        if self.source == "imagefolder" and not self.root:
-            raise ValueError("data.root is required for source 'imagefolder' (a folder ROOT/CLASS/*.png)")
-        if self.source in ("glue_tsv", "mmbench_tsv") and not self.path:
-            raise ValueError(f"data.path is required for source {self.source!r} (the TSV file)")
-        if self.source == "glue_tsv":
-            if self.task not in TASKS:
-                raise ValueError(f"task {self.task!r}: source 'glue_tsv' needs task: one of {', '.join(TASKS)}"
+        kind = self.kind
+        for key in kind.needs:
+            if key == "task" and self.task not in TASKS:
+                raise ValueError(f"task {self.task!r}: source {kind.name!r} needs task: one of {', '.join(TASKS)}"
                                  f"{did_you_mean(str(self.task), TASKS)}")
+            if not getattr(self, key):
+                raise ValueError(f"data.{key} is required for source {kind.name!r} ({kind.description})")
         return self
 
     @property
+    def kind(self) -> Source:
+        """The source's row in ``nte_eval.data.sources.SOURCES``."""
+        return SOURCES[self.source]
+
+    @property
     def modality(self) -> str:
-        return "text" if self.source == "glue_tsv" else "image"
+        return self.kind.modality
 
 
 LIPSCHITZ_SOURCES = ("product", "lipsdp", "local")
@@ -99,7 +103,7 @@ class Suite(Strict):
         for i, item in enumerate(v if isinstance(v, list) else []):
             encoder_cls = plugin_class(ENCODERS, item, f"[{i}]")
             for params in sweep_of(item, encoder_cls):
-                errors = param_errors(encoder_cls.param_model(), params)
+                errors = encoder_cls.validation_errors(params)
                 if errors:
                     raise ValueError("; ".join(f"[{i}].{k}: {m}" for k, m in errors))
         return v
@@ -141,7 +145,7 @@ class Suite(Strict):
                 fit = [n for n in ATTACKS.names() if modality in ATTACKS.get(n).modalities]
                 raise ValueError(f"attacks: {name!r} works on {', '.join(ATTACKS.get(name).modalities)}, but the "
                                  f"data ({self.data.source}) is {modality}; {modality} attacks: {', '.join(fit)}.")
-        if self.certify is not None and (modality != "image" or self.data.source == "mmbench_tsv"):
+        if self.certify is not None and not self.data.kind.certifiable:
             raise ValueError(f"certify: certificates cover image classifiers; remove the certify section for "
                              f"{self.data.source} data.")
         return self

@@ -1,5 +1,5 @@
 """The first layer's linear operator on pixel perturbations: the one convolution operator (zero or circular
-padding, its adjoint, CGLS) and its Fourier polyphase blocks."""
+padding, its adjoint, its dense matrix, CGLS) and its Fourier polyphase blocks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nte_eval.geometry.layer import HasFirstLayer
+from nte_eval.geometry.layer import FirstLayer, HasFirstLayer, PixelLayer
 
 
 def polyphase_operator(w: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
@@ -72,26 +72,65 @@ def full_spectrum_count(mask: torch.Tensor, gw: int) -> torch.Tensor:
 
 
 class PixelConv:
-    """The first layer's linear part on pixel perturbations: delta -> conv(delta / std), zero or circular padding."""
+    """The first layer's linear part on pixel perturbations: delta -> conv(delta / std), zero or circular padding;
+    its adjoint, and for small images its dense matrix and Gram matrix (exact subspaces at a zero-padded border)."""
 
-    def __init__(self, handle: HasFirstLayer):
-        self.f, self.std, self.size = handle.first, handle.std, handle.input_size[1:]
+    def __init__(self, handle: HasFirstLayer | PixelLayer):
+        self.first, self.std, self.shape = handle.first, handle.std, tuple(handle.input_size)
+
+    @classmethod
+    def on_pixels(cls, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                  shape: tuple[int, int, int]) -> PixelConv:
+        """The convolution of a kernel that already acts on pixels (a folded W D^-1, or a layer fitted from data)."""
+        first = FirstLayer("pixels", "conv2d", weight, None, tuple(stride), tuple(padding))
+        return cls(PixelLayer(first, tuple(shape)))
+
+    @property
+    def pixel_weight(self) -> torch.Tensor:
+        """The kernel on raw pixels, W D^-1, as float64 (m, C, kh, kw)."""
+        w = self.first.weight
+        return w.double() / self.std.to(w.device, torch.float64).view(1, -1, 1, 1)
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(d / self.std.to(d), self.f.weight.to(d), None, self.f.stride, self.f.padding)
+        f = self.first
+        return F.conv2d(d / self.std.to(d), f.weight.to(d), None, f.stride, f.padding)
 
     def apply_circular(self, d: torch.Tensor) -> torch.Tensor:
-        ph, pw = self.f.padding
+        f, (ph, pw) = self.first, self.first.padding
         padded = F.pad(d / self.std.to(d), (pw, pw, ph, ph), mode="circular")
-        return F.conv2d(padded, self.f.weight.to(d), None, self.f.stride)
+        return F.conv2d(padded, f.weight.to(d), None, f.stride)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """The transpose of ``apply``: output_padding restores the input rows/columns that the last outputs read
         but a plain transposed convolution would not reach."""
-        (h, w), (kh, kw), (sh, sw), (ph, pw) = self.size, self.f.kernel, self.f.stride, self.f.padding
+        f = self.first
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = self.shape[1:], f.kernel, f.stride, f.padding
         extra = (h - ((y.shape[-2] - 1) * sh - 2 * ph + kh), w - ((y.shape[-1] - 1) * sw - 2 * pw + kw))
-        out = F.conv_transpose2d(y, self.f.weight.to(y), None, self.f.stride, self.f.padding, output_padding=extra)
+        out = F.conv_transpose2d(y, f.weight.to(y), None, f.stride, f.padding, output_padding=extra)
         return out / self.std.to(y)
+
+    def windows(self) -> torch.Tensor:
+        """(L, d): per output position, 1 + the index of each pixel its window reads (0 where it reads padding)."""
+        f = self.first
+        ids = torch.arange(1, math.prod(self.shape) + 1, dtype=torch.float64)
+        return F.unfold(ids.view(1, *self.shape), f.kernel, stride=f.stride, padding=f.padding)[0].T.round().long()
+
+    def matrix(self) -> torch.Tensor:
+        """The dense float64 matrix A (m * L, N) of the zero-padded convolution on N = C*H*W pixels."""
+        idx, w = self.windows(), self.pixel_weight.flatten(1)
+        (m, d), n_out = w.shape, idx.shape[0]
+        a = torch.zeros(m, n_out, math.prod(self.shape) + 1, dtype=torch.float64)
+        a.index_put_((torch.arange(m)[:, None, None], torch.arange(n_out)[None, :, None], idx[None]),
+                     w[:, None, :].expand(m, n_out, d), accumulate=True)
+        return a[..., 1:].reshape(m * n_out, -1)
+
+    def gram(self) -> torch.Tensor:
+        """A^T A (N, N) in float64, summed window by window from W^T W."""
+        idx, w = self.windows(), self.pixel_weight.flatten(1)
+        size, (n_out, d) = math.prod(self.shape), idx.shape
+        g = torch.zeros(size + 1, size + 1, dtype=torch.float64)
+        g.index_put_((idx[:, :, None], idx[:, None, :]), (w.T @ w).expand(n_out, d, d), accumulate=True)
+        return g[1:, 1:]
 
 
 def cgls(op: PixelConv, rhs: torch.Tensor, iters: int, rtol: float, ntol: float = 1e-6,

@@ -41,7 +41,6 @@ class FirstLayer:
                 "padding": list(self.padding), "in_channels": self.weight.shape[1], "out_channels": self.out_channels}
 
 
-
 class HasFirstLayer(Protocol):
     """What the geometry needs of a model: its first layer, normalisation std, input size and a memo for derived
     quantities (``nte_eval.models.ModelHandle`` is one)."""
@@ -53,3 +52,16 @@ class HasFirstLayer(Protocol):
     memo: dict[Any, Any]
 
     def pixel_operator(self, dtype: torch.dtype = torch.float64) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PixelLayer:
+    """A first layer whose kernel already acts on pixels (unit std) on images of ``input_size``: a folded W D^-1 or a
+    layer an attacker fitted from data. What ``PixelConv`` reads of a model, without a model."""
+
+    first: FirstLayer
+    input_size: tuple[int, int, int]
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.ones(1, self.input_size[0], 1, 1, dtype=self.first.weight.dtype)

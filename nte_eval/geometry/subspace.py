@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,7 +31,7 @@ from nte_eval.geometry.conv import (
     polyphase_rfft,
     rfft_column_weights,
 )
-from nte_eval.geometry.layer import HasFirstLayer
+from nte_eval.geometry.layer import FirstLayer, HasFirstLayer
 
 SELECT_KINDS = ("tau", "k", "energy")
 DEFAULT_SELECT = "tau=0.01"
@@ -69,6 +70,12 @@ class Select:
 
     def __str__(self) -> str:
         return f"{self.kind}={int(self.value) if self.kind == 'k' else self.value:g}"
+
+
+def natural_view(first: FirstLayer) -> Literal["patch", "operator"]:
+    """The view in which a first layer's subspace is exact: ``patch`` when its patches do not overlap (or it is a
+    Linear on the whole image), else ``operator``. What ``mode='auto'`` picks, everywhere."""
+    return "patch" if first.non_overlapping or first.kind == "linear" else "operator"
 
 
 def select_mask(sigma: torch.Tensor, select: Select) -> torch.Tensor:
@@ -228,6 +235,6 @@ def cached_subspace(handle: HasFirstLayer, mode: str, select: Select) -> PatchSu
 
 def null_dimension(handle: HasFirstLayer) -> int:
     """Exact null-space dimension of the first layer: per patch if non-overlapping, else per Fourier block (min)."""
-    if handle.first.non_overlapping:
+    if natural_view(handle.first) == "patch":
         return PatchSubspace(handle, Select("k", 1)).null_dim
     return OperatorSubspace(handle, Select("k", 1)).null_dim_min

@@ -9,13 +9,14 @@ from pathlib import Path
 import pandas as pd
 
 from nte_eval.evaluate.labels import setting_name
+from nte_eval.evaluate.run_folder import CERTIFY
 
 
 def certification_table(out: Path) -> pd.DataFrame:
     """Certified (or, for an estimate, estimated) accuracy (%), pass rate (%) and median tightness per designated
     model, encoder setting, PSNR and Lipschitz source, from ``certify.json``; refused sources are in
     ``lipschitz.csv`` with their reason."""
-    table = pd.DataFrame(json.loads((Path(out) / "certify.json").read_text()).get("fidelity", []))
+    table = pd.DataFrame(json.loads((Path(out) / CERTIFY).read_text()).get("fidelity", []))
     if table.empty:
         return table
     table["setting"] = [setting_name(e, p, psnr=False) for e, p in zip(table.encoder, table.encoder_params,
@@ -31,7 +32,7 @@ def certification_table(out: Path) -> pd.DataFrame:
 
 def degradation_line(out: Path) -> str:
     """The degradation study in two sentences: rank correlations with the accuracy drop, and the checks."""
-    deg = json.loads((Path(out) / "certify.json").read_text()).get("degradation")
+    deg = json.loads((Path(out) / CERTIFY).read_text()).get("degradation")
     if not deg:
         return ""
     mis, energy = deg["spearman_misalignment"], deg["spearman_predicted_energy"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from nte_eval.evaluate.labels import attack_name, compact, knowledge_of, setting_name
+from nte_eval.evaluate.run_folder import CERTIFY, MANIFEST, RESULTS, WARNINGS, WORST_CASE
 from nte_eval.evaluate.store import COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import read_worst_case
 from nte_eval.knowledge import KNOWLEDGE
@@ -225,13 +226,13 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     ``manifest.json``, and where present ``certify.json`` and ``warnings.json``); pass ``results`` and ``worst``
     if they are already read."""
     run_dir = Path(run_dir)
-    results = read_rows(run_dir / "results.csv", COLUMNS) if results is None else results
-    worst = read_worst_case(run_dir / "worst_case.csv") if worst is None else worst
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    results = read_rows(run_dir / RESULTS, COLUMNS) if results is None else results
+    worst = read_worst_case(run_dir / WORST_CASE) if worst is None else worst
+    manifest = json.loads((run_dir / MANIFEST).read_text())
     data = manifest.get("data", {})
     modality, metric, chance = data.get("modality", "image"), data.get("metric", "accuracy"), data.get("chance")
     threshold = 100 * (chance or 0.0) + margin
-    certify = run_dir / "certify.json"
+    certify = run_dir / CERTIFY
     fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
     settings = _settings(results)
     if modality == "text":
@@ -243,7 +244,7 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], threshold,
                         weak_models(clean[clean.encoder_params == p], threshold))
                 for p, (_, d) in zip(settings.encoder_params, des.iterrows(), strict=True)]
-    warnings = run_dir / "warnings.json"
+    warnings = run_dir / WARNINGS
     unauthorized = unauthorized_table(worst, settings, results, metric)
     return Headline(settings=settings, designated=des, unauthorized=unauthorized, levels=levels,
                     certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),

@@ -21,6 +21,19 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.ft2font import FT2Font  # noqa: E402
 
 from nte_eval.evaluate.labels import setting_name  # noqa: E402
+from nte_eval.evaluate.run_folder import (
+    ANGLES,
+    CERTIFICATES,
+    CERTIFY,
+    COLLAPSE_PSNR,
+    LIPSCHITZ,
+    MANIFEST,
+    REPORT,
+    RESULTS,
+    SPECTRA,
+    TRANSFER_MATRIX,
+    WORST_CASE,
+)
 from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
 from nte_eval.evaluate.worst_case import read_worst_case  # noqa: E402
 from nte_eval.reports.certification import degradation_line
@@ -148,22 +161,22 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
 
 def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
     """The degradation page, the certification tables as text and the fidelity scatter."""
-    degradation = json.loads((run_dir / "certify.json").read_text()).get("degradation")
-    if degradation and (run_dir / "angles.csv").exists():
-        degradation_page(pdf, pd.read_csv(run_dir / "angles.csv"), degradation["spearman_misalignment"],
+    degradation = json.loads((run_dir / CERTIFY).read_text()).get("degradation")
+    if degradation and (run_dir / ANGLES).exists():
+        degradation_page(pdf, pd.read_csv(run_dir / ANGLES), degradation["spearman_misalignment"],
                          degradation["psnr"])
     lines = []
     if len(h.certification):
         caption, table = sections(h)[3]
         lines += [caption, *table_lines(table), ""]
     lines += [degradation_line(run_dir)]
-    lip = run_dir / "lipschitz.csv"
+    lip = run_dir / LIPSCHITZ
     if lip.exists():
         lines += ["", "Lipschitz bounds of the network after the first layer:",
                   *pd.read_csv(lip).to_string(index=False, max_colwidth=110).splitlines()]
     text_pages(pdf, "certification", "Certification (certified accuracy %, pass rate %, median measured/bound)", lines)
-    if (run_dir / "certificates.csv").exists():
-        fidelity_page(pdf, pd.read_csv(run_dir / "certificates.csv"))
+    if (run_dir / CERTIFICATES).exists():
+        fidelity_page(pdf, pd.read_csv(run_dir / CERTIFICATES))
 
 
 def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame, notes: list[str]) -> None:
@@ -210,24 +223,24 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     """Build ``report.pdf``, ``summary.md``, ``summary.tex``, ``transfer_matrix.csv`` and ``collapse_psnr.csv`` in
     ``run_dir`` from its files alone."""
     run_dir = Path(run_dir)
-    results = read_rows(run_dir / "results.csv", COLUMNS)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    worst = read_worst_case(run_dir / "worst_case.csv")
+    results = read_rows(run_dir / RESULTS, COLUMNS)
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    worst = read_worst_case(run_dir / WORST_CASE)
     h = headline(run_dir, MARGIN if margin is None else margin, results, worst)
     write_summaries(run_dir, h, f"nte-eval: {manifest.get('suite')}")
     matrix = transfer_matrix(results)
-    matrix.to_csv(run_dir / "transfer_matrix.csv", index=False)
-    collapse_psnr(results, h.threshold).to_csv(run_dir / "collapse_psnr.csv", index=False)
+    matrix.to_csv(run_dir / TRANSFER_MATRIX, index=False)
+    collapse_psnr(results, h.threshold).to_csv(run_dir / COLLAPSE_PSNR, index=False)
     settings = h.settings
     knowledge = attack_knowledge(manifest)
     accuracy = accuracy_name(h.source)
-    spectra = pd.read_csv(run_dir / "spectra.csv") if (run_dir / "spectra.csv").exists() else pd.DataFrame()
+    spectra = pd.read_csv(run_dir / SPECTRA) if (run_dir / SPECTRA).exists() else pd.DataFrame()
     notes = []
     if len(spectra) and spectra.sigma.isna().all():
         notes.append("No first-layer spectra page: no model has one in spectra.csv (" + "; ".join(
             f"{', '.join(g.model)}: {view}" for view, g in spectra.groupby("view", sort=False)) + ").")
         spectra = pd.DataFrame()
-    path = run_dir / "report.pdf"
+    path = run_dir / REPORT
     with ReportPages(path) as pdf:
         _summary_pages(pdf, manifest, results, h)
         table = wide(results[results.attack == "identity"])
@@ -235,7 +248,7 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
             psnr_page(pdf, table, designated, h.modality, accuracy)
         heatmap_pages(pdf, results, settings, knowledge, accuracy)
         knowledge_bars_pages(pdf, worst, settings, accuracy)
-        if (run_dir / "certify.json").exists():
+        if (run_dir / CERTIFY).exists():
             _certify_pages(pdf, run_dir, h)
         if len(spectra):
             spectra_page(pdf, spectra, _taus(results), list(h.designated.designated))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nte_eval.evaluate.run_folder import SUMMARY_MD, SUMMARY_TEX
 from nte_eval.reports.headline import METRICS, Headline, accuracy_name
 
 PIXEL_PSNR = "PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR with peak 255)."
@@ -154,7 +155,7 @@ def latex(h: Headline, title: str) -> str:
 def write_summaries(run_dir: Path, h: Headline, title: str) -> list[Path]:
     """Write ``summary.md`` and ``summary.tex`` into ``run_dir``."""
     written = []
-    for name, render in (("summary.md", markdown), ("summary.tex", latex)):
+    for name, render in ((SUMMARY_MD, markdown), (SUMMARY_TEX, latex)):
         path = Path(run_dir) / name
         path.write_text(render(h, title))
         written.append(path)

@@ -10,7 +10,8 @@ import torch
 
 from nte_eval.attacks.base import Attack
 from nte_eval.attacks.context import AttackContext
-from nte_eval.attacks.subspace.views import Subspace, model_subspace
+from nte_eval.attacks.subspace.fill import Subspace
+from nte_eval.attacks.subspace.model import model_subspace
 from nte_eval.attacks.text import EmbeddingDecoder
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.geometry.subspace import DEFAULT_SELECT
