@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from nte_eval.certify.degradation import degradation_warnings, rank_correlation
-from nte_eval.certify.fidelity import certificate_rows, float64_module, measure, summarize, violations
-from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds, product_bound
+from nte_eval.certify.fidelity import certificate_rows, measure, summarize, violations
+from nte_eval.certify.lipschitz import Float64Network, LipschitzBound, lipschitz_bounds, product_bound
 from nte_eval.cli import main
 from nte_eval.data.images import load_digits
 from nte_eval.encoders.nte import NTEEncoder
@@ -42,7 +42,7 @@ def test_single_linear_layer_bound_is_exact():
     delta = torch.linalg.pinv(handle.pixel_operator()) @ v  # pixel perturbation with A-change exactly v
     x = torch.rand(1, 3, 4, 4, dtype=torch.float64) * 0.5 + 0.25
     x_nte = x + 0.01 * delta.view(1, 3, 4, 4)
-    m = measure(handle, float64_module(handle), x, x_nte, batch=4)
+    m = measure(Float64Network(handle), x, x_nte, batch=4)
     rows = certificate_rows(m, torch.tensor([0]), bound, {"designated": "lin"})
     assert rows.measured_change[0] == pytest.approx(rows.bound[0], rel=1e-5)
     assert rows.first_layer_change[0] == pytest.approx(0.01, rel=1e-9)
@@ -53,13 +53,13 @@ def test_certified_samples_keep_their_prediction_on_zoo_models(digits):
     every certified source holds on every sample, and certified accuracy never exceeds the NTE accuracy."""
     for name in ("resnet_nullstem", "mlp_linear"):
         handle = load_zoo_model(name)
-        module64 = float64_module(handle)
-        bounds = lipschitz_bounds(handle, ["product", "lipsdp", "local"], digits.images[:4], radius=1.0, seed=0)
+        net = Float64Network(handle)
+        bounds = lipschitz_bounds(net, ["product", "lipsdp", "local"], digits.images[:4], radius=1.0, seed=0)
         assert bounds["product"].status == "certified"
         for params in ({"psnr": 0.0}, {"psnr": 40.0, "box": "project", "quantize": True}):
             enc = NTEEncoder(handle, **params).fit()
             x_nte = enc.encode(digits.images, key=0).images
-            m = measure(handle, module64, digits.images, x_nte)
+            m = measure(net, digits.images, x_nte)
             for bound in bounds.values():
                 if bound.value is None:
                     continue
@@ -82,7 +82,7 @@ def test_a_wrong_certified_bound_is_caught(digits):
     """A 'certified' constant far below the truth must show up as failing certificates, not pass silently."""
     handle = load_zoo_model("mlp_linear")
     x_nte = NTEEncoder(handle, psnr=30.0, box="project", quantize=True).fit().encode(digits.images, key=0).images
-    m = measure(handle, float64_module(handle), digits.images, x_nte)
+    m = measure(Float64Network(handle), digits.images, x_nte)
     wrong = LipschitzBound("product", "certified", 1e-6, "deliberately wrong", 0.0)
     rows = certificate_rows(m, digits.labels, wrong, {"designated": "mlp"})
     assert summarize(rows)["cert_pass_rate"] < 1.0

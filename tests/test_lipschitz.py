@@ -9,7 +9,7 @@ from torch import nn
 
 from nte_eval.certify.lipschitz import (
     GELU_SLOPES,
-    RestOfNetwork,
+    Float64Network,
     conv_operator_norm,
     lipschitz_bounds,
     lipsdp_bound,
@@ -194,7 +194,7 @@ def test_random_mlps_lipsdp_between_local_and_product(act, hidden, seed):
 
 def test_rest_of_network_reproduces_the_model(zoo, digits):
     h = zoo["resnet_stem"]
-    g = RestOfNetwork(h)
+    g = Float64Network(h)
     a = g.first(digits[:2])
     assert torch.allclose(a, h.first_layer_response(digits[:2]).double(), atol=1e-4)
     assert torch.allclose(g(digits[:2], a), h.logits(digits[:2]).double(), atol=1e-4)

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -280,3 +281,25 @@ def test_every_encoder_keeps_the_contract(name, designated):
     cls = ENCODERS.get(name)
     handle = designated(cls.modalities[0])
     keeps_the_contract(cls, lambda **params: cls(handle, **params))
+
+
+@pytest.mark.usefixtures("scoped_registries")
+def test_readme_encoder_example_runs_from_yaml(tmp_path, capsys):
+    code = _readme_block("python", "## Writing an encoder")
+    suite = _readme_block("yaml", "## Writing an encoder")
+    (tmp_path / "my_encoders.py").write_text(code)
+    (tmp_path / "my-encoder-suite.yaml").write_text(suite)
+    assert main(["run", str(tmp_path / "my-encoder-suite.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    results = pd.read_csv(tmp_path / "out" / "results.csv", dtype={"encoder_params": str})
+    ours = results[results.encoder == "blurred_noise"]
+    assert sorted(json.loads(p)["width"] for p in ours.encoder_params.unique()) == [1, 5]
+    psnr = ours[(ours.metric == "psnr") & (ours.attack == "identity")]
+    assert np.allclose(psnr.value, 20.0, atol=1e-3)  # scaled to exactly the declared PSNR
+    des = results[(results.role == "designated") & (results.metric == "first_layer_ratio")]
+    ratio = des.groupby("encoder").value.max()
+    assert ratio["nte"] < 1e-4 < ratio["blurred_noise"]  # only the NTE hides in the designated null space
+    bad = (tmp_path / "my-encoder-suite.yaml").read_text().replace("width: [1, 5]", "width: 99")
+    (tmp_path / "bad.yaml").write_text(bad)
+    assert main(["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
+    assert "encoders[1].width" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused while validating: no model loaded, nothing written

@@ -2,8 +2,8 @@
 
 Every operator is a first layer in pixel space (its linear part W D^-1, normalisation included) acting on images in
 R^n, n = C*H*W. With circular padding a stride-s convolution is block-diagonal in the Fourier domain after a polyphase
-split (``nte_eval.geometry.subspace.polyphase_operator``); a Linear first layer is the convolution whose kernel and stride are
-the whole image (a single block). Two layers are compared at their common period s = lcm(s_D, s_B) per axis: each
+split (``nte_eval.geometry.conv.polyphase_operator``); a Linear first layer is the convolution whose kernel and stride
+are the whole image (a single block). Two layers are compared at their common period s = lcm(s_D, s_B) per axis: each
 model's right singular vectors at its own period are re-blocked to period s (exact, no new SVD). The polyphase DFT is
 unitary up to one constant factor, so principal angles, Frobenius norms and traces of the image-space operators are
 sums over the blocks of the rfft half, each block counted once (self-conjugate column) or twice (with its conjugate).

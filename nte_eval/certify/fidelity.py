@@ -7,16 +7,13 @@ quantity is computed in float64, so rounding stays far below the bounds it is co
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
-from nte_eval.certify.lipschitz import LipschitzBound
-from nte_eval.models.handle import ModelHandle
+from nte_eval.certify.lipschitz import Float64Network, LipschitzBound
 
 CERT_COLUMNS = ["designated", "encoder", "encoder_params", "psnr", "sample", "label", "first_layer_change",
                 "lipschitz", "lipschitz_source", "lipschitz_status", "bound", "measured_change", "margin",
@@ -24,35 +21,16 @@ CERT_COLUMNS = ["designated", "encoder", "encoder_params", "psnr", "sample", "la
 ROUNDING = 1e-9  # relative slack (of the clean logit norm) for float64 rounding when comparing measured with bound
 
 
-def float64_module(handle: ModelHandle) -> nn.Module:
-    """A float64 copy of the handle's network (the handle itself is left as it is)."""
-    return copy.deepcopy(handle.module).double().eval()
-
-
-def _forward(handle: ModelHandle, module64: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, first-layer output) of the float64 module in one pass: A's output is read by a hook on the layer
-    itself, so it is exactly what the rest of the network receives (whatever the model does before the layer)."""
-    seen = []
-    hook = module64.get_submodule(handle.first.path).register_forward_hook(
-        lambda _m, _i, out: seen.append(out.detach().clone()))  # a copy: later in-place ops must not alter it
-    try:
-        logits = module64(handle.normalize(x))
-    finally:
-        hook.remove()
-    return logits, seen[0]
-
-
 @torch.no_grad()
-def measure(handle: ModelHandle, module64: nn.Module, x: torch.Tensor, x_nte: torch.Tensor,
-            batch: int = 128) -> dict[str, torch.Tensor]:
-    """Per sample, with the float64 module: the first-layer change ‖A(x') − A(x)‖, the logit change, the clean logit
-    margin (top-1 minus top-2), clean and NTE predictions, and the clean logit norm."""
+def measure(net: Float64Network, x: torch.Tensor, x_nte: torch.Tensor, batch: int = 128) -> dict[str, torch.Tensor]:
+    """Per sample, with the certification's float64 copy of the model: the first-layer change ‖A(x') − A(x)‖, the
+    logit change, the clean logit margin (top-1 minus top-2), clean and NTE predictions, and the clean logit norm."""
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("change", "measured", "margin", "pred", "pred_nte", "norm")}
-    device = handle.device
+    device = net.handle.device
     for i in range(0, len(x), batch):
         xb, nb = x[i:i + batch].to(device, torch.float64), x_nte[i:i + batch].to(device, torch.float64)
-        clean, a_clean = _forward(handle, module64, xb)
-        nte, a_nte = _forward(handle, module64, nb)
+        clean, a_clean = net.outputs(xb)
+        nte, a_nte = net.outputs(nb)
         top2 = clean.topk(2, dim=1).values
         out["change"].append((a_nte - a_clean).flatten(1).norm(dim=1))
         out["measured"].append((nte - clean).norm(dim=1))

@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 from nte_eval.certify.degradation import degradation_study, degradation_summary
-from nte_eval.certify.fidelity import CERT_COLUMNS, certificate_rows, float64_module, measure, summarize, violations
-from nte_eval.certify.lipschitz import LipschitzBound, lipschitz_bounds
+from nte_eval.certify.fidelity import CERT_COLUMNS, certificate_rows, measure, summarize, violations
+from nte_eval.certify.lipschitz import Float64Network, LipschitzBound, lipschitz_bounds
 from nte_eval.data.images import ImageSet
 from nte_eval.encoders import ENCODERS
 from nte_eval.evaluate.batching import encode_all
@@ -52,16 +52,16 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
         if not encoders:
             log(f"certify {d}: no encoder setting applies to this designated model; nothing to certify")
             continue
-        module64 = float64_module(handle)
+        net = Float64Network(handle)  # the one float64 copy: measurement and every Lipschitz source share it
         measured = []
         for encoder in encoders:
             x_nte = encode_all(encoder, data.images, suite.seed, batch, handle.device)[0]
             enc_params = compact({**encoder.params(), "designated": d})
-            m = measure(handle, module64, data.images, x_nte, batch)
+            m = measure(net, data.images, x_nte, batch)
             measured.append((encoder.name, enc_params, encoder.psnr, m))
         # the local estimate looks as far from A(x) as the largest first-layer change it has to cover
         radius = max(float(m["change"].max()) for *_, m in measured)
-        found = lipschitz_bounds(handle, list(cfg.lipschitz), data.images[:cfg.local_samples].to(handle.device),
+        found = lipschitz_bounds(net, list(cfg.lipschitz), data.images[:cfg.local_samples].to(handle.device),
                                  radius, seed=0)
         for bound in found.values():
             bounds.append((d, bound))
