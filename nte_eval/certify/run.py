@@ -18,6 +18,7 @@ from nte_eval.data.images import ImageSet
 from nte_eval.encoders import ENCODERS
 from nte_eval.evaluate.batching import encode_all
 from nte_eval.evaluate.labels import compact
+from nte_eval.evaluate.run_folder import ANGLES, CERTIFICATES, CERTIFY, LIPSCHITZ
 from nte_eval.evaluate.suite import CertifyConfig, Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
@@ -93,8 +94,8 @@ def certify_suite(suite: Suite, handles: dict[str, ModelHandle], evaluated: list
         certs, bounds, table = certify_fidelity(suite, cfg, handles, data, batch, log)
         lip = pd.DataFrame([{"model": d, "source": b.source, "status": b.status, "value": b.value,
                              "detail": b.detail, "seconds": round(b.seconds, 3)} for d, b in bounds])
-        _write_csv(certs, out / "certificates.csv")
-        _write_csv(lip, out / "lipschitz.csv")
+        _write_csv(certs, out / CERTIFICATES)
+        _write_csv(lip, out / LIPSCHITZ)
         summary["fidelity"] = table
         rows = [(t["encoder"], t["encoder_params"], "certify", compact({"lipschitz": t["lipschitz"],
                                                                         "status": t["status"]}),
@@ -105,9 +106,9 @@ def certify_suite(suite: Suite, handles: dict[str, ModelHandle], evaluated: list
         pair_models = evaluated if cfg.pairs == "all" else designated
         pairs = degradation_study({n: handles[n] for n in evaluated}, pair_models, data, cfg.degradation_psnr,
                                   cfg.tau, suite.seed, batch, progress)
-        _write_csv(pairs, out / "angles.csv")
+        _write_csv(pairs, out / ANGLES)
         summary["degradation"] = degradation_summary(pairs, cfg.degradation_psnr)
-    (out / "certify.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / CERTIFY).write_text(json.dumps(summary, indent=2, default=str))
     return rows, violations(certs)
 
 

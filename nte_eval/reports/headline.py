@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nte_eval.data.sources import SOURCES
 from nte_eval.evaluate.labels import attack_name, compact, knowledge_of, setting_name
 from nte_eval.evaluate.run_folder import CERTIFY, MANIFEST, RESULTS, WARNINGS, WORST_CASE
 from nte_eval.evaluate.store import COLUMNS, read_rows
@@ -54,9 +55,14 @@ def psnr_name(modality: str) -> tuple[str, str]:
     return ("token PSNR", "peak 1, per stored entry") if modality == "text" else ("PSNR", "pixel space, peak 1")
 
 
+def multiple_choice(source: str) -> bool:
+    """Whether the run's data source scores multiple-choice answers (a VLM's A-D), per ``data.sources``."""
+    return source in SOURCES and SOURCES[source].scoring == "multiple_choice"
+
+
 def accuracy_name(source: str) -> str:
     """What accuracy means for a data source: multiple-choice accuracy over options A-D for MMBench, else top-1."""
-    return "multiple-choice accuracy (A\u2013D)" if source == "mmbench_tsv" else "top-1 accuracy"
+    return "multiple-choice accuracy (A\u2013D)" if multiple_choice(source) else "top-1 accuracy"
 
 
 def _pct(value: float) -> float:

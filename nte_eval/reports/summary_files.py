@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from nte_eval.evaluate.run_folder import SUMMARY_MD, SUMMARY_TEX
-from nte_eval.reports.headline import METRICS, Headline, accuracy_name
+from nte_eval.reports.headline import METRICS, Headline, accuracy_name, multiple_choice
 
 PIXEL_PSNR = "PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR with peak 255)."
 UNITS = f"Accuracy in %; {PIXEL_PSNR}"
@@ -25,7 +25,7 @@ def units(h: Headline) -> str:
     if h.modality == "text":
         return TEXT_UNITS + (f" {METRICS[h.metric][0]} = {METRICS[h.metric][1]}, on the same predictions as the "
                              "accuracy." if h.metric in METRICS else "")
-    if h.source == "mmbench_tsv":
+    if multiple_choice(h.source):
         return f"Accuracy is {accuracy_name(h.source)} in %; {PIXEL_PSNR}"
     return UNITS
 
