@@ -60,12 +60,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 def _finish(out: Path, margin: float | None) -> None:
     """Write the report and the summaries, then print the headline and where everything is."""
+    from nte_eval.evaluate.run_folder import RESULTS, SUMMARY_MD, SUMMARY_TEX
     from nte_eval.reports import write_report
     from nte_eval.reports.summary_files import text
 
     report = write_report(out, margin)
     print(text(report.headline))
-    print(f"\nTables: {out / 'summary.md'}, {out / 'summary.tex'}; tidy results: {out / 'results.csv'}\n"
+    print(f"\nTables: {out / SUMMARY_MD}, {out / SUMMARY_TEX}; tidy results: {out / RESULTS}\n"
           f"Report: {report.path} ({len(report.pages)} pages)")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from nte_eval.data.images import ImageSet, _resize_crop, check_images, list_images, read_image
-from nte_eval.data.sources import load_pixels
+from nte_eval.data.sources import SOURCES, load_pixels
 from nte_eval.encoders import NTEEncoder
 from nte_eval.errors import NTEError
 from nte_eval.models.load import load_model
@@ -18,11 +18,12 @@ from nte_eval.models.load import load_model
 
 def load_source(source: str, size: int, channels: int, limit: int | None, split: str) -> ImageSet:
     """``digits``, ``photos``, or any folder of images (searched recursively), at the model's size."""
-    if source in ("digits", "photos"):  # the bundled sets; anything else names a folder
+    if source in SOURCES and SOURCES[source].bundled:  # anything else names a folder
         return load_pixels(source, split, limit, size=size)
     root = Path(source)
     if not root.is_dir():
-        raise NTEError(f"--data {source!r} is neither 'digits', 'photos' nor an existing folder.")
+        bundled = ", ".join(repr(n) for n, s in SOURCES.items() if s.bundled)
+        raise NTEError(f"--data {source!r} is neither a bundled set ({bundled}) nor an existing folder.")
     files = list_images(root)[:limit]
     if not files:
         raise NTEError(f"--data {root}: no image files found (png, jpg, ...).")

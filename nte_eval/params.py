@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import types
 import typing
@@ -104,6 +105,8 @@ class Parametrised:
 
     _fields: ClassVar[Fields] = {}
     _model: ClassVar[type[BaseModel]]
+    #: Constructor arguments that are not parameters (an encoder's model handle).
+    _init_args: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,6 +115,22 @@ class Parametrised:
                        if typing.get_origin(hint) is not ClassVar and hint is not ClassVar
                        and not k.startswith("_") and hasattr(cls, k)}
         cls._model = param_model(cls.__name__, cls._fields)
+        cls._check_init()
+
+    @classmethod
+    def _check_init(cls) -> None:
+        """A parameter taken by ``__init__`` instead of declared is an error at class definition (it would be
+        invisible to suite validation, sweeps and the results)."""
+        if "__init__" not in cls.__dict__:
+            return
+        skip = {"self", *cls._init_args}
+        named = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in skip]
+        undeclared = [n for n in named if n not in cls._fields]
+        if undeclared:
+            raise NTEError(f"{cls.__qualname__}: declare {', '.join(undeclared)} as annotated class attributes with "
+                           f"defaults (e.g. `{undeclared[0]}: float = 1.0`), not as __init__ arguments; __init__ takes "
+                           f"{', '.join([*cls._init_args, '**params'])} and passes them to super().__init__.")
 
     def set_params(self, owner: str, params: dict[str, Any]) -> None:
         """Validate ``params`` (NTEError names ``owner`` and the bad parameter), fill in defaults, set each as an

@@ -99,6 +99,3 @@ class Registry(Generic[T]):
         except NTEError:
             return False
         return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())

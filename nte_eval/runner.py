@@ -153,7 +153,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     if len(broken):
         raise NTEError(f"{len(broken)} certificate(s) of a certified Lipschitz bound failed (first: "
                        f"{broken.iloc[0].designated}, sample {broken.iloc[0]['sample']}, "
-                       f"{broken.iloc[0].lipschitz_source}): a bug in nte-eval; see {out / 'certificates.csv'} "
+                       f"{broken.iloc[0].lipschitz_source}): a bug in nte-eval; see {out / CERTIFICATES} "
                        f"(column passed) and report it.")
     return results
 

@@ -211,7 +211,7 @@ def test_padding_before_the_first_conv_is_caught_at_load(tmp_path):
 @pytest.mark.parametrize("pad", [(0, 1, 0, 1), (1, 1, 1, 1), (2, 0, 1, 3)])
 @pytest.mark.parametrize("conv", [(3, 2, "valid"), (7, 2, 3), (4, 4, 0)])
 def test_zero_pad_then_conv_is_one_exact_convolution(pad, conv):
-    # handles.py: any nn.Sequential(ZeroPad2d, Conv2d), at even and odd sizes, as HF's stems are rewired
+    # models/handle.py: any nn.Sequential(ZeroPad2d, Conv2d), at even and odd sizes, as HF's stems are rewired
     kernel, stride, padding = conv
     torch.manual_seed(0)
     stem = torch.nn.Sequential(torch.nn.ZeroPad2d(pad), torch.nn.Conv2d(3, 5, kernel, stride, padding))

@@ -20,7 +20,7 @@ from pydantic import Field
 from nte_eval.attacks import ATTACKS, Attack, AttackContext, build_attack
 from nte_eval.cli import main
 from nte_eval.data.images import load_digits
-from nte_eval.encoders import ENCODERS
+from nte_eval.encoders import ENCODERS, Encoder
 from nte_eval.errors import NTEError
 from nte_eval.knowledge import KNOWLEDGE
 from nte_eval.models.load import load_model
@@ -303,3 +303,27 @@ def test_readme_encoder_example_runs_from_yaml(tmp_path, capsys):
     assert main(["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
     assert "encoders[1].width" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused while validating: no model loaded, nothing written
+
+
+def test_parameters_taken_by_init_instead_of_declared_are_an_error():
+    """The old way of writing an encoder (parameters as __init__ arguments) would hide them from suite validation,
+    sweeps and the results: defining such a class fails at once, saying how to declare them."""
+    with pytest.raises(NTEError, match=r"declare psnr, sigma as annotated class attributes.*handle, \*\*params"):
+        class OldStyle(Encoder, register=False):
+            name = "old_style"
+
+            def __init__(self, handle, psnr: float = 30.0, sigma: float = 1.0):
+                super().__init__(handle, psnr=psnr)
+
+            def encode(self, x, key, index=None, labels=None, record=True):
+                return x
+
+    with pytest.raises(NTEError, match=r"declare level as annotated class attributes.*takes \*\*params"):
+        class OldAttack(Attack, register=False):
+            name = "old_attack"
+
+            def __init__(self, level: int = 2):
+                super().__init__()
+
+            def run(self, x):
+                return x

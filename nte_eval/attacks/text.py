@@ -1,4 +1,4 @@
-"""Attacks on soft-token NTEs (``nte_eval.tokens``): read each soft row back as one token.
+"""Attacks on soft-token NTEs (``nte_eval.data.tokens``): read each soft row back as one token.
 
 - ``argmax_decode`` (knowledge none): the token with the largest weight, what a reader without any model does.
 - ``prior_decode`` (knowledge method): knowing that the token is one of the stored entries, weigh each entry by how

@@ -22,6 +22,7 @@ import torch
 from nte_eval.encoders.nte import NTEEncoder
 from nte_eval.errors import NTEError
 from nte_eval.geometry.conv import PixelConv, full_spectrum_count, polyphase_operator, rfft_column_weights
+from nte_eval.geometry.subspace import natural_view
 from nte_eval.models.handle import ModelHandle
 
 GEOMETRY_KEYS = ("period", "n", "k", "r", "angles_deg", "angle_min", "angle_median", "angle_mean", "angle_max",
@@ -46,7 +47,7 @@ class Spectrum:
 
 def model_spectrum(handle: ModelHandle, period: tuple[int, int] | None = None) -> Spectrum:
     """The circular first layer's spectrum at ``period`` (default: its own stride), e.g. for plots and comparisons."""
-    spec = _own_spectrum(handle, _view(handle))
+    spec = _own_spectrum(handle, natural_view(handle.first))
     if period is None:
         return spec
     _, h, w = handle.input_size
@@ -116,7 +117,7 @@ def pair_geometry(encoder: NTEEncoder, other: ModelHandle, tau: float = 0.01) ->
                          f"image {h}x{w}: they are not jointly block-diagonal under circular padding")
         return out
     d, mask = _reblock(d_spec, period, d_mask)
-    b = _reblock(_own_spectrum(other, _view(other)), period)[0]
+    b = _reblock(_own_spectrum(other, natural_view(other.first)), period)[0]
     weights = d.weights
     angles, energy, trace, sigma_r = [], 0.0, 0.0, math.inf
     for i in range(d.grid[0]):
@@ -180,11 +181,6 @@ def predicted_energy(encoder: NTEEncoder, others: dict[str, ModelHandle], batch:
 
 
 # ------------------------------------------------------------------------------------------------ internals
-
-
-def _view(handle: ModelHandle) -> str:
-    """How to take a model's spectrum: one patch SVD for non-overlapping layers, else the Fourier blocks."""
-    return "patch" if handle.first.non_overlapping else "operator"
 
 
 def _own_spectrum(handle: ModelHandle, view: str) -> Spectrum:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -32,7 +34,7 @@ PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry
 class ImageSet:
     """Images in [0, 1] with integer labels (-1 where unknown) and a name per image.
 
-    ``modality``: ``image``; or ``text``, where ``images`` holds packed soft tokens (see ``nte_eval.tokens``).
+    ``modality``: ``image``; or ``text``, where ``images`` holds packed soft tokens (see ``nte_eval.data.tokens``).
     ``extras``: per-sample side information a model reads beside the input (an MMBench question and its options).
     """
 
@@ -143,9 +145,6 @@ def load_docstrings(limit: int | None = None) -> list[str]:
     """Real English text that ships with Python: the first paragraph of the public functions' and classes'
     docstrings of some standard-library modules (20-200 characters, deduplicated, in a fixed order; about
     970 on CPython 3.11). Unlabelled: for checks of text NTEs, such as sentence-embedding fidelity."""
-    import importlib
-    import inspect
-
     _check_limit(limit, "docstrings")
     out: list[str] = []
     for module in DOCSTRING_MODULES:

@@ -1,13 +1,32 @@
-"""The data sources a suite can name, in one table: what each holds, which ``data.*`` keys it needs, how its answers
-are scored, and whether the certification applies. Suite validation, loading and the report all read this table."""
+"""The data sources a suite can name, in one table: what each holds, which ``data.*`` keys it needs, how it loads,
+how its answers are scored, and whether the certification applies. Suite validation, loading, the runner and the
+report all read this table."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nte_eval.data.glue import TASKS
 from nte_eval.data.images import ImageSet, load_digits, load_imagefolder, load_photos
 from nte_eval.errors import NTEError, did_you_mean
+
+# A pixel loader: (split, limit, root, size, channels) -> labelled images at ``size``.
+PixelLoader = Callable[[str, int | None, str | None, int | None, int], ImageSet]
+
+
+def _digits(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
+    return load_digits(split, limit, size or 32)
+
+
+def _photos(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
+    return load_photos(size or 224, limit)
+
+
+def _imagefolder(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
+    if size is None:
+        raise NTEError("imagefolder: data.size is required (the model's input size).")
+    return load_imagefolder(root, size, limit, channels)
 
 
 @dataclass(frozen=True)
@@ -20,6 +39,10 @@ class Source:
     scoring: str = "accuracy"  # "accuracy", "multiple_choice" (A-D answers of a VLM) or "glue" (the task's metric)
     certifiable: bool = True  # fidelity certificates and the degradation study cover image classifiers only
     description: str = ""
+    #: Plain pixel sources load here; the TSV sources need their models (a tokenizer, VLM questions) and load in
+    #: ``nte_eval.evaluate.inputs``.
+    pixels: PixelLoader | None = None
+    bundled: bool = False  # ships with the installed packages (no path needed)
 
     @property
     def unit(self) -> str:
@@ -32,9 +55,9 @@ class Source:
 
 
 SOURCES = {s.name: s for s in (
-    Source("digits", "image", description="scikit-learn's digits, coloured (bundled)"),
-    Source("photos", "image", description="scikit-image's sample photos (bundled, no labels)"),
-    Source("imagefolder", "image", ("root",), description="a folder ROOT/CLASS/*.png|jpg"),
+    Source("digits", "image", description="scikit-learn's digits, coloured", pixels=_digits, bundled=True),
+    Source("photos", "image", description="scikit-image's sample photos, no labels", pixels=_photos, bundled=True),
+    Source("imagefolder", "image", ("root",), description="a folder ROOT/CLASS/*.png|jpg", pixels=_imagefolder),
     Source("glue_tsv", "text", ("path", "task"), "glue", False, "a GLUE task's TSV file"),
     Source("mmbench_tsv", "image", ("path",), "multiple_choice", False, "an MMBench TSV for hf-vlm: models"),
 )}
@@ -49,17 +72,12 @@ def source(name: str) -> Source:
 
 def load_pixels(name: str, split: str = "test", limit: int | None = None, root: str | None = None,
                 size: int | None = None, channels: int = 3) -> ImageSet:
-    """A labelled pixel source (``digits``, ``photos``, ``imagefolder``) at ``size``; the TSV sources need their
-    models (a tokenizer, VLM questions) and load through ``nte_eval.evaluate.inputs``."""
-    if name == "digits":
-        return load_digits(split, limit, size or 32)
-    if name == "photos":
-        return load_photos(size or 224, limit)
-    if name == "imagefolder":
-        if root is None:
-            raise NTEError("imagefolder: data.root is required (a folder ROOT/CLASS/*.png).")
-        if size is None:
-            raise NTEError("imagefolder: data.size is required (the model's input size).")
-        return load_imagefolder(root, size, limit, channels)
-    raise NTEError(f"data source {source(name).name!r} is not a plain pixel source; "
-                   f"use one of digits, photos, imagefolder.")
+    """A plain pixel source (one whose row has a ``pixels`` loader) at ``size``."""
+    kind = source(name)
+    if kind.pixels is None:
+        plain = [s.name for s in SOURCES.values() if s.pixels is not None]
+        raise NTEError(f"data source {name!r} loads with its models, not as plain pixels; use one of "
+                       f"{', '.join(plain)}.")
+    if "root" in kind.needs and root is None:
+        raise NTEError(f"{name}: data.root is required ({kind.description}).")
+    return kind.pixels(split, limit, root, size, channels)

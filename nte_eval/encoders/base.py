@@ -116,8 +116,10 @@ class Encoder(Parametrised, ABC):
     subclass with a ``name`` registers it, unless it says ``register=False``."""
 
     name: ClassVar[str]
-    #: The data it recodes: ``image`` (pixels) or ``text`` (packed soft tokens, ``nte_eval.tokens``).
+    #: The data it recodes: ``image`` (pixels) or ``text`` (packed soft tokens, ``nte_eval.data.tokens``).
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+
+    _init_args = ("handle",)
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

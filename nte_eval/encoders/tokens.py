@@ -25,7 +25,7 @@ REFINE = 6  # at most this many refinement steps of the null-space projection
 class TokenNTEEncoder(Encoder):
     """Soft-token NTEs for a text model: noise on K keyed vocabulary entries per token, in the null space of E_S^T.
 
-    ``psnr``: token PSNR in dB (peak 1; MSE per stored entry, see ``nte_eval.tokens``). ``support``: K, the stored
+    ``psnr``: token PSNR in dB (peak 1; MSE per stored entry, see ``nte_eval.data.tokens``). ``support``: K, the stored
     entries per token; it must exceed the embedding dimension d (default 2 d, a null space of d dimensions).
     """
 

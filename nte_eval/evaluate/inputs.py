@@ -95,7 +95,7 @@ def load_public_text(suite: Suite, data: ImageSet, designated: ModelHandle) -> I
     cfg = suite.public
     if cfg is None:
         return None
-    if cfg.source != "glue_tsv" or not cfg.path:
+    if cfg.kind.modality != "text" or not cfg.path:
         raise NTEError("public: text attackers' public data is a GLUE TSV: {source: glue_tsv, path: train.tsv}.")
     text = load_glue_tsv(cfg.path, cfg.task or suite.data.task, cfg.limit)
     evaluated = {(e["text"], e["pair"]) for e in data.extras}

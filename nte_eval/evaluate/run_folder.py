@@ -10,10 +10,14 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 
 import nte_eval
 
+# 2: encoder_params records every declared encoder parameter (project_iters, and border in patch mode too), so runs
+# written before cannot be resumed: their cell keys differ.
+RESULTS_FORMAT = 2
 RESULTS = "results.csv"  # tidy metrics, one row per cell, model and metric
 RESULTS_PARQUET = "results.parquet"  # the same, as Parquet
 SAMPLES = "samples.csv"  # per-sample correctness (for the unions)
@@ -55,7 +59,5 @@ def save_examples(path: Path, images: torch.Tensor) -> None:
 
 def environment() -> dict[str, str]:
     """Versions of what produced the results, for the manifest."""
-    import timm  # imported here only: the manifest is its one use
-
     return {"nte_eval": nte_eval.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "timm": timm.__version__, "numpy": np.__version__, "platform": platform.platform()}

@@ -70,8 +70,9 @@ class ResultStore:
         manifest = self.out / MANIFEST
         old = json.loads(manifest.read_text()).get("config_hash") if manifest.exists() else None
         if old != self.config_hash:
-            raise NTEError(f"{self.out} holds results of a different suite (config {old}, now {self.config_hash}); "
-                           f"--resume needs the same suite: use another --out or --overwrite.")
+            raise NTEError(f"{self.out} holds results of a different suite, or of an older nte-eval results format "
+                           f"(config {old}, now {self.config_hash}); --resume needs the same suite and format: use "
+                           f"another --out or --overwrite.")
 
     def _keep_done(self) -> None:
         """Rewrite the CSVs with only the journalled cells' rows (a line cut short by a kill is dropped first)."""

@@ -18,7 +18,8 @@ from nte_eval.data.glue import TASKS
 from nte_eval.data.sources import SOURCES, Source
 from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
-from nte_eval.knowledge import KNOWLEDGE
+from nte_eval.evaluate.run_folder import RESULTS_FORMAT
+from nte_eval.knowledge import KNOWLEDGE, Knowledge
 from nte_eval.models.load import ModelSpec, spec_name
 from nte_eval.registry import Registry
 
@@ -66,7 +67,7 @@ class CertifyConfig(Strict):
 
     fidelity: bool = True
     degradation: bool = True
-    lipschitz: list[Literal["product", "lipsdp", "local"]] = Field(default=list(LIPSCHITZ_SOURCES), min_length=1)
+    lipschitz: list[Literal[LIPSCHITZ_SOURCES]] = Field(default=list(LIPSCHITZ_SOURCES), min_length=1)
     psnr: list[float] | None = None  # fidelity PSNRs (dB); default: each encoder setting's own
     pairs: Literal["all", "designated"] = "all"  # who plays the designated role in the degradation study
     degradation_psnr: float = 10.0
@@ -85,7 +86,7 @@ class Suite(Strict):
     surrogates: list[ModelSpec] = []
     encoders: list[dict[str, Any]] = Field(min_length=1)
     attacks: list[dict[str, Any] | str] = [{"type": "identity"}]
-    knowledge: list[Literal["none", "method", "surrogate", "oracle"]] = list(KNOWLEDGE)
+    knowledge: list[Knowledge] = list(KNOWLEDGE)
     batch_size: int = Field(default=128, ge=1)
     certify: CertifyConfig | None = None
 
@@ -197,7 +198,10 @@ class Suite(Strict):
         return settings
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+        """The suite's fingerprint, with the results format: --resume continues only a run of the same suite written
+        in the same format (its cell keys)."""
+        config = {**self.model_dump(), "results_format": RESULTS_FORMAT}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plugin_class(registry: Registry, item: Any, where: str) -> type:

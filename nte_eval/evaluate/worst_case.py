@@ -16,7 +16,6 @@ import pandas as pd
 
 from nte_eval.knowledge import KNOWLEDGE
 
-SUMMARIES = ("clean", "no_attack", "best_single", *(f"best_{k}" for k in KNOWLEDGE), "union", "union_clean")
 WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
                  "knowledge", "value", "n"]
 

@@ -43,7 +43,7 @@ class FirstLayer:
 
 class HasFirstLayer(Protocol):
     """What the geometry needs of a model: its first layer, normalisation std, input size and a memo for derived
-    quantities (``nte_eval.models.ModelHandle`` is one)."""
+    quantities (``nte_eval.models.handle.ModelHandle`` is one)."""
 
     spec: str
     first: FirstLayer

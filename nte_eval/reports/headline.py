@@ -51,7 +51,8 @@ class Headline:
 
 
 def psnr_name(modality: str) -> tuple[str, str]:
-    """The PSNR's name and its unit note: pixel-space PSNR for images, token PSNR for text (``nte_eval.tokens``)."""
+    """The PSNR's name and its unit note: pixel-space PSNR for images, token PSNR for text
+    (``nte_eval.data.tokens``)."""
     return ("token PSNR", "peak 1, per stored entry") if modality == "text" else ("PSNR", "pixel space, peak 1")
 
 

@@ -1,7 +1,7 @@
 """``hf-text:PATH``: a local Hugging Face text model whose first linear operator is its token embedding matrix.
 
-The model reads packed soft tokens (``nte_eval.tokens``) as ``inputs_embeds = r E``, which for one-hot rows is exactly
-what it computes from token ids. That equivalence is checked when the model loads, so a model that reads its
+The model reads packed soft tokens (``nte_eval.data.tokens``) as ``inputs_embeds = r E``, which for one-hot rows is
+exactly what it computes from token ids. That equivalence is checked when the model loads, so a model that reads its
 tokens any other way (scaled embeddings, extra token-id inputs) is refused instead of silently mis-evaluated.
 """
 

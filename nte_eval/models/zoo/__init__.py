@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nte_eval.errors import NTEError, did_you_mean
-from nte_eval.geometry.subspace import null_dimension
+from nte_eval.geometry.subspace import natural_view, null_dimension
 from nte_eval.models.checkpoint import apply_checkpoint
 from nte_eval.models.handle import ModelHandle
 
@@ -183,7 +183,7 @@ def zoo_table() -> list[dict[str, Any]]:
         rec = records.get(name, {})
         rows.append({"name": name, "arch": entry.arch, **first.geometry(), "patch_dim": first.patch_dim,
                      "exact_null_dim": null_dimension(handle),
-                     "null_dim_scope": "per patch" if first.non_overlapping else "per Fourier block",
+                     "null_dim_scope": "per patch" if natural_view(first) == "patch" else "per Fourier block",
                      "trained": trained, "test_accuracy": rec.get("test_accuracy") if trained else None,
                      "train_seconds": rec.get("train_seconds") if trained else None})
     return rows
