@@ -4,20 +4,98 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from nte_eval.errors import NTEError
+
+if TYPE_CHECKING:
+    from nte_eval.reports.pdf import Report
 
 MARGIN_HELP = ("verdicts: the NTEs held against a knowledge level if no unauthorized model scores more than chance + "
                "MARGIN percentage points under its strongest attack (default 10)")
 
 
-def _run(args: argparse.Namespace, attacks: bool):
-    from nte_eval.evaluate.suite import load_suite
-    from nte_eval.runner import run_suite
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line with exit code 2, like every other error of the command."""
 
-    suite = load_suite(args.suite)
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"nte-eval: error: {message.rstrip('.')} (see `{self.prog} --help`)\n")
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (--batch-size, --threads, --limit)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer; give 1 or more.")
+    return int(text)
+
+
+def margin(text: str) -> float:
+    """--margin: percentage points, a finite number in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a margin in percentage points; give a number from 0 to 100 "
+                                         "(default 10).")
+    return value
+
+
+def device(text: str) -> str:
+    """--device: cpu, or cuda[:N] where this machine has that GPU (checked before any model loads)."""
+    kind, _, index = text.partition(":")
+    if text == "cpu":
+        return text
+    if kind == "mps":
+        raise argparse.ArgumentTypeError("mps is not supported: subspaces, several attacks and the certification "
+                                         "compute in float64, which MPS lacks; use cpu (or cuda).")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device nte-eval runs on; use cpu, cuda or cuda:N.")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that torch {torch.__version__} can "
+                                         "use; use --device cpu.")
+    if index and int(index) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    return text
+
+
+def out_folder(text: str) -> str:
+    """--out: a writable folder, or one that can be made in a writable folder (checked before any work)."""
+    path = Path(text).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        inside = "" if existing == path else f", so {path} cannot be a folder"
+        raise argparse.ArgumentTypeError(f"{existing} is a file{inside}; choose a folder for --out.")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write in {existing} ({e.strerror}); choose a folder you can write "
+                                         "to.") from None
+    return text
+
+
+def _log(line: str) -> None:
+    """A log line on stderr, between the progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
+    """Run the suite into --out and, with ``attacks``, write its report; with --overwrite, both are built beside a
+    previous run, which they replace only once complete."""
+    from nte_eval.evaluate.suite import load_suite
+
+    suite = load_suite(args.suite)  # validated before the slower imports below and any model
+    suite.check_files(args.suite)
     if not attacks and suite.certify is None:
         raise NTEError(f"{args.suite} has no `certify:` section; add e.g. `certify: {{fidelity: true, degradation: "
                        "true, lipschitz: [product, lipsdp, local]}` (or `certify: true` for the defaults).")
@@ -27,11 +105,14 @@ def _run(args: argparse.Namespace, attacks: bool):
 
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)  # numpy/scipy BLAS too (the certification's SVDs and angles)
-    from tqdm.auto import tqdm
+    from nte_eval.evaluate.store import replacing
+    from nte_eval.reports import write_report
+    from nte_eval.runner import run_suite
 
-    return run_suite(suite, args.out, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
-                     resume=args.resume, overwrite=args.overwrite, log=lambda line: tqdm.write(line, file=sys.stderr),
-                     attacks=attacks)
+    with replacing(Path(args.out), args.overwrite and not args.resume, _log) as work:
+        run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+                  resume=args.resume, overwrite=args.overwrite, log=_log, attacks=attacks)
+        return write_report(work, args.margin) if attacks else None
 
 
 def _print_certification(out: Path) -> None:
@@ -58,21 +139,18 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish(out: Path, margin: float | None) -> None:
-    """Write the report and the summaries, then print the headline and where everything is."""
-    from nte_eval.evaluate.run_folder import RESULTS, SUMMARY_MD, SUMMARY_TEX
-    from nte_eval.reports import write_report
+def _finish(out: Path, report: Report) -> None:
+    """Print the report's headline and where everything is."""
+    from nte_eval.evaluate.run_folder import REPORT, RESULTS, SUMMARY_MD, SUMMARY_TEX
     from nte_eval.reports.summary_files import text
 
-    report = write_report(out, margin)
     print(text(report.headline))
     print(f"\nTables: {out / SUMMARY_MD}, {out / SUMMARY_TEX}; tidy results: {out / RESULTS}\n"
-          f"Report: {report.path} ({len(report.pages)} pages)")
+          f"Report: {out / REPORT} ({len(report.pages)} pages)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _run(args, attacks=True)
-    _finish(Path(args.out), args.margin)
+    _finish(Path(args.out), _run(args, attacks=True))
     return 0
 
 
@@ -115,7 +193,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not (Path(args.dir) / name).is_file():
             raise NTEError(f"{args.dir} has no {name}; point `nte-eval report` at the --out folder of a finished run "
                            "(a killed run: finish it with `nte-eval run SUITE --out DIR --resume`).")
-    _finish(Path(args.dir), args.margin)
+    from nte_eval.reports import write_report
+
+    _finish(Path(args.dir), write_report(args.dir, args.margin))
     return 0
 
 
@@ -126,14 +206,41 @@ def with_pd_options(fn) -> None:
         fn()
 
 
+KEY_ENV = "NTE_EVAL_KEY"  # the environment variable `encode` reads the key from by default
+
+
+def _encode_key(args: argparse.Namespace) -> str:
+    """The NTE key from --key-file, --key-env, --key or $NTE_EVAL_KEY (a file or a variable stays out of `ps` and the
+    shell history); refuses an empty one."""
+    if args.key_file:
+        path = Path(args.key_file)
+        if not path.is_file():
+            raise NTEError(f"--key-file {path}: no such file; write the key into it (one line), or use --key-env NAME.")
+        key, where = path.read_text().rstrip("\r\n"), f"--key-file {path}"
+    elif args.key is not None:
+        key, where = args.key, "--key"
+    else:
+        name = args.key_env or KEY_ENV
+        if name not in os.environ:
+            raise NTEError(f"no key: set the environment variable {name}, or pass --key-file PATH or --key-env NAME.")
+        key, where = os.environ[name], f"the environment variable {name}"
+    if not key:
+        raise NTEError(f"the key from {where} is empty; give a long random key (a short one can be guessed).")
+    return key
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
-    from nte_eval.export import encode_to_folder
+    from nte_eval.export import encode_to_folder, key_file
 
     manifest = encode_to_folder(
-        model=args.model, source=args.data, out=args.out, key=args.key, psnr=args.psnr, mode=args.mode,
+        model=args.model, source=args.data, out=args.out, key=_encode_key(args), psnr=args.psnr, mode=args.mode,
         select=args.select, noise=args.noise, box=args.box, quantize=args.quantize, save_key=args.save_key,
         limit=args.limit, split=args.split, device=args.device)
-    print(f"{len(manifest['files'])} {manifest['format']} files in {args.out}; {manifest['note']}")
+    print(f"{len(manifest['files'])} {manifest['format']} files in {args.out}; {manifest['note']}; key fingerprint "
+          f"{manifest['key_fingerprint']}")
+    if args.save_key:
+        print(f"The key is in {key_file(args.out)} (readable by you only, outside the release folder): keep it "
+              "secret, it removes the protection.")
     return 0
 
 
@@ -157,23 +264,24 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nte-eval", description="Build, attack and certify non-transferable examples.")
+    p = Parser(prog="nte-eval", description="Build, attack and certify non-transferable examples.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate a suite YAML (attacks, then its certify section) into --out")
     cert = sub.add_parser("certify", help="run only a suite's certify section into --out")
     for p_, fn in ((run, cmd_run), (cert, cmd_certify)):
         p_.add_argument("suite", help="suite YAML file (see examples/quickstart.yaml)")
-        p_.add_argument("--out", required=True, help="output folder")
-        p_.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-        p_.add_argument("--batch-size", type=int, default=None, help="override the suite's batch_size")
+        p_.add_argument("--out", required=True, type=out_folder, help="output folder")
+        p_.add_argument("--device", default="cpu", type=device, help="torch device: cpu, cuda or cuda:N")
+        p_.add_argument("--batch-size", type=positive_int, default=None, help="override the suite's batch_size")
         p_.add_argument("--quiet", action="store_true", help="no progress bars")
-        p_.add_argument("--threads", type=int, default=None,
+        p_.add_argument("--threads", type=positive_int, default=None,
                         help="torch and BLAS CPU threads (default: their choice; 1 is fastest for small models)")
-        p_.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
-        p_.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
+        again = p_.add_mutually_exclusive_group()
+        again.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
+        again.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
         p_.set_defaults(fn=fn)
-    run.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
+    run.add_argument("--margin", type=margin, default=None, help=MARGIN_HELP)
 
     lst = sub.add_parser("list", help="list attacks, encoders or models with their parameters")
     lst.add_argument("what", nargs="?", default="attacks", choices=["attacks", "encoders", "models"])
@@ -182,14 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild report.pdf and summary.md/.tex from a run folder's files")
     rep.add_argument("dir", help="the --out folder of a run")
-    rep.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
+    rep.add_argument("--margin", type=margin, default=None, help=MARGIN_HELP)
     rep.set_defaults(fn=cmd_report)
 
     enc = sub.add_parser("encode", help="recode images for one designated model and key")
     enc.add_argument("--model", required=True, help="zoo:NAME or timm:NAME[@checkpoint]")
     enc.add_argument("--data", required=True, help="'digits', 'photos', or a folder of images")
-    enc.add_argument("--out", required=True, help="output folder")
-    enc.add_argument("--key", required=True, help="the NTE key (seed); not written unless --save-key")
+    enc.add_argument("--out", required=True, type=out_folder, help="output folder")
+    keys = enc.add_mutually_exclusive_group()
+    keys.add_argument("--key-file", help="read the NTE key from this file (a final newline is dropped)")
+    keys.add_argument("--key-env", help=f"read the NTE key from this environment variable (default: {KEY_ENV})")
+    keys.add_argument("--key", help="the NTE key itself (visible in `ps` and the shell history: prefer --key-file)")
     enc.add_argument("--psnr", type=float, default=30.0, help="target pixel-space PSNR in dB (peak 1)")
     enc.add_argument("--mode", default="auto", choices=["auto", "patch", "operator"])
     enc.add_argument("--select", default="tau=0.01", help="tau=T, k=N or energy=F")
@@ -197,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--box", default="project", choices=["none", "clip", "project"])
     enc.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
                      help="round to 8 bit (default on: storable PNGs)")
-    enc.add_argument("--save-key", action="store_true", help="write the key into manifest.json")
-    enc.add_argument("--limit", type=int, default=None, help="encode at most this many images")
+    enc.add_argument("--save-key", action="store_true",
+                     help="also write the key to OUT.key beside the release folder (owner-only, mode 0600)")
+    enc.add_argument("--limit", type=positive_int, default=None, help="encode at most this many images")
     enc.add_argument("--split", default="test", choices=["train", "test", "all"], help="split for --data digits")
-    enc.add_argument("--device", default="cpu")
+    enc.add_argument("--device", default="cpu", type=device, help="torch device: cpu, cuda or cuda:N")
     enc.set_defaults(fn=cmd_encode)
 
     zoo = sub.add_parser("zoo", help="the bundled model zoo trained on digits")
@@ -219,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except NTEError as e:
-        print(f"nte-eval: error: {e}", file=sys.stderr)
+        print(f"nte-eval: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, whatever it quotes
+        return 2
+    except SystemExit as e:  # nte-eval itself never exits inside a command: a plugin's code did
+        print(f"nte-eval: error: code run by `nte-eval {args.command}` (a plugin's?) called sys.exit({e.code!r}); the "
+              "command did not finish.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nte-eval: interrupted; finished cells are in results.csv", file=sys.stderr)

@@ -71,6 +71,8 @@ def expand_sweeps(fields: Fields, params: dict[str, Any]) -> list[dict[str, Any]
     for key, value in params.items():
         listy = key in fields and is_list_type(fields[key][0])
         sweep = isinstance(value, list) and (not listy or (value and all(isinstance(v, list) for v in value)))
+        if sweep and not value:
+            raise NTEError(f"{key}: [] sweeps over no values, so it would add no settings; give at least one value.")
         grids.append(value if sweep else [value])
     return [dict(zip(params, combo, strict=True)) for combo in itertools.product(*grids)]
 
@@ -110,10 +112,13 @@ class Parametrised:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        hints = typing.get_type_hints(cls, include_extras=True)
-        cls._fields = {k: (hint, getattr(cls, k)) for k, hint in hints.items()
-                       if typing.get_origin(hint) is not ClassVar and hint is not ClassVar
-                       and not k.startswith("_") and hasattr(cls, k)}
+        hints = {k: hint for k, hint in typing.get_type_hints(cls, include_extras=True).items()
+                 if typing.get_origin(hint) is not ClassVar and hint is not ClassVar and not k.startswith("_")}
+        missing = [k for k in hints if not hasattr(cls, k)]
+        if missing:
+            raise NTEError(f"{cls.__qualname__}: parameter {missing[0]!r} is annotated but has no default; give it one "
+                           f"(e.g. `{missing[0]}: float = 1.0`), or annotate it ClassVar if it is not a parameter.")
+        cls._fields = {k: (hint, getattr(cls, k)) for k, hint in hints.items()}
         cls._model = param_model(cls.__name__, cls._fields)
         cls._check_init()
 

@@ -34,12 +34,14 @@ from nte_eval.evaluate.run_folder import (
     SPECTRA,
     WARNINGS,
     WORST_CASE,
+    atomic_write,
     environment,
     example_file,
+    key_fingerprint,
     save_examples,
 )
 from nte_eval.evaluate.spectra import spectrum_rows
-from nte_eval.evaluate.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key
+from nte_eval.evaluate.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key, replacing
 from nte_eval.evaluate.suite import Suite
 from nte_eval.evaluate.worst_case import worst_case
 from nte_eval.models.handle import ModelHandle
@@ -54,8 +56,15 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     ``out``. With ``resume``, journalled cells are skipped; ``attacks=False`` runs the certification alone.
 
     A certificate that a certified Lipschitz bound does not keep is a bug: after every file is written, it raises
-    NTEError naming how many failed and the first one."""
-    out = Path(out)
+    NTEError naming how many failed and the first one. With ``overwrite``, a previous run in ``out`` stays untouched
+    until this one is complete (built beside it, then swapped in)."""
+    with replacing(Path(out), overwrite and not resume, log) as work:
+        return _run_cells(suite, work, device, batch_size, progress, resume, overwrite, log, attacks)
+
+
+def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, progress: bool, resume: bool,
+               overwrite: bool, log: Callable[[str], None], attacks: bool) -> pd.DataFrame:
+    """``run_suite`` in the folder ``out`` it writes to."""
     batch = batch_size or suite.batch_size
     t0 = time.time()
     handles = load_models(suite, device)
@@ -127,18 +136,24 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
             overall.update()
     overall.close()
     broken = _certify(suite, handles, evaluated_names, data, out, batch, store, progress, log, timings)
-    pd.concat([spectrum_rows(n, handles[n]) for n in evaluated_names]).to_csv(out / SPECTRA, index=False)
+    with atomic_write(out / SPECTRA) as tmp:
+        pd.concat([spectrum_rows(n, handles[n]) for n in evaluated_names]).to_csv(tmp, index=False)
     results, samples = store.load()
-    results.to_parquet(out / RESULTS_PARQUET, index=False)
-    worst_case(results, samples, knowledge_of).to_csv(out / WORST_CASE, index=False)
-    warnings = run_checks(results)
+    with atomic_write(out / RESULTS_PARQUET) as tmp:
+        results.to_parquet(tmp, index=False)
+    with atomic_write(out / WORST_CASE) as tmp:
+        worst_case(results, samples, knowledge_of).to_csv(tmp, index=False)
+    warnings = run_checks(results, out)
     if (out / ANGLES).exists():
         warnings += degradation_warnings(pd.read_csv(out / ANGLES))
     for w in warnings:
         log(f"warning [{w['check']}]: {w['message']}")
-    (out / WARNINGS).write_text(json.dumps(warnings, indent=2))
-    manifest = {"suite": suite.name, "config_hash": suite.config_hash(), "status": "complete", "seed": suite.seed,
-                "device": device, "batch_size": batch, "config": suite.model_dump(), "environment": environment(),
+    with atomic_write(out / WARNINGS) as tmp:
+        tmp.write_text(json.dumps(warnings, indent=2))
+    # the key (the suite's seed) regenerates every NTE's noise: files hold its fingerprint, never the key
+    manifest = {"suite": suite.name, "config_hash": suite.config_hash(), "status": "complete",
+                "key_fingerprint": key_fingerprint(suite.seed), "device": device, "batch_size": batch,
+                "config": suite.model_dump(exclude={"seed"}), "environment": environment(),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
                          "modality": data.modality, "metric": metric,
@@ -149,7 +164,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                 "attacks": [{"type": a, "params": p, "knowledge": knowledge_of(a, compact(p))}
                             for a, p in attack_settings],
                 "timings": {"total_seconds": round(time.time() - t0, 3), "resumed": resume, "cells": timings}}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    with atomic_write(out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
     if len(broken):
         raise NTEError(f"{len(broken)} certificate(s) of a certified Lipschitz bound failed (first: "
                        f"{broken.iloc[0].designated}, sample {broken.iloc[0]['sample']}, "

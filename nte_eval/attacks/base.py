@@ -4,6 +4,7 @@ and ``AttackContext``, which hands each attacker exactly what its threat model (
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, ClassVar, final
 
 import torch
@@ -50,6 +51,10 @@ class Attack(Parametrised, ABC):
         """Learn whatever the attack needs from the context (restricted to its knowledge); returns self."""
         self.context = context.restricted(self.knowledge)
         return self
+
+    def check_surrogates(self, names: Collection[str]) -> None:
+        """Raise NTEError if a parameter names a surrogate model outside ``names`` (the suite's surrogates when it
+        loads, the context's at ``fit``). The default names none."""
 
     @abstractmethod
     def run(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ and ``certify.json``, and returns the summary rows for ``results.csv``."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from nte_eval.data.images import ImageSet
 from nte_eval.encoders import ENCODERS
 from nte_eval.evaluate.batching import encode_all
 from nte_eval.evaluate.labels import compact
-from nte_eval.evaluate.run_folder import ANGLES, CERTIFICATES, CERTIFY, LIPSCHITZ
+from nte_eval.evaluate.run_folder import ANGLES, CERTIFICATES, CERTIFY, LIPSCHITZ, atomic_write
 from nte_eval.evaluate.suite import CertifyConfig, Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
@@ -37,9 +36,8 @@ def fidelity_encoders(suite: Suite, designated: str, handle: ModelHandle, cfg: C
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write through a temporary file so an interrupted run never leaves half a file behind."""
-    tmp = path.with_suffix(".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelHandle], data: ImageSet,
@@ -108,7 +106,8 @@ def certify_suite(suite: Suite, handles: dict[str, ModelHandle], evaluated: list
                                   cfg.tau, suite.seed, batch, progress)
         _write_csv(pairs, out / ANGLES)
         summary["degradation"] = degradation_summary(pairs, cfg.degradation_psnr)
-    (out / CERTIFY).write_text(json.dumps(summary, indent=2, default=str))
+    with atomic_write(out / CERTIFY) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
     return rows, violations(certs)
 
 

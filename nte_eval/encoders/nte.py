@@ -67,7 +67,19 @@ class NTEEncoder(Encoder):
             raise NTEError("box='project' needs an exact subspace projector; for an overlapping first layer use "
                            "mode='operator' (or 'auto').")
         self.select = Select.parse(self.select)
+        self._check_k()
         self.subspace: PatchSubspace | OperatorSubspace | None = None
+
+    def _check_k(self) -> None:
+        """``select: k=N`` counts directions per patch (patch view) or per polyphase block (operator view): N above
+        that dimension is an error here, before any work, rather than silently all of them."""
+        f = self.handle.first
+        dim = f.patch_dim if self.mode == "patch" else f.weight.shape[1] * f.stride[0] * f.stride[1]
+        if self.select.kind == "k" and self.select.value > dim:
+            unit = "patch" if self.mode == "patch" else "polyphase block"
+            raise NTEError(f"nte: select k={int(self.select.value)} asks for more directions than exist: "
+                           f"{self.handle.spec}'s first layer in the {self.mode} view has {dim} per {unit}; choose "
+                           f"k <= {dim} (or select by tau= or energy=).")
 
     def public_settings(self) -> dict[str, Any]:
         return {**super().public_settings(), "view": self.mode}

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nte_eval.attacks.base import ATTACKS
+from nte_eval.evaluate.labels import attack_name
+from nte_eval.evaluate.run_folder import example_file
 from nte_eval.evaluate.store import CELL
 
 Warning_ = dict[str, str]
@@ -16,6 +20,11 @@ Warning_ = dict[str, str]
 
 def _warn(check: str, message: str) -> Warning_:
     return {"check": check, "message": message}
+
+
+def _text(results: pd.DataFrame) -> bool:
+    """Whether the run recoded text (soft tokens, scored by token recovery) rather than pixels."""
+    return bool((results.metric == "token_recovery").any())
 
 
 def _setting(params: str) -> str:
@@ -30,7 +39,7 @@ def oracle_fill_restores(results: pd.DataFrame, tolerance: float = 0.05) -> list
     acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
     if acc.empty:
         return []
-    oracle = "oracle_projection" if (results.metric == "token_recovery").any() else "oracle_fill"
+    oracle = "oracle_projection" if _text(results) else "oracle_fill"
     fill = acc[acc.attack == oracle]
     if fill.empty:
         return [_warn("oracle_fill", f"no {oracle} attack in this run: nothing shows that the attack pipeline can "
@@ -102,9 +111,35 @@ def certificates_hold(results: pd.DataFrame) -> list[Warning_]:
     return out
 
 
+def attacks_stay_in_range(results: pd.DataFrame, out: Path, slack: float = 0.5 / 255) -> list[Warning_]:
+    """Images are pixels in [0, 1]. Where a setting's released images lie in [0, 1] (boxed, storable NTEs), an attack
+    whose reconstructions leave it (by more than half an 8-bit step, on the saved examples) hands the models images
+    no camera produces; one warning lists those attack settings. Float NTEs that leave [0, 1] themselves are not
+    held against the attacks."""
+    if _text(results):
+        return []
+    found: dict[str, tuple[float, float]] = {}
+    for cell in results[CELL].drop_duplicates().itertuples(index=False):
+        released, attacked = example_file(out, cell.encoder, cell.encoder_params), example_file(out, *cell)
+        if not (released.is_file() and attacked.is_file()):
+            continue
+        x, y = np.load(released), np.load(attacked)
+        if x.min() >= -slack and x.max() <= 1 + slack and (y.min() < -slack or y.max() > 1 + slack):
+            name = attack_name(cell.attack, cell.attack_params)
+            low, high = found.get(name, (np.inf, -np.inf))
+            found[name] = (min(low, float(y.min())), max(high, float(y.max())))
+    if not found:
+        return []
+    listed = "; ".join(f"{name} [{low:.3f}, {high:.3f}]" for name, (low, high) in found.items())
+    return [_warn("range", f"{len(found)} attack setting(s) turn released images inside [0, 1] into values outside "
+                           f"it (range on the saved examples): {listed}. Models are handed images no camera produces: "
+                           "read those accuracies as such, or clamp the attack's output to [0, 1].")]
+
+
 CHECKS: tuple[Callable[[pd.DataFrame], list[Warning_]], ...] = (oracle_fill_restores, strength_monotone,
                                                                 identity_matches_encoder, certificates_hold)
 
 
-def run_checks(results: pd.DataFrame) -> list[Warning_]:
-    return [w for check in CHECKS for w in check(results)]
+def run_checks(results: pd.DataFrame, out: Path) -> list[Warning_]:
+    """Every check's warnings; ``out``: the run folder, whose saved examples the range check reads."""
+    return [w for check in CHECKS for w in check(results)] + attacks_stay_in_range(results, out)

@@ -18,13 +18,14 @@ from nte_eval.models.load import load_model, spec_name
 
 
 def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
-    """Load every model named in the suite once, keyed by display name."""
+    """Load every model named in the suite once, keyed by display name (its relative paths read from the suite
+    file's folder)."""
     handles: dict[str, ModelHandle] = {}
     for spec in [*suite.designated_list(), *suite.models, *suite.surrogates]:
         name = spec_name(spec)
         if name not in handles:
             clean = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else spec
-            handle = load_model(clean)
+            handle = load_model(suite.model_spec(clean))
             handle.spec = name
             handles[name] = handle.to(device)
     return handles
@@ -41,14 +42,14 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
         raise NTEError(f"data source {d.source!r} holds images, but the designated model {first.spec} is a text model.")
     c, h, _ = first.input_size
     if kind.scoring == "multiple_choice":
-        data = load_mmbench_tsv(d.path, d.size or h, d.limit)
+        data = load_mmbench_tsv(suite.path(d.path), d.size or h, d.limit)
         for name, handle in handles.items():
             if not hasattr(handle, "bind"):
                 raise NTEError(f"model {name} is not a vision-language model; {d.source} questions need hf-vlm: "
                                "models for every role.")
             handle.bind(data.extras)
     else:
-        data = load_pixels(d.source, d.split, d.limit, d.root, d.size or h, c)
+        data = load_pixels(d.source, d.split, d.limit, suite.path(d.root), d.size or h, c)
     check_images(data.images, f"data ({d.source})", channels=c)
     for name, handle in handles.items():
         if handle.modality != "image":
@@ -76,7 +77,7 @@ def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
                            f"rows) and the designated {designated.spec} (vocabulary {designated.vocabulary}, "
                            f"{designated.vocab_size} rows) do not share one vocabulary, so the same soft tokens mean "
                            "different words to them. Compare models over one tokenizer (e.g. all BERT uncased).")
-    text = load_glue_tsv(d.path, d.task, d.limit)
+    text = load_glue_tsv(suite.path(d.path), d.task, d.limit)
     limit = getattr(designated.module.config, "max_position_embeddings", None)
     if limit is not None and d.max_length > limit:
         raise NTEError(f"data.max_length {d.max_length} exceeds {designated.spec}'s {limit} positions; lower it.")
@@ -97,7 +98,7 @@ def load_public_text(suite: Suite, data: ImageSet, designated: ModelHandle) -> I
         return None
     if cfg.kind.modality != "text" or not cfg.path:
         raise NTEError("public: text attackers' public data is a GLUE TSV: {source: glue_tsv, path: train.tsv}.")
-    text = load_glue_tsv(cfg.path, cfg.task or suite.data.task, cfg.limit)
+    text = load_glue_tsv(suite.path(cfg.path), cfg.task or suite.data.task, cfg.limit)
     evaluated = {(e["text"], e["pair"]) for e in data.extras}
     overlap = sum((t, p) in evaluated for t, p in zip(text.texts, text.pairs or [None] * len(text.texts),
                                                      strict=True))
@@ -116,7 +117,7 @@ def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageS
     if cfg is None:
         return None
     c, h, _ = data.images.shape[1:]
-    public = load_pixels(cfg.source, cfg.split, cfg.limit, cfg.root, cfg.size or h, c)
+    public = load_pixels(cfg.source, cfg.split, cfg.limit, suite.path(cfg.root), cfg.size or h, c)
     check_images(public.images, f"public ({cfg.source})", channels=c)
     if tuple(public.images.shape[1:]) != tuple(data.images.shape[1:]):
         raise NTEError(f"public images are {tuple(public.images.shape[1:])} but the data is "

@@ -7,10 +7,11 @@ import hashlib
 import json
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 import nte_eval
@@ -39,6 +40,32 @@ FILES = (RESULTS, RESULTS_PARQUET, SAMPLES, JOURNAL, MANIFEST, WORST_CASE, WARNI
          LIPSCHITZ, ANGLES, CERTIFY, REPORT, SUMMARY_MD, SUMMARY_TEX, TRANSFER_MATRIX, COLLAPSE_PSNR)
 EXAMPLES = "examples"  # the gallery's image arrays (and PNGs), one file per cell
 N_EXAMPLES = 3  # images kept per cell
+PARTIAL = ".partial"  # marks a file still being written: report.partial.pdf becomes report.pdf when it is whole
+KEY_DOMAIN = "nte-eval key fingerprint v1:"  # hashed before the key, so the fingerprint is no other hash of it
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``, renamed over it once written: a kill or error leaves no half file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}{PARTIAL}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a run folder's entry is nte-eval's (a run file, the examples, a partial file), not the user's."""
+    return name in FILES or name == EXAMPLES or PARTIAL in name
+
+
+def key_fingerprint(key: int | str) -> str:
+    """Identifies the NTE key in files and reports, which never hold the key (a guessable key stays guessable)."""
+    return hashlib.sha256(f"{KEY_DOMAIN}{key}".encode()).hexdigest()[:12]
 
 
 def example_file(out: Path, *key: str) -> Path:
@@ -51,13 +78,13 @@ def example_file(out: Path, *key: str) -> Path:
 def save_examples(path: Path, images: torch.Tensor) -> None:
     """Write the first ``N_EXAMPLES`` images atomically (a killed run never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, images[:N_EXAMPLES].detach().cpu().float().numpy())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        np.save(tmp, images[:N_EXAMPLES].detach().cpu().float().numpy())
 
 
 def environment() -> dict[str, str]:
     """Versions of what produced the results, for the manifest."""
+    import timm  # slow to import (torchvision): suite validation reads this module's names first
+
     return {"nte_eval": nte_eval.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "timm": timm.__version__, "numpy": np.__version__, "platform": platform.platform()}

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from nte_eval.attacks.base import ATTACKS
 from nte_eval.data.glue import TASKS
@@ -19,8 +15,10 @@ from nte_eval.data.sources import SOURCES, Source
 from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.evaluate.run_folder import RESULTS_FORMAT
+from nte_eval.evaluate.suite_file import import_plugins, read_yaml
 from nte_eval.knowledge import KNOWLEDGE, Knowledge
-from nte_eval.models.load import ModelSpec, spec_name
+from nte_eval.models.hf import HF_SCHEMES
+from nte_eval.models.load import ModelSpec, check_spec, spec_files, spec_name, with_base
 from nte_eval.registry import Registry
 
 
@@ -68,7 +66,7 @@ class CertifyConfig(Strict):
     fidelity: bool = True
     degradation: bool = True
     lipschitz: list[Literal[LIPSCHITZ_SOURCES]] = Field(default=list(LIPSCHITZ_SOURCES), min_length=1)
-    psnr: list[float] | None = None  # fidelity PSNRs (dB); default: each encoder setting's own
+    psnr: list[float] | None = Field(default=None, min_length=1)  # fidelity PSNRs (dB); default: each setting's own
     pairs: Literal["all", "designated"] = "all"  # who plays the designated role in the degradation study
     degradation_psnr: float = 10.0
     tau: float = Field(default=0.01, gt=0)  # selection threshold for S (degradation NTEs) and B's sensitive subspace
@@ -89,6 +87,7 @@ class Suite(Strict):
     knowledge: list[Knowledge] = list(KNOWLEDGE)
     batch_size: int = Field(default=128, ge=1)
     certify: CertifyConfig | None = None
+    _base: Path = PrivateAttr(default=Path("."))  # the folder relative paths are read from (the suite file's)
 
     @field_validator("certify", mode="before")
     @classmethod
@@ -98,12 +97,30 @@ class Suite(Strict):
             return CertifyConfig() if v else None
         return v
 
+    @field_validator("designated", "models", "surrogates")
+    @classmethod
+    def _specs(cls, v: Any) -> Any:
+        """Each model spec's form (mapping keys, mean/std, input_size), checked before any model loads."""
+        for i, spec in enumerate(v if isinstance(v, list) else [v]):
+            try:
+                check_spec(spec)
+            except NTEError as e:
+                raise ValueError(f"[{i}]: {e}" if isinstance(v, list) else str(e)) from None
+        return v
+
+    @field_validator("designated")
+    @classmethod
+    def _some_designated(cls, v: Any) -> Any:
+        if v == []:
+            raise ValueError("an empty list; name at least one designated model (e.g. zoo:vit_null).")
+        return v
+
     @field_validator("encoders", mode="before")
     @classmethod
     def _encoders(cls, v: Any) -> Any:
         for i, item in enumerate(v if isinstance(v, list) else []):
             encoder_cls = plugin_class(ENCODERS, item, f"[{i}]")
-            for params in sweep_of(item, encoder_cls):
+            for params in settings_of(item, encoder_cls, f"[{i}]"):
                 errors = encoder_cls.validation_errors(params)
                 if errors:
                     raise ValueError("; ".join(f"[{i}].{k}: {m}" for k, m in errors))
@@ -115,7 +132,7 @@ class Suite(Strict):
         for i, item in enumerate(v if isinstance(v, list) else []):
             item = {"type": item} if isinstance(item, str) else item
             attack_cls = plugin_class(ATTACKS, item, f"[{i}]")
-            for params in sweep_of(item, attack_cls):
+            for params in settings_of(item, attack_cls, f"[{i}]"):
                 try:
                     attack_cls(**params)
                 except NTEError as e:
@@ -126,10 +143,28 @@ class Suite(Strict):
     def _encoder_designated(self) -> Suite:
         names = self.designated_names()
         for i, item in enumerate(self.encoders):
-            unknown = [d for d in restriction(item, names) if d not in names]
+            chosen = restriction(item, names)
+            unknown = [d for d in chosen if d not in names]
             if unknown:
                 raise ValueError(f"encoders[{i}].designated: {unknown[0]!r} is not one of the suite's designated "
                                  f"models ({', '.join(names)}).")
+            if not chosen:
+                raise ValueError(f"encoders[{i}].designated: an empty list, so the encoder would run for no model; "
+                                 f"name some of {', '.join(names)}, or drop the key for all of them.")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Suite:
+        """Models are keyed by display name: a second model under a name already taken would be dropped."""
+        seen: dict[str, tuple[str, ModelSpec]] = {}
+        for where, spec in self.model_entries():
+            name = spec_name(spec)
+            first, first_spec = seen.setdefault(name, (where, spec))
+            if first != where and first_spec != spec:
+                raise ValueError(f"{where}: {first} is another model named {name!r}; give each a distinct `name:` "
+                                 "(models are told apart by name).")
+            if first != where and first.partition("[")[0] == where.partition("[")[0]:
+                raise ValueError(f"{where}: {name!r} is listed twice (also {first}); remove one.")
         return self
 
     @model_validator(mode="after")
@@ -153,8 +188,10 @@ class Suite(Strict):
 
     @model_validator(mode="after")
     def _threat_model(self) -> Suite:
+        surrogates = [spec_name(s) for s in self.surrogates]
         for name, params in self.attack_settings():
-            level = ATTACKS.get(name)(**params).knowledge
+            attack = ATTACKS.get(name)(**params)
+            level = attack.knowledge
             if level not in self.knowledge:
                 raise ValueError(f"attacks: {name!r} needs knowledge {level!r}, which the suite does not allow "
                                  f"(knowledge: {self.knowledge}); allow it or remove the attack.")
@@ -165,10 +202,52 @@ class Suite(Strict):
                                  f"text {{source: glue_tsv, task: cola, path: train.tsv}}).")
             if level == "surrogate" and not self.surrogates:
                 raise ValueError(f"attacks: {name!r} needs surrogate models; list them under `surrogates:`.")
+            try:
+                attack.check_surrogates(surrogates)
+            except NTEError as e:
+                raise ValueError(f"attacks: {e}") from None
         return self
 
     def designated_list(self) -> list[ModelSpec]:
         return self.designated if isinstance(self.designated, list) else [self.designated]
+
+    def model_entries(self) -> list[tuple[str, ModelSpec]]:
+        """(key path, spec) of every model entry: designated, models and surrogates."""
+        entries = []
+        for key in ("designated", "models", "surrogates"):
+            specs = getattr(self, key)
+            entries += [(f"{key}[{i}]", s) for i, s in enumerate(specs)] if isinstance(specs, list) else [(key, specs)]
+        return entries
+
+    def path(self, value: str | None) -> str | None:
+        """A path the suite names (data, public), a relative one read from the suite file's folder."""
+        return None if value is None else str(self._base / Path(value).expanduser())
+
+    def model_spec(self, spec: ModelSpec) -> ModelSpec:
+        """A model spec with its relative paths (checkpoint, Hugging Face folder) read from the suite file's folder."""
+        return with_base(spec, self._base)
+
+    def check_files(self, source: str) -> None:
+        """Every local path the suite names exists: data and public roots (folders) and files, checkpoints and
+        Hugging Face folders; NTEError (``source``: the suite file) names the first that does not. Checked before a
+        run loads any model (a suite is valid without them: templates name files the user provides)."""
+        wanted: list[tuple[str, str, bool]] = []  # (key path, path, whether it names a folder)
+        for key, cfg in (("data", self.data), ("public", self.public)):
+            for field in ("root", "path"):
+                if cfg is not None and getattr(cfg, field):
+                    wanted.append((f"{key}.{field}", self.path(getattr(cfg, field)), field == "root"))
+        for where, spec in self.model_entries():
+            wanted += [(f"{where}.{k}", v, k in HF_SCHEMES) for k, v in spec_files(self.model_spec(spec)).items()]
+        for where, value, folder in wanted:
+            path = Path(value)
+            if folder and not path.is_dir():
+                problem = "is not a folder"
+            elif not folder and not path.is_file():
+                problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+            else:
+                continue
+            raise NTEError(f"{source}: {where}: {path} {problem} (relative paths are read from the suite file's "
+                           f"folder, {self._base.resolve()}).")
 
     def public_config(self) -> DataConfig | None:
         """The attackers' public images: as given, else the digits training split when evaluating digits test."""
@@ -215,6 +294,14 @@ def plugin_class(registry: Registry, item: Any, where: str) -> type:
         raise ValueError(f"{where}.type: {e}") from None
 
 
+def settings_of(item: dict[str, Any], cls: Any, where: str) -> list[dict[str, Any]]:
+    """``sweep_of`` for validation: an empty sweep is a ValueError naming the entry's key path."""
+    try:
+        return sweep_of(item, cls)
+    except NTEError as e:
+        raise ValueError(f"{where}.{e}") from None
+
+
 def sweep_of(item: dict[str, Any], cls: Any) -> list[dict[str, Any]]:
     """The settings of one encoder/attack entry: its list-valued parameters expand (``type`` and an encoder's
     ``designated`` restriction excluded)."""
@@ -248,37 +335,11 @@ def _format_errors(err: ValidationError) -> str:
                      for p, m in lines.items())
 
 
-def import_plugins(plugins: Any, base: Path) -> None:
-    """Import the suite's ``plugins``: module names, or ``.py`` files relative to the suite file. Importing a module
-    defines its Attack/Encoder subclasses, which registers them."""
-    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise NTEError("plugins: a list of module names or .py files, e.g. [my_attacks.py].")
-    for item in plugins:
-        try:
-            if item.endswith(".py"):
-                path = (base / item).resolve()
-                if not path.is_file():
-                    raise NTEError(f"file {path} does not exist")
-                name = f"nte_eval_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-                if name not in sys.modules:
-                    spec = importlib.util.spec_from_file_location(name, path)
-                    module = importlib.util.module_from_spec(spec)
-                    sys.modules[name] = module
-                    try:
-                        spec.loader.exec_module(module)
-                    except BaseException:
-                        del sys.modules[name]
-                        raise
-            else:
-                importlib.import_module(item)
-        except Exception as e:
-            raise NTEError(f"plugins: {item!r} failed to import: {type(e).__name__}: {e}") from None
-
-
 def parse_suite(data: dict[str, Any], source: str = "suite", base: str | Path = ".") -> Suite:
     """Validate a suite mapping; raise NTEError naming each bad key path and its allowed values.
 
-    ``base``: the folder that relative plugin files are resolved against (the suite file's folder).
+    ``base``: the folder that relative paths (plugins, data, public, checkpoints, Hugging Face folders) are read from:
+    the suite file's folder.
     """
     if not isinstance(data, dict):
         raise NTEError(f"{source}: the suite must be a YAML mapping with keys name, designated, encoders, ...")
@@ -289,19 +350,15 @@ def parse_suite(data: dict[str, Any], source: str = "suite", base: str | Path = 
         raise NTEError(f"{source}: unknown key {key!r}; allowed: {', '.join(Suite.model_fields)}."
                        f"{did_you_mean(key, Suite.model_fields)}")
     try:
-        return Suite(**data)
+        suite = Suite(**data)
     except ValidationError as e:
         raise NTEError(f"{source}: {_format_errors(e)}") from None
+    suite._base = Path(base)
+    return suite
+
 
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise NTEError(f"suite file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise NTEError(f"{path}: malformed YAML: {str(e).splitlines()[0]} "
-                       f"({getattr(e, 'problem_mark', '') or 'see above'})".replace("\n", " ")) from None
-    return parse_suite(data, str(path), path.parent)
+    return parse_suite(read_yaml(path), str(path), path.parent.resolve())

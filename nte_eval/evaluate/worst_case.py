@@ -1,8 +1,11 @@
-"""Attacker summaries per model and encoder setting (``worst_case.csv``).
+"""Attacker summaries per model and encoder setting (``worst_case.csv``), and the one definition of "best attack".
 
-The headline is the best single attack: an attacker without labels must commit to one reconstruction. The per-sample
-union over attacks ("some attack made the model correct") picks the right attack per sample with hindsight, so it
-is reported beside the same union on clean inputs, which shows how much of it is lucky hits.
+The headline is the best single attack: an attacker without labels must commit to one reconstruction. Knowledge
+levels are cumulative: an attacker at a level can run every attack of the levels below it, so ``best_<level>`` is
+the best attack at or below that level (and ``best_single`` the best of all). "Best" means the highest accuracy;
+ties go to the attack of the lower level, then to the first in run order. The per-sample union over attacks ("some
+attack made the model correct") picks the right attack per sample with hindsight, so it is reported beside the same
+union on clean inputs, which shows how much of it is lucky hits.
 """
 
 from __future__ import annotations
@@ -18,13 +21,47 @@ from nte_eval.knowledge import KNOWLEDGE
 
 WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
                  "knowledge", "value", "n"]
+LEVELS = [f"best_{k}" for k in KNOWLEDGE]  # the per-level summaries, weakest attacker first
+BEST = ["attack", "attack_params", "knowledge", "value"]  # the columns that name a best attack and its accuracy
 
 
 def read_worst_case(path: Path) -> pd.DataFrame:
-    """``worst_case.csv`` as written: parameter columns as strings (``{}`` and blanks kept), values as floats."""
+    """``worst_case.csv`` as written: parameter columns as strings (``{}`` and blanks kept), values as floats; the
+    levels made cumulative (a no-op for files written since they are)."""
     worst = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
     worst["value"] = pd.to_numeric(worst.value)
-    return worst
+    return cumulative(worst)
+
+
+def cumulative(worst: pd.DataFrame) -> pd.DataFrame:
+    """``worst`` with each ``best_<level>`` row replaced by the best over that level and every level below it, and
+    ``best_single`` by the best of them all; a level without attacks of its own keeps having no row."""
+    out = worst.copy()
+    for _, g in out.groupby(["encoder", "encoder_params", "model"], sort=False):
+        levels = g[g.summary.isin(LEVELS)]
+        best = None
+        for i in levels.index[levels.summary.map(LEVELS.index).argsort(kind="stable")]:
+            if best is None or levels.at[i, "value"] > best.value:
+                best = levels.loc[i]
+            out.loc[i, BEST] = best[BEST].to_numpy()
+        if best is not None:
+            out.loc[g.index[g.summary == "best_single"], BEST] = best[BEST].to_numpy()
+    return out
+
+
+def best_by_level(worst: pd.DataFrame, encoder: str, params: str) -> dict[str, pd.Series]:
+    """Per knowledge level with attacks of its own in this encoder setting: the ``best_<level>`` row of the
+    unauthorized model that the best attack at or below the level helps most (ties: the attack of the lower level,
+    then the first model)."""
+    part = worst[(worst.encoder == encoder) & (worst.encoder_params == params) & (worst.role == "unauthorized")]
+    out = {}
+    for level, summary in zip(KNOWLEDGE, LEVELS, strict=True):
+        rows = part[part.summary == summary]
+        if len(rows):
+            rank = rows.knowledge.map(lambda k: KNOWLEDGE.index(k) if k in KNOWLEDGE else len(KNOWLEDGE))
+            order = np.lexsort((np.arange(len(rows)), rank.to_numpy(), -rows.value.to_numpy()))
+            out[level] = rows.iloc[order[0]]
+    return out
 
 
 def _union(bits: pd.Series) -> float:
@@ -58,4 +95,4 @@ def worst_case(results: pd.DataFrame, samples: pd.DataFrame, knowledge: Callable
             if len(part):
                 rows.append({**base, "summary": summary, "attack": f"any of {len(part)}", "attack_params": "",
                              "knowledge": "", "value": _union(part.correct)})
-    return pd.DataFrame(rows, columns=WORST_COLUMNS)
+    return cumulative(pd.DataFrame(rows, columns=WORST_COLUMNS))

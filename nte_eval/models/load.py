@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from nte_eval.errors import NTEError, did_you_mean
@@ -55,45 +56,94 @@ def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] |
     return ModelHandle(model, first, mean, std, input_size, names, spec)
 
 
+SCHEMES = ("zoo", "timm", *HF_SCHEMES)
+TIMM_KEYS = ("timm", "checkpoint", "kwargs", "mean", "std", "first_layer", "input_size", "name")
+
+
+def _numbers(value: Any) -> bool:
+    """A non-empty list of numbers (a boolean is not one)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Check a spec's form without loading anything; NTEError names the bad key and what it takes."""
+    if isinstance(spec, str):
+        scheme = spec.partition(":")[0]
+        if ":" not in spec:
+            raise NTEError(f"model spec {spec!r} must be 'zoo:NAME', 'timm:NAME[@checkpoint]' or a mapping.")
+        if scheme not in SCHEMES:
+            raise NTEError(f"model spec {spec!r}: unknown scheme {scheme!r}.{did_you_mean(scheme, SCHEMES)} "
+                           "Use 'zoo:NAME', 'timm:NAME[@checkpoint]', 'hf:PATH', 'hf-vlm:PATH' or 'hf-text:PATH'.")
+        return
+    if not isinstance(spec, dict):
+        raise NTEError(f"model spec {spec!r} must be 'zoo:NAME', 'timm:NAME[@checkpoint]' or a mapping.")
+    scheme = next((k for k in ("zoo", *HF_SCHEMES) if k in spec), None)
+    if scheme is None and "timm" not in spec:
+        raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
+                       "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
+    allowed = (scheme, "name") if scheme else TIMM_KEYS
+    extra = sorted(set(spec) - set(allowed))
+    if extra:
+        raise NTEError(f"model mapping: unknown key {extra[0]!r}; {'a ' + scheme if scheme else 'a timm'} model takes "
+                       f"{', '.join(allowed)}.{did_you_mean(extra[0], allowed)}")
+    for key in ("mean", "std"):  # null: the model's own
+        if spec.get(key) is not None and not _numbers(spec[key]):
+            raise NTEError(f"{key}: {spec[key]!r} is not a list of numbers, one per input channel (e.g. "
+                           f"{list(IMAGENET_MEAN if key == 'mean' else IMAGENET_STD)}).")
+    if spec.get("std") is not None and min(spec["std"]) <= 0:
+        raise NTEError(f"std: {spec['std']!r} must be positive (it divides the pixels).")
+    size = spec.get("input_size")
+    if size is not None and not (_numbers(size) and len(size) == 3 and all(isinstance(v, int) and v >= 1
+                                                                            for v in size)):
+        raise NTEError(f"input_size: {size!r} is not [channels, height, width], three positive integers (e.g. "
+                       "[3, 224, 224]).")
+    if not isinstance(spec.get("kwargs") or {}, dict):
+        raise NTEError(f"kwargs: {spec['kwargs']!r} is not a mapping of timm.create_model arguments (e.g. "
+                       "{num_classes: 10}).")
+
+
+def spec_files(spec: ModelSpec) -> dict[str, str]:
+    """The local paths a spec names, by key: ``checkpoint`` (a file) or its Hugging Face scheme (a folder)."""
+    if isinstance(spec, str):
+        scheme, _, rest = spec.partition(":")
+        if scheme == "timm" and "@" in rest:
+            return {"checkpoint": rest.partition("@")[2]}
+        return {scheme: rest} if scheme in HF_SCHEMES else {}
+    return {k: str(spec[k]) for k in ("checkpoint", *HF_SCHEMES) if spec.get(k)}
+
+
+def with_base(spec: ModelSpec, base: Path) -> ModelSpec:
+    """``spec`` with its relative paths read from the folder ``base`` (a suite file's folder; ``~`` is home)."""
+    files = {k: str(base / Path(v).expanduser()) for k, v in spec_files(spec).items()}
+    if isinstance(spec, dict):
+        return {**spec, **files}
+    if "checkpoint" in files:
+        return f"{spec.partition('@')[0]}@{files['checkpoint']}"
+    scheme = spec.partition(":")[0]
+    return f"{scheme}:{files[scheme]}" if scheme in files else spec
+
+
 def load_model(spec: ModelSpec) -> ModelHandle:
     """Build a handle from ``zoo:NAME``, ``timm:NAME[@checkpoint]``, ``hf:PATH`` (image classifier), ``hf-vlm:PATH``
     (a vision-language model's vision tower), ``hf-text:PATH`` (text classifier) or a mapping ``{timm: NAME, ...}``."""
+    check_spec(spec)
     if isinstance(spec, dict):
-        spec = dict(spec)
         if "zoo" in spec:
             return load_model(f"zoo:{spec['zoo']}")
         scheme = next((k for k in HF_SCHEMES if k in spec), None)
         if scheme:
-            extra = set(spec) - {scheme, "name"}
-            if extra:
-                raise NTEError(f"model mapping {spec}: an {scheme} model takes only '{scheme}' (a local folder) and "
-                               f"'name'; unknown {sorted(extra)}.")
             return load_model(f"{scheme}:{spec[scheme]}")
-        if "timm" not in spec:
-            raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
-                           "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
-        allowed = {"timm", "checkpoint", "kwargs", "mean", "std", "first_layer", "input_size", "name"}
-        extra = set(spec) - allowed
-        if extra:
-            key = sorted(extra)[0]
-            raise NTEError(f"model mapping: unknown key {key!r}; allowed {sorted(allowed)}."
-                           f"{did_you_mean(key, allowed)}")
         inp = spec.get("input_size")
         return from_timm(spec["timm"], spec.get("checkpoint"), spec.get("kwargs"), spec.get("mean"), spec.get("std"),
                          spec.get("first_layer"), tuple(inp) if inp else None)
-    if not isinstance(spec, str) or ":" not in spec:
-        raise NTEError(f"model spec {spec!r} must be 'zoo:NAME', 'timm:NAME[@checkpoint]' or a mapping.")
     scheme, _, rest = spec.partition(":")
     if scheme == "zoo":
         return load_zoo_model(rest)
     if scheme == "timm":
         name, _, ckpt = rest.partition("@")
         return from_timm(name, ckpt or None)
-    if scheme in HF_SCHEMES:
-        return hf.load(scheme, rest)
-    schemes = ["zoo", "timm", *HF_SCHEMES]
-    raise NTEError(f"model spec {spec!r}: unknown scheme {scheme!r}.{did_you_mean(scheme, schemes)} "
-                   "Use 'zoo:NAME', 'timm:NAME[@checkpoint]', 'hf:PATH', 'hf-vlm:PATH' or 'hf-text:PATH'.")
+    return hf.load(scheme, rest)
 
 
 def spec_name(spec: ModelSpec) -> str:

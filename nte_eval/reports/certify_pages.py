@@ -22,7 +22,7 @@ def fidelity_page(pdf: PdfPages, certs: pd.DataFrame) -> None:
     models = list(certs.designated.unique())
     if not models:
         return
-    fig, axes = plt.subplots(1, len(models), figsize=(11.69, 5.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(11.69, 8.27), squeeze=False)
     fig.set_label("fidelity")
     for ax, model in zip(axes[0], models, strict=True):
         part = certs[(certs.designated == model) & (certs.bound > 0) & (certs.measured_change > 0)]
@@ -61,7 +61,7 @@ def degradation_page(pdf: PdfPages, pairs: pd.DataFrame, rho: dict, psnr: float)
     grid = np.full((len(names), len(names)), np.nan)
     for r in pairs.itertuples(index=False):
         grid[names.index(r.designated), names.index(r.model)] = r.angle_median
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.69, 5.4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.69, 8.27))
     fig.set_label("degradation")
     im = ax.imshow(grid, cmap="Greys", vmin=0, vmax=90)
     for i, j in zip(*np.where(~np.isnan(grid)), strict=True):

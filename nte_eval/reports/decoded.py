@@ -1,7 +1,8 @@
 """Decoded samples, the text counterpart of the image gallery: for the run's first texts (``examples/*.npy``, packed
-soft tokens), the clean text, each encoder setting's NTE read back by argmax, and each knowledge level's best
-reconstruction (the gallery's rule), decoded with the designated model's tokenizer, or shown as vocabulary ids when
-its folder is gone. Tokens that differ from the clean ones are marked «like this»; each line gives its token recovery.
+soft tokens), the clean text, each encoder setting's NTE read back by argmax, and the reconstruction of the best
+attack at or below each knowledge level (the gallery's rule), decoded with the designated model's tokenizer, or shown
+as vocabulary ids when its folder is gone. Tokens that differ from the clean ones are marked «like this»; each line
+gives its token recovery.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import pandas as pd
 import torch
 
 from nte_eval.data import tokens
-from nte_eval.evaluate.labels import attack_name
 from nte_eval.evaluate.run_folder import example_file
-from nte_eval.reports.gallery import best_per_level
+from nte_eval.reports.gallery import level_examples
 
 
 def tokenizer_folder(config: dict) -> str | None:
@@ -73,8 +73,7 @@ def _decoded(x: torch.Tensor, clean: torch.Tensor, tokenizer: Any | None) -> tup
     return rate, render(ids, tokens.clean_ids(clean)[0][real].tolist(), tokenizer)
 
 
-def decoded_lines(run_dir: Path, results: pd.DataFrame, settings: pd.DataFrame,
-                  knowledge: dict[tuple[str, str], str], config: dict) -> list[str]:
+def decoded_lines(run_dir: Path, worst: pd.DataFrame, settings: pd.DataFrame, config: dict) -> list[str]:
     """The decoded-samples page as text lines: per example, the clean text, then per encoder setting its NTE and each
     knowledge level's best reconstruction (empty if the run kept no examples)."""
     clean_path = example_file(run_dir)
@@ -91,17 +90,13 @@ def decoded_lines(run_dir: Path, results: pd.DataFrame, settings: pd.DataFrame,
         if not nte.exists():
             continue
         rows = [("NTE (released), read by argmax", torch.from_numpy(np.load(nte)))]
-        for level, ((att, att_params), mean_acc) in best_per_level(results, s.encoder, s.encoder_params,
-                                                                  knowledge).items():
-            path = example_file(run_dir, s.encoder, s.encoder_params, att, att_params)
-            if path.exists():
-                rows.append((f"best {level}: {attack_name(att, att_params)} (unauth. {100 * mean_acc:.1f}%)",
-                             torch.from_numpy(np.load(path))))
+        rows += [(label, torch.from_numpy(np.load(path)))
+                 for label, path in level_examples(run_dir, worst, s.encoder, s.encoder_params) if path.exists()]
         blocks.append((f"{s.designated}, {s.setting}", rows))
     lines = [f"The first {len(clean)} evaluated texts, {source}. Every line is read back by argmax (the largest "
              "entry of each soft token); «token» = differs from the clean token; % = token recovery (share of the "
-             "text's tokens read back right); padding skipped. Best = the attack of that knowledge level with the "
-             "highest mean unauthorized accuracy (in brackets)."]
+             "text's tokens read back right); padding skipped. Best = the attack at or below that knowledge level "
+             "that lifts an unauthorized model highest (that model and its accuracy named)."]
     width = max([len(label) for _, rows in blocks for label, _ in rows], default=0) + 4
     for i in range(len(clean)):
         ref = clean[i:i + 1]

@@ -1,10 +1,9 @@
 """The headline of a run, from its files alone: the designated models, the unauthorized models under attack, the
-certificates, and one plain verdict per encoder setting.
+robustness for the owner, the certificates, and one plain verdict per encoder setting (``reports.verdict``).
 
-A verdict says, per knowledge level, whether the NTEs *held*: every unauthorized model's accuracy under the strongest
-attack of that level (identity included in ``none``) stays at or below chance + ``margin`` percentage points, chance
-being the majority-class rate of the evaluated labels. The per-sample union over attacks is never used for a
-verdict (it picks attacks with hindsight); it is shown beside its clean-input calibration.
+The verdicts follow the best single attack at or below each knowledge level (levels are cumulative); the per-sample
+union over attacks is never used for a verdict (it picks attacks with hindsight); it is shown beside its clean-input
+calibration.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ from nte_eval.evaluate.labels import attack_name, compact, knowledge_of, setting
 from nte_eval.evaluate.run_folder import CERTIFY, MANIFEST, RESULTS, WARNINGS, WORST_CASE
 from nte_eval.evaluate.store import COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import read_worst_case
-from nte_eval.knowledge import KNOWLEDGE
 from nte_eval.reports.certification import certification_table
+from nte_eval.reports.verdict import levels_table, owner_line, owner_table, standing, verdict, weak_models
 
-MARGIN = 10.0  # percentage points above chance that still count as "held"
+MARGIN = 10.0  # points above chance that still count as "held"; the designated model may lose as many
 METRICS = {"mcc": ("MCC x100", "Matthews correlation x 100 (GLUE's CoLA metric)"),
            "f1": ("F1 %", "F1 of the positive class in % (GLUE's MRPC and QQP metric)")}  # a text task's own metric
 UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "clean %", "no attack %", "best attack %", "best attack",
@@ -35,10 +34,11 @@ UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "clean %", "no attack 
 class Headline:
     """The headline tables (accuracy in %) and verdicts of one run."""
 
-    settings: pd.DataFrame  # encoder, encoder_params, designated, setting (short label), in run order
+    settings: pd.DataFrame  # encoder, encoder_params, designated, setting (short label), n, standing (run order)
     designated: pd.DataFrame
     unauthorized: pd.DataFrame
     levels: pd.DataFrame
+    owner: pd.DataFrame  # robustness for the owner
     certification: pd.DataFrame
     verdicts: list[str]
     warnings: list[dict] = field(default_factory=list)
@@ -172,61 +172,6 @@ def unauthorized_table(worst: pd.DataFrame, settings: pd.DataFrame, results: pd.
     return pd.DataFrame(rows, columns=[*UNAUTHORIZED_COLUMNS[:-2], *extras, *UNAUTHORIZED_COLUMNS[-2:]])
 
 
-def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Per setting and knowledge level: the unauthorized model that the level's strongest attack helps most, its
-    accuracy, the attack, and whether the NTEs held (accuracy <= threshold, in %)."""
-    rows = []
-    wc = worst[worst.role == "unauthorized"]
-    for s in settings.itertuples(index=False):
-        part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
-        for level in KNOWLEDGE:
-            g = part[part.summary == f"best_{level}"]
-            if g.empty:
-                rows.append({"designated": s.designated, "setting": s.setting, "knowledge": level,
-                             "max unauthorized %": math.nan, "model": "", "attack": "", "held": "not tested"})
-                continue
-            top = g.loc[g.value.idxmax()]
-            acc = _pct(top.value)
-            rows.append({"designated": s.designated, "setting": s.setting, "knowledge": level,
-                         "max unauthorized %": acc, "model": top.model,
-                         "attack": attack_name(top.attack, top.attack_params),
-                         "held": "yes" if acc <= threshold else "no"})
-    return pd.DataFrame(rows)
-
-
-LEVEL_NAMES = {k: f"{'no' if k == 'none' else k} knowledge" for k in KNOWLEDGE}
-
-
-def weak_models(clean: pd.DataFrame, threshold: float) -> dict[str, float]:
-    """Unauthorized models (worst_case 'clean' rows of one setting) whose clean accuracy, in %, is <= threshold."""
-    return {r.model: 100 * r.value for r in clean.itertuples() if 100 * r.value <= threshold}
-
-
-def verdict(des: pd.Series, levels: pd.DataFrame, threshold: float, weak: dict[str, float] | None = None) -> str:
-    """One plain sentence per setting: what the designated model keeps, and per knowledge level whether the NTEs
-    held or which attack broke them on which model. ``weak``: unauthorized models whose clean accuracy (%) is already
-    at or below the threshold, for which "held" shows nothing; they are named."""
-    head = (f"{des.designated}, {des.setting}: designated {des['NTE %']:.1f}% on the NTEs (clean "
-            f"{des['clean %']:.1f}%). ")
-    held = [LEVEL_NAMES[k] for k in levels[levels.held == "yes"].knowledge]
-    broken = levels[levels.held == "no"]
-    untested = [LEVEL_NAMES[k] for k in levels[levels.held == "not tested"].knowledge]
-    parts = []
-    if held:
-        parts.append(f"Held (every unauthorized model <= {threshold:.1f}%) against {', '.join(held)}.")
-    if len(broken):
-        hits = "; ".join(f"{LEVEL_NAMES[r.knowledge]} ({r.attack}: {r.model} at {r['max unauthorized %']:.1f}%)"
-                         for _, r in broken.iterrows())
-        parts.append(f"NOT held against {hits}.")
-    if untested:
-        parts.append(f"Not tested: {', '.join(untested)}.")
-    if weak:
-        names = ", ".join(f"{m} ({v:.1f}%)" for m, v in weak.items())
-        parts.append(f"Uninformative for {names}: already at or below {threshold:.1f}% on clean inputs, so their "
-                     "failing on NTEs shows nothing.")
-    return head + " ".join(parts)
-
-
 def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame | None = None,
              worst: pd.DataFrame | None = None) -> Headline:
     """The headline tables and verdicts of the run in ``run_dir`` (``results.csv``, ``worst_case.csv``,
@@ -242,18 +187,26 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     certify = run_dir / CERTIFY
     fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
     settings = _settings(results)
+    knowledge = attack_knowledge(manifest)
     if modality == "text":
-        des = text_designated_table(results, settings, metric, attack_knowledge(manifest))
+        des = text_designated_table(results, settings, metric, knowledge)
     else:
         des = designated_table(results, settings, fidelity)
-    levels = levels_table(worst, settings, threshold)
     clean = worst[(worst.summary == "clean") & (worst.role == "unauthorized")]
-    verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], threshold,
-                        weak_models(clean[clean.encoder_params == p], threshold))
-                for p, (_, d) in zip(settings.encoder_params, des.iterrows(), strict=True)]
+    weak = [weak_models(clean[clean.encoder_params == p], threshold) for p in settings.encoder_params]
+    n = results[results.role == "designated"].groupby("encoder_params").n.min()
+    standings = [standing(d, int(n[p]), chance, w, list(clean[clean.encoder_params == p].model), margin)
+                 for p, (_, d), w in zip(settings.encoder_params, des.iterrows(), weak, strict=True)]
+    settings = settings.assign(n=[int(n[p]) for p in settings.encoder_params],
+                               standing=[status for status, _ in standings])
+    levels = levels_table(worst, settings, threshold)
+    owner = owner_table(results, settings, knowledge, margin)
+    verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], st,
+                        threshold, margin, w) + " " + owner_line(o, margin)
+                for (_, d), st, w, (_, o) in zip(des.iterrows(), standings, weak, owner.iterrows(), strict=True)]
     warnings = run_dir / WARNINGS
     unauthorized = unauthorized_table(worst, settings, results, metric)
-    return Headline(settings=settings, designated=des, unauthorized=unauthorized, levels=levels,
+    return Headline(settings=settings, designated=des, unauthorized=unauthorized, levels=levels, owner=owner,
                     certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
                     chance=chance, margin=margin, threshold=threshold, modality=modality, metric=metric,

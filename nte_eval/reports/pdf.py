@@ -1,12 +1,14 @@
-"""``report.pdf`` from a run's files alone (no model is loaded): summary and verdicts, accuracy against PSNR, the
-attack x model heatmaps, the best attack of each knowledge level, the certification pages, first-layer spectra, the
-image gallery (for text: decoded samples, with the designated model's tokenizer where its folder is still there) and
-an appendix with every parameter and the environment. Also writes ``summary.md``/``summary.tex``.
+"""``report.pdf`` from a run's files alone (no model is loaded): the executive summary, the tables, accuracy against
+PSNR, the attack x model heatmaps, the best attack at or below each knowledge level, the certification pages,
+first-layer spectra, the image gallery (for text: decoded samples, with the designated model's tokenizer where its
+folder is still there) and an appendix with every parameter and the environment. Also writes
+``summary.md``/``summary.tex``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,22 +35,26 @@ from nte_eval.evaluate.run_folder import (
     SPECTRA,
     TRANSFER_MATRIX,
     WORST_CASE,
+    atomic_write,
+    key_fingerprint,
 )
 from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
 from nte_eval.evaluate.worst_case import read_worst_case  # noqa: E402
+from nte_eval.reports.accuracy_psnr import accuracy_psnr_pages  # noqa: E402
 from nte_eval.reports.certification import degradation_line
 from nte_eval.reports.certify_pages import degradation_page, fidelity_page
 from nte_eval.reports.decoded import decoded_lines  # noqa: E402
-from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages, psnr_page  # noqa: E402
+from nte_eval.reports.executive import executive_pages  # noqa: E402
+from nte_eval.reports.figures import A4, heatmap_pages, knowledge_bars_pages  # noqa: E402
 from nte_eval.reports.gallery import gallery_pages  # noqa: E402
 from nte_eval.reports.headline import MARGIN, Headline, accuracy_name, attack_knowledge, headline, psnr_name  # noqa: E402
 from nte_eval.reports.spectra import spectra_page
 from nte_eval.reports.summary_files import matrix_lines, sections, table_lines, units, write_summaries  # noqa: E402
-from nte_eval.reports.tables import collapse_psnr, transfer_matrix, wide
+from nte_eval.reports.tables import collapse_psnr, transfer_matrix
 
-FONT = 6.5  # monospace text pages
-LINES_PER_PAGE = int(7.3 * 72 / (FONT * 1.22))
-WIDTH = int(11.0 * 72 / (FONT * 0.6))
+FONTS = (6.5, 6.0, 5.5)  # monospace text pages: the largest size that needs the fewest pages
+PITCH = 1.33  # matplotlib's line pitch of monospace text, per point of font size (measured)
+KEEP = 12  # lines a page may end early to break at a blank line rather than inside a table
 HEADER_WIDTH = int(11.0 * 72 / (8 * 0.6))  # the first page's header lines (8 pt)
 GLYPHS = set(FT2Font(font_manager.findfont(font_manager.FontProperties(family="monospace"))).get_charmap())
 
@@ -58,16 +64,36 @@ def drawable(text: str) -> str:
     return "".join(c if c == "\n" or ord(c) in GLYPHS else "\u25a1" for c in text)
 
 
+def _pages(lines: list[str], header_lines: int, font: float) -> list[list[str]]:
+    """``lines`` wrapped to the page width at ``font`` points and cut into pages as evenly as the fewest pages allow
+    (so that no page of several is left nearly empty), each cut moved up to a blank line (the end of a table) within
+    ``KEEP`` lines where the rest still fits; the first page ``header_lines`` header lines shorter."""
+    per, width = int(7.3 * 72 / (font * PITCH)), int(11.0 * 72 / (font * 0.6))
+    wrapped = [w for line in lines for w in (textwrap.wrap(line, width, subsequent_indent="    ",
+                                                           replace_whitespace=False, break_on_hyphens=False) or [""])]
+    first = per - 3 * header_lines
+    pages = 1 + max(0, math.ceil((len(wrapped) - first) / per))
+    chunks, start = [], 0
+    for left in range(pages - 1, 0, -1):
+        end = start + math.ceil((len(wrapped) - start) / (left + 1))
+        end = min(end, start + (first if not chunks else per))
+        blank = next((i for i in range(end, max(start, end - KEEP), -1) if not wrapped[i - 1].strip()), end)
+        end = blank if len(wrapped) - blank <= left * per else end
+        chunks.append(wrapped[start:end])
+        start = end
+    return [*chunks, wrapped[start:]]
+
+
 def text_pages(pdf: PdfPages, kind: str, title: str, lines: list[str], header: list[str] | None = None) -> None:
-    """Monospace text over as many pages as it needs (long lines wrapped); the first page may carry a header."""
+    """Monospace text over as few pages as it needs (long lines wrapped, the font a little smaller where that saves a
+    page); the first page may carry a header."""
     while lines and not lines[-1].strip():
         lines = lines[:-1]
-    wrapped = [w for line in lines for w in (textwrap.wrap(line, WIDTH, subsequent_indent="    ",
-                                                           replace_whitespace=False) or [""])]
     if header:
         header = [header[0], *(w for line in header[1:] for w in textwrap.wrap(line, HEADER_WIDTH))]
-    first = LINES_PER_PAGE - (3 * len(header) if header else 0)
-    chunks = [wrapped[:first]] + [wrapped[i:i + LINES_PER_PAGE] for i in range(first, len(wrapped), LINES_PER_PAGE)]
+    layouts = {font: _pages(lines, len(header or []), font) for font in FONTS}
+    font = min(FONTS, key=lambda f: (len(layouts[f]), -f))
+    chunks = layouts[font]
     for n, chunk in enumerate(chunks):
         fig = plt.figure(figsize=A4)
         fig.set_label(kind)
@@ -80,7 +106,7 @@ def text_pages(pdf: PdfPages, kind: str, title: str, lines: list[str], header: l
             fig.text(0.03, top, title + (f" (continued, {n + 1}/{len(chunks)})" if n else ""), fontsize=11,
                      weight="bold", va="top")
             top -= 0.045
-        fig.text(0.03, top, drawable("\n".join(chunk)), fontsize=FONT, va="top", family="monospace")
+        fig.text(0.03, top, drawable("\n".join(chunk)), fontsize=font, va="top", family="monospace")
         pdf.savefig(fig)
         plt.close(fig)
 
@@ -123,7 +149,11 @@ def _models(manifest: dict, results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Headline) -> None:
+def _tables_pages(pdf: PdfPages, run_dir: Path, manifest: dict, results: pd.DataFrame, h: Headline,
+                  appendix: list[str]) -> None:
+    """The run's facts and every headline table as one flow of text pages: models, designated models, robustness for
+    the owner, the unauthorized matrices, warnings, unauthorized models and attackers, certification, then
+    ``appendix``."""
     env = manifest.get("environment", {})
     data = manifest.get("data", {})
     public = manifest.get("public") or {}
@@ -139,52 +169,45 @@ def _summary_pages(pdf: PdfPages, manifest: dict, results: pd.DataFrame, h: Head
                   f"{data.get('shape')}; public (attackers'): {public.get('source', 'none')} / "
                   f"{public.get('split', '-')}, n = {public.get('n', 0)}")
         models = "Models and their first linear layer (pixel space):"
-    header = [f"nte-eval report: {manifest.get('suite')}",
+    header = [f"Details: {manifest.get('suite')}",
               f"finished {manifest.get('finished', 'unknown')}; nte-eval {env.get('nte_eval')}, "
               f"torch {env.get('torch')}, timm {env.get('timm')}, python {env.get('python')}; "
               f"device {manifest.get('device')}",
-              f"{source}; key (seed) {manifest.get('seed')}; config {manifest.get('config_hash')}", units(h)]
-    lines = [models, *_models(manifest, results).to_string(
-        index=False).splitlines(), "", "VERDICTS (held = every unauthorized model at most chance + "
-        f"{h.margin:g} points under the strongest single attack of that knowledge level):",
-             *(f"- {v}" for v in h.verdicts), ""]
-    caption, table = sections(h)[0]
-    lines += [caption, *table_lines(table), ""]
+              f"{source}; key fingerprint {manifest.get('key_fingerprint') or key_fingerprint(manifest.get('seed'))}; "
+              f"config {manifest.get('config_hash')}", units(h)]
+    tables = [(caption, table) for caption, table in sections(h) if len(table)]
+    lines = [models, *_models(manifest, results).to_string(index=False).splitlines(), ""]
+    for caption, table in tables[:2]:
+        lines += [caption, *table_lines(table), ""]
     lines += [*matrix_lines(h), "", f"Sanity-check warnings ({len(h.warnings)}):"]
     lines += [f"- [{w['check']}] {w['message']}" for w in h.warnings] or ["- none"]
-    text_pages(pdf, "summary", "Summary", lines, header=header)
-    rest = []
-    for caption, table in sections(h)[1:3]:
-        rest += [caption, *table_lines(table), ""]
-    text_pages(pdf, "attackers", "Unauthorized models and attackers (accuracy %)", rest)
+    for caption, table in tables[2:]:
+        lines += ["", caption, *table_lines(table)]
+    if (run_dir / CERTIFY).exists():
+        lines += ["", degradation_line(run_dir)]
+    if (run_dir / LIPSCHITZ).exists():
+        lines += ["", "Lipschitz bounds of the network after the first layer:",
+                  *pd.read_csv(run_dir / LIPSCHITZ).to_string(index=False, max_colwidth=110).splitlines()]
+    text_pages(pdf, "tables", "Details (accuracy %)", [*lines, "", *appendix], header=header)
 
 
-def _certify_pages(pdf: PdfPages, run_dir: Path, h: Headline) -> None:
-    """The degradation page, the certification tables as text and the fidelity scatter."""
+def _certify_pages(pdf: PdfPages, run_dir: Path) -> None:
+    """The degradation page and the fidelity scatter."""
     degradation = json.loads((run_dir / CERTIFY).read_text()).get("degradation")
     if degradation and (run_dir / ANGLES).exists():
         degradation_page(pdf, pd.read_csv(run_dir / ANGLES), degradation["spearman_misalignment"],
                          degradation["psnr"])
-    lines = []
-    if len(h.certification):
-        caption, table = sections(h)[3]
-        lines += [caption, *table_lines(table), ""]
-    lines += [degradation_line(run_dir)]
-    lip = run_dir / LIPSCHITZ
-    if lip.exists():
-        lines += ["", "Lipschitz bounds of the network after the first layer:",
-                  *pd.read_csv(lip).to_string(index=False, max_colwidth=110).splitlines()]
-    text_pages(pdf, "certification", "Certification (certified accuracy %, pass rate %, median measured/bound)", lines)
     if (run_dir / CERTIFICATES).exists():
         fidelity_page(pdf, pd.read_csv(run_dir / CERTIFICATES))
 
 
-def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame, notes: list[str]) -> None:
-    """The transfer matrix, every encoder and attack setting with all its parameters, the environment, and
-    ``notes`` (e.g. why a page is left out)."""
+def _appendix(manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame, notes: list[str]) -> list[str]:
+    """The appendix as text lines: the transfer matrix, every encoder and attack setting with all its parameters, the
+    environment, and ``notes`` (e.g. why a page is left out)."""
     modality = manifest.get("data", {}).get("modality", "image")
     name, unit = psnr_name(modality)
-    lines = ["Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
+    lines = ["APPENDIX: PARAMETERS AND ENVIRONMENT", "",
+             "Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
              f"target PSNR; psnr = achieved {name} (dB, {unit}):"]
     matrix = matrix.rename(columns=lambda c: c.removeprefix("zoo:"))
     for designated, part in matrix.groupby("designated", sort=False):
@@ -207,7 +230,7 @@ def _appendix(pdf: PdfPages, manifest: dict, results: pd.DataFrame, matrix: pd.D
               f"summary.md, summary.tex, examples/ ({examples})."]
     if notes:
         lines += ["", "Notes:", *(f"- {n}" for n in notes)]
-    text_pages(pdf, "appendix", "Appendix: parameters and environment", lines)
+    return lines
 
 
 @dataclass
@@ -229,8 +252,10 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
     h = headline(run_dir, MARGIN if margin is None else margin, results, worst)
     write_summaries(run_dir, h, f"nte-eval: {manifest.get('suite')}")
     matrix = transfer_matrix(results)
-    matrix.to_csv(run_dir / TRANSFER_MATRIX, index=False)
-    collapse_psnr(results, h.threshold).to_csv(run_dir / COLLAPSE_PSNR, index=False)
+    with atomic_write(run_dir / TRANSFER_MATRIX) as tmp:
+        matrix.to_csv(tmp, index=False)
+    with atomic_write(run_dir / COLLAPSE_PSNR) as tmp:
+        collapse_psnr(results, h.threshold).to_csv(tmp, index=False)
     settings = h.settings
     knowledge = attack_knowledge(manifest)
     accuracy = accuracy_name(h.source)
@@ -241,24 +266,21 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
             f"{', '.join(g.model)}: {view}" for view, g in spectra.groupby("view", sort=False)) + ").")
         spectra = pd.DataFrame()
     path = run_dir / REPORT
-    with ReportPages(path) as pdf:
-        _summary_pages(pdf, manifest, results, h)
-        table = wide(results[results.attack == "identity"])
-        for designated in table.designated.unique():
-            psnr_page(pdf, table, designated, h.modality, accuracy)
+    with atomic_write(path) as tmp, ReportPages(tmp) as pdf:
+        executive_pages(pdf, h, manifest, accuracy)
+        decoded = decoded_lines(run_dir, worst, settings, manifest.get("config", {})) if h.modality == "text" else []
+        appendix = [*(["DECODED SAMPLES", "", *decoded, ""] if decoded else []), *_appendix(manifest, results,
+                                                                                             matrix, notes)]
+        _tables_pages(pdf, run_dir, manifest, results, h, appendix)
+        accuracy_psnr_pages(pdf, results, worst, h, accuracy)
         heatmap_pages(pdf, results, settings, knowledge, accuracy)
         knowledge_bars_pages(pdf, worst, settings, accuracy)
         if (run_dir / CERTIFY).exists():
-            _certify_pages(pdf, run_dir, h)
+            _certify_pages(pdf, run_dir)
         if len(spectra):
             spectra_page(pdf, spectra, _taus(results), list(h.designated.designated))
-        if h.modality == "text":
-            lines = decoded_lines(run_dir, results, settings, knowledge, manifest.get("config", {}))
-            if lines:
-                text_pages(pdf, "decoded_samples", "Decoded samples", lines)
-        else:
-            gallery_pages(pdf, run_dir, results, settings, knowledge)
-        _appendix(pdf, manifest, results, matrix, notes)
+        if h.modality != "text":
+            gallery_pages(pdf, run_dir, worst, settings)
     return Report(path, h, pdf.kinds)
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from nte_eval.evaluate.run_folder import SUMMARY_MD, SUMMARY_TEX
+from nte_eval.evaluate.run_folder import SUMMARY_MD, SUMMARY_TEX, atomic_write
 from nte_eval.reports.headline import METRICS, Headline, accuracy_name, multiple_choice
+from nte_eval.reports.verdict import MAX_CHANCE, MIN_N
 
 PIXEL_PSNR = "PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR with peak 255)."
 UNITS = f"Accuracy in %; {PIXEL_PSNR}"
@@ -53,11 +54,17 @@ def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
               "attack (chosen by accuracy)." if h.metric in METRICS else "")
     return [
         (designated, h.designated),
+        ("Robustness for the owner: the designated model's accuracy under the benign (knowledge none) processings of "
+         f"its released NTEs, identity aside; within margin = at most {h.margin:g} points below its clean accuracy.",
+         h.owner),
         ("Unauthorized models: accuracy with no attack and under the best single attack (the headline: one "
          "reconstruction, committed to without labels); the per-sample union over all attacks is an upper bound "
          "picked with hindsight, so it stands beside the same union on clean inputs." + metric, h.unauthorized),
-        (f"Strongest attack of each knowledge level: the unauthorized model it helps most. Held = at most "
-         f"{h.threshold:.1f}% (chance {chance} + {h.margin:g} points).", h.levels),
+        ("Best attack at or below each knowledge level (levels are cumulative: an attacker runs every attack of the "
+         f"levels below its own) and the unauthorized model it helps most. Held = at most {h.threshold:.1f}% (chance "
+         f"{chance} + {h.margin:g} points); never held when uninformative (n < {MIN_N}, one class, chance >= "
+         f"{100 * MAX_CHANCE:g}%, or no unauthorized model above the threshold on clean inputs) or not useful (the "
+         f"designated model more than {h.margin:g} points below clean).", h.levels),
         ("Fidelity certificates per PSNR and Lipschitz source (certified % = certified and clean-correct; for an "
          "estimate source, what it would certify if it were a bound; pass must be 100% for a certified source; "
          "tightness = median measured/bound).", cert),
@@ -157,7 +164,8 @@ def write_summaries(run_dir: Path, h: Headline, title: str) -> list[Path]:
     written = []
     for name, render in ((SUMMARY_MD, markdown), (SUMMARY_TEX, latex)):
         path = Path(run_dir) / name
-        path.write_text(render(h, title))
+        with atomic_write(path) as tmp:
+            tmp.write_text(render(h, title))
         written.append(path)
     return written
 

@@ -3,7 +3,7 @@ low-sensitivity subspaces, hoping they overlap the designated model's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 import torch
@@ -41,13 +41,16 @@ class SurrogateProjection(Attack):
     mode: Literal["remove", "keep", "fill"] = "remove"
     modalities = ("image", "text")
 
+    def check_surrogates(self, names: Collection[str]) -> None:
+        for name in self.models:
+            if name not in names:
+                raise NTEError(f"surrogate_projection.models: no surrogate {name!r}; the surrogates are "
+                               f"{sorted(names)}.{did_you_mean(name, names)}")
+
     def fit(self, context: AttackContext) -> SurrogateProjection:
         super().fit(context)
         held = self.context.surrogates
-        for name in self.models:
-            if name not in held:
-                raise NTEError(f"surrogate_projection: no surrogate {name!r}; the run holds {sorted(held)}."
-                               f"{did_you_mean(name, held)}")
+        self.check_surrogates(held)
         names = self.models or sorted(held)
         self.decoder: EmbeddingDecoder | None = None
         if all(held[n].modality == "text" for n in names):
