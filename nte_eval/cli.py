@@ -109,9 +109,10 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
     from nte_eval.reports import write_report
     from nte_eval.runner import run_suite
 
-    with replacing(Path(args.out), args.overwrite and not args.resume, _log) as work:
+    # The swap covers the run and its report; inside it ``work`` holds no other run, so run_suite needs no overwrite.
+    with replacing(Path(args.out), args.overwrite, _log) as work:
         run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
-                  resume=args.resume, overwrite=args.overwrite, log=_log, attacks=attacks)
+                  resume=args.resume, overwrite=False, log=_log, attacks=attacks)
         return write_report(work, args.margin) if attacks else None
 
 
@@ -279,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch and BLAS CPU threads (default: their choice; 1 is fastest for small models)")
         again = p_.add_mutually_exclusive_group()
         again.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
-        again.add_argument("--overwrite", action="store_true", help="delete a previous run's results in --out first")
+        again.add_argument("--overwrite", action="store_true",
+                           help="start again; a previous run in --out stays until the new one is complete")
         p_.set_defaults(fn=fn)
     run.add_argument("--margin", type=margin, default=None, help=MARGIN_HELP)
 

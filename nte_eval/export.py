@@ -90,8 +90,8 @@ def encode_to_folder(model: str, source: str, out: str | Path, key: str, psnr: f
                  "size: the files hold those, not the originals")
     files = []
     for i in range(0, len(data), batch):
-        res = encoder.encode(data.images[i:i + batch].to(device), key=key, index=list(range(i, i + batch))[:len(
-            data.images[i:i + batch])])
+        res = encoder.encode(data.images[i:i + batch].to(device), key=key,
+                             index=list(range(i, min(i + batch, len(data)))))
         for j, img in enumerate(res.images):
             src = data.names[i + j]
             stem = Path(src).with_suffix("").as_posix().replace("/", "__")

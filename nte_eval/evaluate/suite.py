@@ -18,7 +18,7 @@ from nte_eval.evaluate.run_folder import RESULTS_FORMAT
 from nte_eval.evaluate.suite_file import import_plugins, read_yaml
 from nte_eval.knowledge import KNOWLEDGE, Knowledge
 from nte_eval.models.hf import HF_SCHEMES
-from nte_eval.models.load import ModelSpec, check_spec, spec_files, spec_name, with_base
+from nte_eval.models.load import ModelSpec, check_spec, read_from, spec_files, spec_name, with_base
 from nte_eval.registry import Registry
 
 
@@ -221,7 +221,7 @@ class Suite(Strict):
 
     def path(self, value: str | None) -> str | None:
         """A path the suite names (data, public), a relative one read from the suite file's folder."""
-        return None if value is None else str(self._base / Path(value).expanduser())
+        return None if value is None else read_from(self._base, value)
 
     def model_spec(self, spec: ModelSpec) -> ModelSpec:
         """A model spec with its relative paths (checkpoint, Hugging Face folder) read from the suite file's folder."""

@@ -113,9 +113,14 @@ def spec_files(spec: ModelSpec) -> dict[str, str]:
     return {k: str(spec[k]) for k in ("checkpoint", *HF_SCHEMES) if spec.get(k)}
 
 
+def read_from(base: Path, path: str) -> str:
+    """``path`` as read from the folder ``base`` (a suite file's folder): relative paths join it, ``~`` is home."""
+    return str(base / Path(path).expanduser())
+
+
 def with_base(spec: ModelSpec, base: Path) -> ModelSpec:
-    """``spec`` with its relative paths read from the folder ``base`` (a suite file's folder; ``~`` is home)."""
-    files = {k: str(base / Path(v).expanduser()) for k, v in spec_files(spec).items()}
+    """``spec`` with its relative paths read from the folder ``base`` (see ``read_from``)."""
+    files = {k: read_from(base, v) for k, v in spec_files(spec).items()}
     if isinstance(spec, dict):
         return {**spec, **files}
     if "checkpoint" in files:

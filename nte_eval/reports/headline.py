@@ -193,10 +193,11 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     else:
         des = designated_table(results, settings, fidelity)
     clean = worst[(worst.summary == "clean") & (worst.role == "unauthorized")]
-    weak = [weak_models(clean[clean.encoder_params == p], threshold) for p in settings.encoder_params]
+    per_setting = [clean[clean.encoder_params == p] for p in settings.encoder_params]
+    weak = [weak_models(c, threshold) for c in per_setting]
     n = results[results.role == "designated"].groupby("encoder_params").n.min()
-    standings = [standing(d, int(n[p]), chance, w, list(clean[clean.encoder_params == p].model), margin)
-                 for p, (_, d), w in zip(settings.encoder_params, des.iterrows(), weak, strict=True)]
+    standings = [standing(d, int(n[p]), chance, w, list(c.model), margin)
+                 for p, (_, d), w, c in zip(settings.encoder_params, des.iterrows(), weak, per_setting, strict=True)]
     settings = settings.assign(n=[int(n[p]) for p in settings.encoder_params],
                                standing=[status for status, _ in standings])
     levels = levels_table(worst, settings, threshold)
