@@ -96,6 +96,9 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
 
     suite = load_suite(args.suite)  # validated before the slower imports below and any model
     suite.check_files(args.suite)
+    given = _key_given(args)
+    if given is not None:  # the key stays out of the suite file, and so out of what is shared with it
+        suite = suite.model_copy(update={"seed": _nonempty(*given)})
     if not attacks and suite.certify is None:
         raise NTEError(f"{args.suite} has no `certify:` section; add e.g. `certify: {{fidelity: true, degradation: "
                        "true, lipschitz: [product, lipsdp, local]}` (or `certify: true` for the defaults).")
@@ -106,14 +109,24 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)  # numpy/scipy BLAS too (the certification's SVDs and angles)
     from nte_eval.evaluate.store import replacing
+    from nte_eval.progress import Progress
     from nte_eval.reports import write_report
     from nte_eval.runner import run_suite
 
+    progress = Progress(enabled=not args.quiet)
+    progress.plan(1 if attacks else 0)  # the report: one step of the overall bar, so that its ETA covers it
     # The swap covers the run and its report; inside it ``work`` holds no other run, so run_suite needs no overwrite.
-    with replacing(Path(args.out), args.overwrite, _log) as work:
-        run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
-                  resume=args.resume, overwrite=False, log=_log, attacks=attacks)
-        return write_report(work, args.margin) if attacks else None
+    try:
+        with replacing(Path(args.out), args.overwrite, _log) as work:
+            run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=progress,
+                      resume=args.resume, overwrite=False, log=_log, attacks=attacks)
+            if not attacks:
+                return None
+            report = write_report(work, args.margin)
+            progress.advance()
+            return report
+    finally:
+        progress.close()
 
 
 def _print_certification(out: Path) -> None:
@@ -210,24 +223,37 @@ def with_pd_options(fn) -> None:
 KEY_ENV = "NTE_EVAL_KEY"  # the environment variable `encode` reads the key from by default
 
 
-def _encode_key(args: argparse.Namespace) -> str:
-    """The NTE key from --key-file, --key-env, --key or $NTE_EVAL_KEY (a file or a variable stays out of `ps` and the
-    shell history); refuses an empty one."""
+def _key_given(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(key, where it came from) from --key-file or --key-env; None when neither is given."""
     if args.key_file:
         path = Path(args.key_file)
         if not path.is_file():
             raise NTEError(f"--key-file {path}: no such file; write the key into it (one line), or use --key-env NAME.")
-        key, where = path.read_text().rstrip("\r\n"), f"--key-file {path}"
-    elif args.key is not None:
-        key, where = args.key, "--key"
-    else:
-        name = args.key_env or KEY_ENV
-        if name not in os.environ:
-            raise NTEError(f"no key: set the environment variable {name}, or pass --key-file PATH or --key-env NAME.")
-        key, where = os.environ[name], f"the environment variable {name}"
+        return path.read_text().rstrip("\r\n"), f"--key-file {path}"
+    if args.key_env:
+        if args.key_env not in os.environ:
+            raise NTEError(f"no key: set the environment variable {args.key_env}, or pass --key-file PATH.")
+        return os.environ[args.key_env], f"the environment variable {args.key_env}"
+    return None
+
+
+def _nonempty(key: str, where: str) -> str:
     if not key:
         raise NTEError(f"the key from {where} is empty; give a long random key (a short one can be guessed).")
     return key
+
+
+def _encode_key(args: argparse.Namespace) -> str:
+    """The NTE key from --key-file, --key-env, --key or $NTE_EVAL_KEY (a file or a variable stays out of `ps` and the
+    shell history); refuses an empty one."""
+    given = _key_given(args)
+    if given is None and args.key is not None:
+        given = args.key, "--key"
+    if given is None:
+        if KEY_ENV not in os.environ:
+            raise NTEError(f"no key: set the environment variable {KEY_ENV}, or pass --key-file PATH or --key-env NAME.")
+        given = os.environ[KEY_ENV], f"the environment variable {KEY_ENV}"
+    return _nonempty(*given)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -278,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         p_.add_argument("--quiet", action="store_true", help="no progress bars")
         p_.add_argument("--threads", type=positive_int, default=None,
                         help="torch and BLAS CPU threads (default: their choice; 1 is fastest for small models)")
+        keys = p_.add_mutually_exclusive_group()
+        keys.add_argument("--key-file", help="read the NTE key from this file instead of the suite's `seed`")
+        keys.add_argument("--key-env", help="read the NTE key from this environment variable instead of `seed`")
         again = p_.add_mutually_exclusive_group()
         again.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
         again.add_argument("--overwrite", action="store_true",

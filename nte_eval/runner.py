@@ -10,13 +10,12 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from nte_eval.attacks.base import build_attack
 from nte_eval.attacks.context import AttackContext
 from nte_eval.certify.degradation import degradation_warnings
 from nte_eval.certify.fidelity import CERT_COLUMNS, violations
-from nte_eval.certify.run import certify_suite
+from nte_eval.certify.run import certify_steps, certify_suite
 from nte_eval.data.images import ImageSet
 from nte_eval.data.sources import source
 from nte_eval.encoders import ENCODERS, sample_seed
@@ -46,10 +45,11 @@ from nte_eval.evaluate.suite import Suite
 from nte_eval.evaluate.worst_case import worst_case
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
+from nte_eval.progress import Progress
 
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: int | None = None,
-              progress: bool = True, resume: bool = False, overwrite: bool = False,
+              progress: bool | Progress = True, resume: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = print, attacks: bool = True) -> pd.DataFrame:
     """Evaluate every cell of the suite, then its ``certify`` section; write ``results.csv``/``.parquet``,
     ``samples.csv``, ``worst_case.csv``, ``warnings.json``, ``manifest.json`` (and the certification files) under
@@ -57,12 +57,20 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
 
     A certificate that a certified Lipschitz bound does not keep is a bug: after every file is written, it raises
     NTEError naming how many failed and the first one. With ``overwrite``, a previous run in ``out`` stays untouched
-    until this one is complete (built beside it, then swapped in)."""
-    with replacing(Path(out), overwrite and not resume, log) as work:
-        return _run_cells(suite, work, device, batch_size, progress, resume, overwrite, log, attacks)
+    until this one is complete (built beside it, then swapped in).
+
+    ``progress``: show bars, or a ``Progress`` whose overall bar this run extends by its cells and certification
+    steps (the command line plans the report on it too); this function does not close a ``Progress`` it is given."""
+    bars = progress if isinstance(progress, Progress) else Progress(progress)
+    try:
+        with replacing(Path(out), overwrite and not resume, log) as work:
+            return _run_cells(suite, work, device, batch_size, bars, resume, overwrite, log, attacks)
+    finally:
+        if bars is not progress:
+            bars.close()
 
 
-def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, progress: bool, resume: bool,
+def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, progress: Progress, resume: bool,
                overwrite: bool, log: Callable[[str], None], attacks: bool) -> pd.DataFrame:
     """``run_suite`` in the folder ``out`` it writes to."""
     batch = batch_size or suite.batch_size
@@ -94,7 +102,10 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
         log(f"{len(encoders)} encoder setting(s) x {len(attack_settings)} attack setting(s) = {len(cell_keys)} cells, "
             f"{len(evaluated_names)} models, {len(data)} {kind.unit}"
             + (f"; {done} cells already done" if done else ""))
-    overall = tqdm(total=len(cell_keys), desc="cells", disable=not progress or not attacks, initial=done)
+    cert_steps = certify_steps(suite, handles, evaluated_names)
+    cert_done = suite.certify is not None and store.is_done(certify_key(suite))
+    progress.start((len(cell_keys) if attacks else 0) + cert_steps,
+                   done=(done if attacks else 0) + (cert_steps if cert_done else 0))
     for number, ((d, _), encoder) in enumerate(encoders.items() if attacks else (), 1):
         enc_params = compact({**encoder.params(), "designated": d})
         keys = [cell_key(encoder.name, enc_params, a, compact(p)) for a, p in attack_settings]
@@ -108,7 +119,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
         encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
         context = AttackContext(seed=attacker_seed, device=device, public=public, ntes=x_nte,
                                 encoder=encoder.public_settings(), designated=handles[d],
-                                surrogates={s: handles[s] for s in surrogate_names if s != d})
+                                surrogates={s: handles[s] for s in surrogate_names if s != d}, progress=progress)
         # The cell's models: the designated one and every other evaluated model (unauthorized).
         models = {d: evaluated[d], **{k: v for k, v in evaluated.items() if k != d}}
         timings.append({"designated": d, "encoder_params": enc_params, "stage": "encode",
@@ -117,7 +128,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
             if store.is_done(key):
                 continue
             tc = time.time()
-            steps = tqdm(total=3, desc=f"{att_name}", leave=False, disable=not progress)
+            steps = progress.bar(total=3, desc=att_name, unit="stage")
             attack = build_attack({"type": att_name, **att_params}).fit(context)
             steps.update()
             x_rec = apply_attack(attack, x_nte, batch, device)
@@ -133,8 +144,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
                       pd.DataFrame([(*head, *r) for r in samples], columns=SAMPLE_COLUMNS))
             timings.append({"designated": d, "encoder_params": enc_params, "attack": att_name,
                             "attack_params": compact(att_params), "seconds": round(time.time() - tc, 3)})
-            overall.update()
-    overall.close()
+            progress.advance()
     broken = _certify(suite, handles, evaluated_names, data, out, batch, store, progress, log, timings)
     with atomic_write(out / SPECTRA) as tmp:
         pd.concat([spectrum_rows(n, handles[n]) for n in evaluated_names]).to_csv(tmp, index=False)
@@ -174,13 +184,18 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
     return results
 
 
+def certify_key(suite: Suite) -> str:
+    """The journal key of the suite's ``certify`` section (one cell)."""
+    return cell_key("certify", compact(suite.certify.model_dump()), "", "")
+
+
 def _certify(suite: Suite, handles: dict[str, ModelHandle], evaluated: list[str], data: ImageSet, out: Path,
-             batch: int, store: ResultStore, progress: bool, log: Callable[[str], None],
+             batch: int, store: ResultStore, progress: Progress, log: Callable[[str], None],
              timings: list[dict[str, Any]]) -> pd.DataFrame:
     """The suite's ``certify`` section as one journalled cell; returns the failing certificates (none expected)."""
     if suite.certify is None:
         return pd.DataFrame()
-    key = cell_key("certify", compact(suite.certify.model_dump()), "", "")
+    key = certify_key(suite)
     if store.is_done(key):
         path = out / CERTIFICATES
         return violations(pd.read_csv(path)) if path.exists() else pd.DataFrame(columns=CERT_COLUMNS)

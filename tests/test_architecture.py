@@ -16,7 +16,7 @@ ROOT = Path(nte_eval.__file__).parent
 # sibling on its own layer.
 LAYERS: list[set[str]] = [
     {"errors", "__init__"},
-    {"params", "registry", "metrics", "knowledge"},
+    {"params", "registry", "metrics", "knowledge", "progress"},
     {"geometry"},
     {"data"},
     {"models"},

@@ -134,6 +134,12 @@ CASES = [
           cwd="sub", **{"sub/imgs/a/x.png": "image"}),
     suite("checkpoint relative to the suite", GOOD + "surrogates: [timm:resnet18@w.safetensors]\n",
           "surrogates[0].checkpoint: {tmp}/w.safetensors does not exist", cwd="sub", **{"sub/w.safetensors": ""}),
+    suite("seed: ''", GOOD + "seed: ''\n", "seed: the NTE key is empty"),
+    args("run --key-file missing", run("--key-file", "{tmp}/no.key"), "no.key: no such file"),
+    Bad("run --key-file empty", run("--key-file", "{tmp}/empty.key"), "the key from --key-file {tmp}/empty.key is "
+        "empty", {"suite.yaml": GOOD, "empty.key": "\n"}),
+    args("run --key-env unset", run("--key-env", "NTE_EVAL_TEST_UNSET_KEY"), "set the environment variable "
+         "NTE_EVAL_TEST_UNSET_KEY"),
     suite("select: k=1000000", GOOD.replace("psnr: 30", "psnr: 30, select: k=1000000"),
           "zoo:vit_null's first layer in the patch view has 48 per patch", overwrite=False),
 ]

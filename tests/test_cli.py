@@ -1,6 +1,7 @@
 """The command line end to end: run, report, encode, zoo, and one-line errors with exit code 2."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,27 @@ def test_the_key_from_a_file_or_the_environment(tmp_path, capsys, monkeypatch):
     assert encode(tmp_path / "other", capsys)[0] == 0 and pngs(tmp_path / "other") != pngs(tmp_path / "flag")
 
 
+def test_run_reads_the_key_from_a_file_or_the_environment(tmp_path, capsys, monkeypatch):
+    key = "K3y-Secr3t-77"
+    suite = SMALL_SUITE.replace("seed: 5", "seed: 0").replace("limit: 60", "limit: 30")
+    (tmp_path / "in_suite.yaml").write_text(suite.replace("seed: 0", f"seed: {key}"))
+    (tmp_path / "suite.yaml").write_text(suite)
+    (tmp_path / "key.txt").write_text(key + "\n")
+    monkeypatch.setenv("MY_KEY", key)
+    runs = {"in_suite": ["in_suite.yaml"], "file": ["suite.yaml", "--key-file", tmp_path / "key.txt"],
+            "env": ["suite.yaml", "--key-env", "MY_KEY"]}
+    for name, (file, *extra) in runs.items():
+        code, out, err = run_cli(["run", tmp_path / file, "--out", tmp_path / name, "--quiet", *extra], capsys)
+        assert code == 0 and key not in out + err
+    manifests = {name: json.loads((tmp_path / name / "manifest.json").read_text()) for name in runs}
+    assert {m["key_fingerprint"] for m in manifests.values()} == {key_fingerprint(key)}
+    assert len({m["config_hash"] for m in manifests.values()}) == 1  # the same key: --resume accepts either way
+    results = {name: pd.read_csv(tmp_path / name / "results.csv") for name in runs}
+    pd.testing.assert_frame_equal(results["file"], results["in_suite"])
+    pd.testing.assert_frame_equal(results["env"], results["in_suite"])
+    assert not any(key.encode() in p.read_bytes() for p in (tmp_path / "file").rglob("*") if p.is_file())
+
+
 def test_an_empty_or_missing_key_exits_2(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty.txt").write_text("\n")
     monkeypatch.setenv("EMPTY_KEY", "")
@@ -229,3 +251,33 @@ def test_console_script_is_installed():
     assert exe.is_file()
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "run" in proc.stdout and "encode" in proc.stdout
+
+
+PROGRESS_SUITE = SMALL_SUITE.replace("limit: 60", "limit: 40") + """
+attacks: [identity, {type: learned_denoiser, steps: 30, pairs: 64, width: 8}]
+certify: {fidelity: true, degradation: true, lipschitz: [product, local], psnr: [30], pairs: designated,
+          local_samples: 2}
+"""
+
+
+def test_progress_covers_training_certification_and_the_report(tmp_path, capsys):
+    (tmp_path / "suite.yaml").write_text(PROGRESS_SUITE)
+    args = ["run", tmp_path / "suite.yaml", "--out", tmp_path / "out", "--threads", "1"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0
+    err = err.replace("\r", "\n")
+    # learned_denoiser shows its training pairs and steps (twice: once per encoder setting)
+    assert len(re.findall(r"learned_denoiser: training pairs: .*\| 0/16 ", err)) == 2
+    assert len(re.findall(r"learned_denoiser: training: .*\| 0/30 ", err)) == 2
+    # the certification: one bar per designated model (1 measured setting, 2 Lipschitz sources), one for the pairs
+    assert re.search(r"certify zoo:vit_null: .*\| 0/3 ", err) and re.search(r"degradation pairs: .*\| 0/2 ", err)
+    # one overall bar whose total counts them all: 2 settings x 2 attacks = 4 cells, 3 certification steps,
+    # 2 degradation pairs, 1 report
+    totals = {int(t) for t in re.findall(r"run: .*\| \d+/(\d+) ", err)}
+    assert totals == {4 + 3 + 2 + 1}
+    assert re.search(r"run: 100%.*\| 10/10 ", err)
+    assert re.search(r"run: .*\| 7/10 ", err)  # the certification's steps come after the cells
+    # resumed: the journalled cells and the certification count as done from the start; only the report is left
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0
+    assert re.search(r"run:  90%.*\| 9/10 \[00:00<\?", err.replace("\r", "\n"))

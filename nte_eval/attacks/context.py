@@ -12,6 +12,7 @@ from nte_eval.data.images import ImageSet
 from nte_eval.errors import NTEError
 from nte_eval.knowledge import KNOWLEDGE
 from nte_eval.models.handle import ModelHandle
+from nte_eval.progress import Progress
 
 # What each knowledge level may read from the context (each level includes the ones before it).
 GRANTS = {"none": set(), "method": {"public", "ntes", "encoder"}, "surrogate": {"surrogates"},
@@ -32,7 +33,8 @@ class AttackContext:
     counterparts, no labels). encoder: the encoder's public settings (type, parameters, first-layer geometry and
     normalisation of the designated architecture; never the key or the weights). surrogates: model handles the
     attacker holds. designated: the designated model itself (oracle only). Images in the context are CPU tensors;
-    ``device`` is where the run evaluates (an attack may use it for heavy work, e.g. training).
+    ``device`` is where the run evaluates (an attack may use it for heavy work, e.g. training); ``progress``
+    gives a long ``fit`` its own bar (off unless the run shows bars).
     """
 
     seed: int = 0
@@ -43,6 +45,7 @@ class AttackContext:
     surrogates: dict[str, ModelHandle] = field(default_factory=dict)
     designated: ModelHandle | None = None
     knowledge: str = "oracle"
+    progress: Progress = field(default_factory=lambda: Progress(enabled=False))
 
     def restricted(self, knowledge: str) -> AttackContext:
         """A view no wider than this one: the lower of its knowledge and ``knowledge``."""

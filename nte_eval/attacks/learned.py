@@ -154,7 +154,8 @@ class LearnedDenoiser(Attack):
         """Public-image indices and their NTEs, made for random surrogates under the attacker's own keys."""
         per = math.ceil(self.pairs / self.n_surrogates)
         index, noisy = [], []
-        for s in range(self.n_surrogates):
+        for s in self.context.progress.bar(range(self.n_surrogates), desc="learned_denoiser: training pairs",
+                                           unit="surrogate"):
             handle = random_surrogate(settings, gen, f"learned_denoiser-surrogate-{s}")
             encoder = ENCODERS.get(settings["type"])(handle, **settings["params"]).fit()
             idx = torch.randint(len(public), (per,), generator=gen)
@@ -172,7 +173,7 @@ class LearnedDenoiser(Attack):
         net = dncnn(self.input_size[0] * self.factor[0] * self.factor[1], self.depth, self.width, gen).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
-        for _ in range(self.steps):
+        for _ in self.context.progress.bar(range(self.steps), desc="learned_denoiser: training", unit="step"):
             b = torch.randint(len(index), (self.batch_size,), generator=gen)
             x, y = noisy[b].to(device), public[index[b]].to(device)
             loss = F.mse_loss(net(self.normalise(x)), unshuffle((y - self.out_center) / self.out_scale, self.factor))

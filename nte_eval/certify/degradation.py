@@ -16,7 +16,6 @@ from typing import Any
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from nte_eval.certify.angles import pair_geometry, predicted_energy
 from nte_eval.data.images import ImageSet
@@ -25,6 +24,7 @@ from nte_eval.errors import NTEError
 from nte_eval.evaluate.batching import batched_logits, encode_all, first_layer_responses
 from nte_eval.geometry.conv import PixelConv
 from nte_eval.models.handle import ModelHandle
+from nte_eval.progress import Progress
 
 AGREE_Z = 3.0  # predicted and measured energy agree when within 3 standard errors of the measured mean ...
 FLOAT32 = 1e-6  # ... or within float32 rounding of the NTE images (some pairs' energy hardly varies over samples)
@@ -48,12 +48,14 @@ def _energy_and_ratio(handle: ModelHandle, x: torch.Tensor, delta: torch.Tensor,
 
 
 def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], data: ImageSet, psnr: float,
-                      tau: float, key: int | str, batch: int, progress: bool = True) -> pd.DataFrame:
-    """One row per ordered pair (designated D in ``pair_models``, every other model B of ``handles``)."""
+                      tau: float, key: int | str, batch: int, progress: Progress | None = None) -> pd.DataFrame:
+    """One row per ordered pair (designated D in ``pair_models``, every other model B of ``handles``); each pair
+    advances ``progress`` by one step."""
     x, labels = data.images, data.labels
     clean = {name: _accuracy(h, x, labels, batch) for name, h in handles.items()}
     rows = []
-    bar = tqdm(total=len(pair_models) * (len(handles) - 1), desc="degradation pairs", disable=not progress)
+    progress = progress or Progress(enabled=False)
+    bar = progress.bar(total=len(pair_models) * (len(handles) - 1), desc="degradation pairs", unit="pair")
     for d in pair_models:
         try:
             encoder = NTEEncoder(handles[d], psnr=psnr, select=f"tau={tau}")
@@ -62,6 +64,7 @@ def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], d
             rows += [{"designated": d, "model": b, "psnr": psnr, "tau": tau, "reason": str(e)}
                      for b in handles if b != d]
             bar.update(len(handles) - 1)
+            progress.advance(len(handles) - 1)
             continue
         delta = (x_nte.double() - x.double())
         others = {b: h for b, h in handles.items() if b != d}
@@ -88,6 +91,7 @@ def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], d
                 "first_layer_ratio_predicted": float((pred * noise_sq).sqrt().div(response).mean()),
                 "clean_accuracy": clean[b], "nte_accuracy": nte_acc, "accuracy_drop": clean[b] - nte_acc})
             bar.update()
+            progress.advance()
     bar.close()
     return pd.DataFrame(rows)
 

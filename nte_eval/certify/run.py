@@ -21,6 +21,7 @@ from nte_eval.evaluate.run_folder import ANGLES, CERTIFICATES, CERTIFY, LIPSCHIT
 from nte_eval.evaluate.suite import CertifyConfig, Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
+from nte_eval.progress import Progress
 
 
 def fidelity_encoders(suite: Suite, designated: str, handle: ModelHandle, cfg: CertifyConfig) -> list:
@@ -40,8 +41,25 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def certify_steps(suite: Suite, handles: dict[str, ModelHandle], evaluated: list[str]) -> int:
+    """The steps ``certify_suite`` counts on the run's progress: per designated model one per encoder setting it
+    measures and one per Lipschitz source, then one per degradation pair."""
+    cfg, designated = suite.certify, [spec_name(s) for s in suite.designated_list()]
+    if cfg is None:
+        return 0
+    steps = 0
+    if cfg.fidelity:
+        for d in designated:
+            n = len(fidelity_encoders(suite, d, handles[d], cfg))
+            steps += n + len(cfg.lipschitz) if n else 0
+    if cfg.degradation:
+        steps += len(evaluated if cfg.pairs == "all" else designated) * (len(evaluated) - 1)
+    return steps
+
+
 def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelHandle], data: ImageSet,
-                     batch: int, log) -> tuple[pd.DataFrame, list[tuple[str, LipschitzBound]], list[dict]]:
+                     batch: int, log, progress: Progress
+                     ) -> tuple[pd.DataFrame, list[tuple[str, LipschitzBound]], list[dict]]:
     """Certificates for every designated model; returns (per-sample rows, Lipschitz bounds, one summary per
     designated model, encoder setting and Lipschitz source)."""
     frames, bounds, rows = [], [], []
@@ -53,15 +71,24 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
             continue
         net = Float64Network(handle)  # the one float64 copy: measurement and every Lipschitz source share it
         measured = []
+        bar = progress.bar(total=len(encoders) + len(cfg.lipschitz), desc=f"certify {d}", unit="step")
         for encoder in encoders:
             x_nte = encode_all(encoder, data.images, suite.seed, batch, handle.device)[0]
             enc_params = compact({**encoder.params(), "designated": d})
             m = measure(net, data.images, x_nte, batch)
             measured.append((encoder.name, enc_params, encoder.psnr, m))
+            bar.update()
+            progress.advance()
         # the local estimate looks as far from A(x) as the largest first-layer change it has to cover
         radius = max(float(m["change"].max()) for *_, m in measured)
-        found = lipschitz_bounds(net, list(cfg.lipschitz), data.images[:cfg.local_samples].to(handle.device),
-                                 radius, seed=0)
+        found = {}
+        for source in cfg.lipschitz:
+            bar.set_postfix_str(f"lipschitz {source}")
+            found.update(lipschitz_bounds(net, [source], data.images[:cfg.local_samples].to(handle.device), radius,
+                                          seed=0))
+            bar.update()
+            progress.advance()
+        bar.close()
         for bound in found.values():
             bounds.append((d, bound))
             log(f"certify {d}: lipschitz {bound.source} = "
@@ -81,15 +108,15 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
 
 
 def certify_suite(suite: Suite, handles: dict[str, ModelHandle], evaluated: list[str], data: ImageSet, out: Path,
-                  batch: int, progress: bool = True, log=print) -> tuple[list[tuple], pd.DataFrame]:
+                  batch: int, progress: Progress | None = None, log=print) -> tuple[list[tuple], pd.DataFrame]:
     """Run the ``certify`` section; write its files under ``out``. Returns (results rows as ``COLUMNS`` tuples,
-    violating certificates)."""
-    cfg = suite.certify
+    violating certificates). Each step of ``certify_steps`` advances ``progress``."""
+    cfg, progress = suite.certify, progress or Progress(enabled=False)
     rows: list[tuple] = []
     certs = pd.DataFrame(columns=CERT_COLUMNS)
     summary: dict[str, Any] = {"config": cfg.model_dump()}
     if cfg.fidelity:
-        certs, bounds, table = certify_fidelity(suite, cfg, handles, data, batch, log)
+        certs, bounds, table = certify_fidelity(suite, cfg, handles, data, batch, log, progress)
         lip = pd.DataFrame([{"model": d, "source": b.source, "status": b.status, "value": b.value,
                              "detail": b.detail, "seconds": round(b.seconds, 3)} for d, b in bounds])
         _write_csv(certs, out / CERTIFICATES)

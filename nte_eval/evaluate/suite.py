@@ -108,6 +108,14 @@ class Suite(Strict):
                 raise ValueError(f"[{i}]: {e}" if isinstance(v, list) else str(e)) from None
         return v
 
+    @field_validator("seed")
+    @classmethod
+    def _some_key(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("the NTE key is empty; give a long random key (a short one can be guessed), or pass "
+                             "--key-file PATH / --key-env NAME to `nte-eval run`.")
+        return v
+
     @field_validator("designated")
     @classmethod
     def _some_designated(cls, v: Any) -> Any:

@@ -125,8 +125,9 @@ def text_designated_table(results: pd.DataFrame, settings: pd.DataFrame, metric:
         part = des[des.encoder_params == s.encoder_params]
         m = part[part.attack == "identity"].set_index("metric").value
         rec = part[(part.metric == "token_recovery")]
-        rec = rec[[knowledge.get((a, p), "oracle") != "oracle" for a, p in zip(rec.attack, rec.attack_params,
-                                                                                strict=True)]]
+        short_of_oracle = [knowledge.get((a, p), "oracle") != "oracle"
+                           for a, p in zip(rec.attack, rec.attack_params, strict=True)]
+        rec = rec[pd.Series(short_of_oracle, index=rec.index, dtype=bool)]
         best = rec.loc[rec.value.idxmax()] if len(rec) else None
         stored = m.get("bytes_per_example", math.nan)
         row = {"designated": s.designated, "setting": s.setting, "token PSNR dB": round(m["psnr"], 2) + 0.0,
