@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from nte_eval.data.images import load_digits
+from nte_eval.data.sources import load_pixels
 from nte_eval.errors import NTEError
 from nte_eval.models.load import load_model
-from nte_eval.models.zoo import ZOO, ZOO_MEAN, ZOO_STD, load_zoo_model, read_zoo_json, weights_dir, zoo_table
+from nte_eval.models.zoo import ZOO, ZOO_DATA, ZOO_MEAN, ZOO_STD, load_zoo_model, read_zoo_json, weights_dir, zoo_table
 from nte_eval.models.zoo.train import augment, train_one, train_zoo
 
 
 @pytest.fixture(scope="module")
-def test_split():
-    return load_digits("test")
+def test_splits():
+    """Each bundled data set's test split, by the zoo's data names."""
+    return {d: load_pixels(d, "test") for d in ZOO_DATA}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def table():
 
 def test_zoo_order_and_normalisation():
     assert list(ZOO) == ["vit_null", "vit_null_s1", "vit_wide", "resnet_stem", "resnet_nullstem",
-                         "convnext_patchify", "mlp_linear"]
+                         "convnext_patchify", "mlp_linear", "tex_vit_null", "tex_resnet_stem", "tex_convnext_patchify"]
+    assert {e.data for e in ZOO.values()} == set(ZOO_DATA) and load_zoo_model("tex_vit_null").class_names[1] == "cat"
     assert ZOO["vit_null"].build is ZOO["vit_null_s1"].build and ZOO["vit_null"].seed != ZOO["vit_null_s1"].seed
     handle = load_zoo_model("mlp_linear")
     assert handle.mean.flatten().tolist() == list(ZOO_MEAN) and handle.std.flatten().tolist() == list(ZOO_STD)
@@ -33,16 +36,16 @@ def test_zoo_order_and_normalisation():
 
 
 @pytest.mark.parametrize("name", list(ZOO))
-def test_shipped_weights_reach_their_recorded_accuracy(name, test_split):
-    handle = load_model(f"zoo:{name}")
+def test_shipped_weights_reach_their_recorded_accuracy(name, test_splits):
+    handle, test_split = load_model(f"zoo:{name}"), test_splits[ZOO[name].data]
     acc = float((handle.logits(test_split.images).argmax(1) == test_split.labels).float().mean())
-    assert acc >= 0.95
+    assert acc >= (0.95 if ZOO[name].data == "digits" else 0.8)  # the textures are harder: natural crops
     assert abs(acc - read_zoo_json()[name]["test_accuracy"]) < 1e-3  # the shipped weights are the recorded ones
     assert (weights_dir() / f"{name}.safetensors").stat().st_size < 2_000_000
 
 
-def test_loading_is_deterministic_and_leaves_the_global_rng_alone(test_split):
-    x = test_split.images[:32]
+def test_loading_is_deterministic_and_leaves_the_global_rng_alone(test_splits):
+    x = test_splits["digits"].images[:32]
     torch.manual_seed(123)
     a = load_zoo_model("vit_null")
     after_load = torch.rand(3)
@@ -82,9 +85,10 @@ def test_zoo_geometries(table):
 
 def test_table_reports_the_training_record(table):
     records = read_zoo_json()
-    assert all(r["trained"] and r["test_accuracy"] >= 0.95 for r in table.values())
+    assert all(r["trained"] and r["test_accuracy"] >= (0.95 if ZOO[n].data == "digits" else 0.8)
+               for n, r in table.items())
     assert all(r["train_seconds"] == records[n]["train_seconds"] > 0 for n, r in table.items())
-    assert sum(r["train_seconds"] for r in records.values()) <= 300  # the whole zoo trains in 5 minutes
+    assert sum(r["train_seconds"] for r in records.values()) <= 480  # the whole zoo trains in 8 minutes
 
 
 def test_unknown_zoo_name_suggests_a_close_one():

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from nte_eval.data.glue import TASKS
 from nte_eval.data.images import ImageSet, load_digits, load_imagefolder, load_photos
+from nte_eval.data.textures import load_textures
 from nte_eval.errors import NTEError, did_you_mean
 
 # A pixel loader: (split, limit, root, size, channels) -> labelled images at ``size``.
@@ -17,6 +18,10 @@ PixelLoader = Callable[[str, int | None, str | None, int | None, int], ImageSet]
 
 def _digits(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
     return load_digits(split, limit, size or 32)
+
+
+def _textures(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
+    return load_textures(split, limit, size or 32)
 
 
 def _photos(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
@@ -56,6 +61,8 @@ class Source:
 
 SOURCES = {s.name: s for s in (
     Source("digits", "image", description="scikit-learn's digits, coloured", pixels=_digits, bundled=True),
+    Source("textures", "image", description="crops of scikit-image's photos, 10 classes (natural images)",
+           pixels=_textures, bundled=True),
     Source("photos", "image", description="scikit-image's sample photos, no labels", pixels=_photos, bundled=True),
     Source("imagefolder", "image", ("root",), description="a folder ROOT/CLASS/*.png|jpg", pixels=_imagefolder),
     Source("glue_tsv", "text", ("path", "task"), "glue", False, "a GLUE task's TSV file"),

@@ -1,4 +1,5 @@
-"""The model zoo: small timm classifiers trained on the bundled digits, one per first-layer geometry.
+"""The model zoo: small timm classifiers trained on the bundled digits, one per first-layer geometry, and three
+(``tex_*``) trained on the bundled textures (natural-image crops), so that attacks meet natural image statistics.
 
 Every model takes 3x32x32 pixel-space input, has 10 classes and uses the same normalisation ``ZOO_MEAN``/``ZOO_STD``.
 Weights ship in ``weights/NAME.safetensors``; ``weights/zoo.json`` records test accuracy and training time.
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nte_eval.data.textures import TEXTURE_PHOTOS
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.geometry.subspace import natural_view, null_dimension
 from nte_eval.models.checkpoint import apply_checkpoint
@@ -25,7 +27,7 @@ from nte_eval.models.handle import ModelHandle
 ZOO_MEAN = (0.5, 0.5, 0.5)  # one normalisation for every zoo model: u = (x - 0.5) / 0.25 maps [0, 1] to [-2, 2]
 ZOO_STD = (0.25, 0.25, 0.25)
 ZOO_INPUT_SIZE = (3, 32, 32)
-ZOO_CLASSES = [str(i) for i in range(10)]
+ZOO_DATA = {"digits": [str(i) for i in range(10)], "textures": [c for c, _ in TEXTURE_PHOTOS]}  # the classes
 ZOO_DIR_ENV = "NTE_EVAL_ZOO_DIR"
 
 
@@ -41,6 +43,7 @@ class ZooEntry:
     seed: int
     epochs: int = 30
     lr: float = 2e-3
+    data: str = "digits"  # the bundled data set it is trained on (a key of ZOO_DATA)
 
 
 def _vit(embed_dim: int, num_heads: int = 2) -> nn.Module:
@@ -119,6 +122,15 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("mlp_linear", "Flatten + timm Mlp (3072 -> 128 -> 10)",
              "first layer is a Linear on the flattened image (a full-image kernel)",
              build_mlp_linear, "1.fc1", seed=0, epochs=40, lr=1e-3),
+    ZooEntry("tex_vit_null", "timm VisionTransformer (patch 4, dim 32, depth 3)",
+             "vit_null's architecture trained on the textures (exact 16-dim null space per patch)",
+             build_vit_null, "patch_embed.proj", seed=0, epochs=60, lr=3e-3, data="textures"),
+    ZooEntry("tex_resnet_stem", "timm ResNet (BasicBlock, 1-1-1-1, 7x7/2 stem)",
+             "resnet_stem's architecture trained on the textures (overlapping 7x7/2 stem)",
+             build_resnet_stem, "conv1", seed=0, epochs=25, lr=3e-3, data="textures"),
+    ZooEntry("tex_convnext_patchify", "timm ConvNeXt (depths 1-1-1-1, dims 64-64-96-128)",
+             "convnext_patchify's architecture trained on the textures (patchify 4x4/4 stem, 48 -> 64)",
+             build_convnext_patchify, "stem.0", seed=0, epochs=30, lr=2e-3, data="textures"),
 ]}
 
 
@@ -144,7 +156,7 @@ def build_module(entry: ZooEntry) -> nn.Module:
 
 def make_handle(module: nn.Module, entry: ZooEntry) -> ModelHandle:
     """Wrap a zoo module in a pixel-space ModelHandle with the zoo normalisation."""
-    return ModelHandle(module, entry.first_layer, ZOO_MEAN, ZOO_STD, ZOO_INPUT_SIZE, list(ZOO_CLASSES),
+    return ModelHandle(module, entry.first_layer, ZOO_MEAN, ZOO_STD, ZOO_INPUT_SIZE, list(ZOO_DATA[entry.data]),
                        spec=f"zoo:{entry.name}")
 
 

@@ -1,10 +1,11 @@
-"""Deterministic CPU training of the zoo on the digits train split.
+"""Deterministic CPU training of the zoo on the train split of each model's data set (digits or textures).
 
 Recipe (same for every model, epochs and learning rate per ``ZooEntry``): AdamW (weight decay 0.05), batch 32,
-linear warm-up over the first 15% of steps then cosine decay, gradient-norm clipping at 1. Augmentation recolours
-each image (random channel permutation, then per channel x -> a*x + b with |a| in [0.8, 1], random sign, b keeping
-[0, 1]) and shifts it by up to one pixel (edge padding). The digits' palettes are random per image, so recolouring
-teaches the colour invariance the test split needs. One seeded generator drives data order and augmentation,
+linear warm-up over the first 15% of steps then cosine decay, gradient-norm clipping at 1. Augmentation shifts each
+image by up to one pixel (edge padding); on the digits it first recolours it (random channel permutation, then per
+channel x -> a*x + b with |a| in [0.8, 1], random sign, b keeping [0, 1]): the digits' palettes are random per image,
+so recolouring teaches the colour invariance the test split needs. On the textures colour is part of the class, so
+they are mirrored at random instead. One seeded generator drives data order and augmentation,
 ``torch.use_deterministic_algorithms`` is on and training runs on one CPU thread (``THREADS``; reductions depend on
 the thread count), so the same CPU type and torch version give bit-identical weights. One thread also keeps
 training fast on a busy two-core machine (OpenMP threads spin when they compete for cores).
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nte_eval.data.images import ImageSet, load_digits
+from nte_eval.data.images import ImageSet
+from nte_eval.data.sources import load_pixels
 from nte_eval.errors import NTEError
 from nte_eval.models.zoo import (
     ZOO,
@@ -46,15 +48,19 @@ MIN_GAIN = 0.8
 THREADS = 1
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, shift: int = SHIFT) -> torch.Tensor:
-    """Random recolouring (channel permutation, per-channel affine with random sign) and a shift of <= ``shift`` px."""
+def augment(x: torch.Tensor, gen: torch.Generator, shift: int = SHIFT, recolour: bool = True) -> torch.Tensor:
+    """Random recolouring (channel permutation, per-channel affine with random sign), or else a random mirror, and a
+    shift of <= ``shift`` px."""
     n, c, h, w = x.shape
-    perm = torch.rand(n, c, generator=gen).argsort(dim=1)
-    x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
-    gain = (MIN_GAIN + (1 - MIN_GAIN) * torch.rand(n, c, 1, 1, generator=gen))
-    gain = gain * (torch.randint(0, 2, (n, c, 1, 1), generator=gen) * 2 - 1)
-    lo, hi = (-gain).clamp(min=0), 1 - gain.clamp(min=0)  # a*x + b stays in [0, 1] for x in [0, 1]
-    x = gain * x + lo + (hi - lo) * torch.rand(n, c, 1, 1, generator=gen)
+    if recolour:
+        perm = torch.rand(n, c, generator=gen).argsort(dim=1)
+        x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
+        gain = (MIN_GAIN + (1 - MIN_GAIN) * torch.rand(n, c, 1, 1, generator=gen))
+        gain = gain * (torch.randint(0, 2, (n, c, 1, 1), generator=gen) * 2 - 1)
+        lo, hi = (-gain).clamp(min=0), 1 - gain.clamp(min=0)  # a*x + b stays in [0, 1] for x in [0, 1]
+        x = gain * x + lo + (hi - lo) * torch.rand(n, c, 1, 1, generator=gen)
+    else:
+        x = torch.where(torch.rand(n, 1, 1, 1, generator=gen) < 0.5, x.flip(-1), x)
     if shift:
         padded = F.pad(x, (shift,) * 4, mode="replicate")
         dy, dx = (torch.randint(0, 2 * shift + 1, (2, n), generator=gen))
@@ -91,7 +97,7 @@ def train_one(entry: ZooEntry, data: ImageSet, progress: bool = True) -> nn.Modu
         running = 0.0
         for start in range(0, len(data), BATCH_SIZE):
             idx = order[start:start + BATCH_SIZE]
-            x = normalize(augment(data.images[idx], gen))
+            x = normalize(augment(data.images[idx], gen, recolour=entry.data == "digits"))
             loss = F.cross_entropy(model(x), data.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,7 +130,8 @@ def write_records(folder: Path, records: list[dict[str, Any]]) -> None:
     models = read_zoo_json(folder)
     models.update({r["name"]: r for r in records})
     ordered = {n: models[n] for n in ZOO if n in models}
-    doc = {"mean": list(ZOO_MEAN), "std": list(ZOO_STD), "data": "digits train (1437) / test (360), 3x32x32",
+    doc = {"mean": list(ZOO_MEAN), "std": list(ZOO_STD),
+           "data": "3x32x32; digits train (1437) / test (360), textures train (1600) / test (400)",
            "models": ordered}
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -139,7 +146,7 @@ def train_zoo(names: list[str] | None = None, out: Path | None = None, progress:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NTEError(f"cannot create the zoo weights folder {folder}: {e}") from None
-    train, test = load_digits("train"), load_digits("test")
+    splits = {d: (load_pixels(d, "train"), load_pixels(d, "test")) for d in {e.data for e in entries}}
     was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(THREADS)  # the float summation order depends on the thread count
@@ -147,11 +154,13 @@ def train_zoo(names: list[str] | None = None, out: Path | None = None, progress:
     try:
         for entry in tqdm(entries, desc="zoo", unit="model", disable=not progress):
             t0 = time.perf_counter()
+            train, test = splits[entry.data]
             model = train_one(entry, train, progress)
             seconds = time.perf_counter() - t0
             save_weights(model, folder / f"{entry.name}.safetensors")
             records.append({"name": entry.name, "arch": entry.arch, "first_layer": entry.first_layer,
-                            "seed": entry.seed, "epochs": entry.epochs, "lr": entry.lr, "batch_size": BATCH_SIZE,
+                            "data": entry.data, "seed": entry.seed, "epochs": entry.epochs, "lr": entry.lr,
+                            "batch_size": BATCH_SIZE,
                             "params": sum(p.numel() for p in model.parameters()),
                             "test_accuracy": round(accuracy(model, entry, test), 4),
                             "train_accuracy": round(accuracy(model, entry, train), 4),
