@@ -120,6 +120,20 @@ CASES = [
           "models[1]: models[0] is another model named 'm'"),
     suite("one model twice", GOOD.replace("[zoo:mlp_linear]", "[zoo:mlp_linear, zoo:mlp_linear]"),
           "models[1]: 'zoo:mlp_linear' is listed twice (also models[0])"),
+    suite("one checkpoint file name in two folders", GOOD + "surrogates: [timm:resnet18@run1/best.safetensors, "
+          "timm:resnet18@run2/best.safetensors]\n", "surrogates[1]: surrogates[0] is another model named "
+          "'resnet18@best'; give each a distinct `name:` (a mapping: {{timm: NAME, checkpoint: PATH, name: N}})"),
+    suite("no public: for attacks that need it", HEAD.replace("{source: digits, split: test, limit: 16}",
+                                                              "{source: imagefolder, root: imgs, size: 32}")
+          + "designated: zoo:vit_null\nencoders: [{type: nte}]\nattacks: [jpeg, blind_fill, oracle_fill]\n",
+          "attacks: 'blind_fill' (knowledge 'method'), 'oracle_fill' (knowledge 'oracle') need public clean images "
+          "disjoint from the evaluated ones; set `public:`, e.g. public: {{source: imagefolder, root: path/to/public, "
+          "size: 32}}."),
+    suite("a fixed-size ViT on 32 px data", GOOD + "surrogates: [{timm: vit_tiny_patch16_224, kwargs: "
+          "{num_classes: 10}}]\n", "model timm:vit_tiny_patch16_224 (surrogates[0]) takes only 3x224x224 images, but "
+          "the data is 3x32x32 (the input size of zoo:vit_null); if its weights are for 32x32 images, set `kwargs: "
+          "{{num_classes: 10, img_size: 32}}` in its spec; else give the models one input size (data.size: 224 suits "
+          "timm:vit_tiny_patch16_224).", overwrite=False),
     suite("plugin calls sys.exit", GOOD + "plugins: [quits.py]\n", "'quits.py' called sys.exit(0)",
           **{"quits.py": "import sys\nsys.exit(0)\n"}),
     suite("plugin parameter without default", GOOD + "plugins: [no_default.py]\n",

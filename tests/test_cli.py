@@ -216,7 +216,8 @@ def test_encode_a_folder_with_a_corrupt_image(tmp_path, capsys):
     ("name: x\ndesignated: zoo:vit_null\nencoders: [{type: nte, psnr: 1000}]\n", "encoders[0].psnr"),
     ("name: x\ndesignated: zoo:vit_null\nencodrs: [{type: nte}]\n", "Did you mean 'encoders'"),
     ("name: x\ndesignated: timm:resnet18@missing.pth\nencoders: [{type: nte}]\n", "does not exist"),
-    ("name: x\ndesignated: zoo:vit_null\ndata: {source: digits, size: 64}\nencoders: [{type: nte}]\n", "expects"),
+    ("name: x\ndesignated: zoo:vit_null\ndata: {source: digits, size: 64}\nencoders: [{type: nte}]\n",
+     "takes only 3x32x32 images, but the data is 3x64x64 (data.size)"),
     ("name: x\ndesignated: zoo:vit_null\ndata: {source: imagefolder, root: /nonexistent, size: 32}\n"
      "encoders: [{type: nte}]\n", "not a folder"),
 ])
@@ -240,10 +241,10 @@ def test_unsafe_checkpoint_is_refused(tmp_path, capsys):
 def test_zoo_list_json(capsys):
     code, out, _ = run_cli(["zoo", "list", "--json"], capsys)
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 7
+    assert code == 0 and len(rows) == 10
     for row in rows:
         assert {"name", "arch", "kernel", "stride", "exact_null_dim", "test_accuracy"} <= set(row)
-        assert row["test_accuracy"] >= 0.95
+        assert row["test_accuracy"] >= (0.8 if row["name"].startswith("tex_") else 0.95)  # textures are harder
 
 
 def test_console_script_is_installed():

@@ -12,9 +12,10 @@ from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
 from torch import nn
 
 from nte_eval.errors import NTEError
+from nte_eval.evaluate.suite import parse_suite
 from nte_eval.models.checkpoint import load_state_dict
 from nte_eval.models.handle import ModelHandle, resolve_first_layer
-from nte_eval.models.load import from_timm, load_model
+from nte_eval.models.load import from_timm, load_model, spec_name
 
 # family -> (timm name, kwargs, input size). All of these have a single-conv str `first_conv` in timm.
 TIMM_FAMILIES = {
@@ -144,6 +145,36 @@ def test_timm_img_size_and_in_chans_set_input_size():
     assert handle.input_size == (1, 32, 32)
     assert handle.mean.numel() == 1 and handle.std.numel() == 1
     assert handle.logits(torch.rand(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_a_timm_cnn_takes_any_size_and_a_vit_only_its_own():
+    """A CNN with global pooling follows the data's size (checked with a forward pass); a ViT with fixed position
+    embeddings, a declared input_size, or a size too small for the network is an error, never a silent mismatch."""
+    torch.manual_seed(0)
+    cnn = from_timm("resnet18", kwargs={"num_classes": 10})
+    assert cnn.any_size and cnn.input_size == (3, 224, 224)
+    assert cnn.resize(32, 32) is cnn and cnn.input_size == (3, 32, 32)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(cnn.logits(x), cnn.module(cnn.normalize(x)))
+    store, hook = capture_output(cnn.module.conv1)
+    cnn.logits(x)
+    hook.remove()
+    torch.testing.assert_close(cnn.first_layer_response(x), store["out"])  # the first layer, re-resolved at 32 px
+    vit = from_timm("vit_tiny_patch16_224", kwargs={"num_classes": 10, "img_size": 32, "patch_size": 8})
+    assert not vit.any_size and vit.input_size == (3, 32, 32)
+    with pytest.raises(NTEError, match="takes only 3x32x32 images, not 64x64"):
+        vit.resize(64, 64)
+    assert not from_timm("vit_tiny_patch16_224", kwargs={"num_classes": 10}).any_size  # fixed_input_size in timm
+    declared = from_timm("resnet18", kwargs={"num_classes": 10}, input_size=(3, 40, 40))
+    assert not declared.any_size and declared.input_size == (3, 40, 40)
+    with pytest.raises(NTEError, match=r"does not run on 3x32x32 images \(Input height \(32\) doesn't match model "
+                                       r"\(224\)\); input_size must be a size it takes.*kwargs: \{img_size: N\}"):
+        from_timm("vit_tiny_patch16_224", kwargs={"num_classes": 10}, input_size=(3, 32, 32))
+    inception = from_timm("inception_v3", kwargs={"num_classes": 10})
+    assert inception.any_size
+    with pytest.raises(NTEError, match=r"does not run on 3x32x32 images .*it was built for 3x299x299\): set "
+                                       "data.size to a size it takes"):
+        inception.resize(32, 32)
 
 
 # ---------------------------------------------------------------------------------------------- custom modules
@@ -345,6 +376,22 @@ def test_load_model_mapping(tmp_path):
         load_model({"timm": "resnet18", "checkpiont": str(ckpt)})
     with pytest.raises(NTEError, match="needs a 'timm' key"):
         load_model({"model": "resnet18"})
+
+
+def test_display_names_are_short_and_depend_on_the_spec_alone():
+    """A checkpoint's display name (a results key, a table column) is its architecture and file stem, not its path."""
+    assert spec_name("timm:resnet18@/long/path/to/weights.safetensors") == "resnet18@weights"
+    assert spec_name({"timm": "resnet18", "checkpoint": "runs/seed0/best.pth", "kwargs": {"num_classes": 10}}) == \
+        "resnet18@best"
+    assert spec_name({"timm": "resnet18", "checkpoint": "runs/seed0/best.pth", "name": "seed0"}) == "seed0"
+    assert spec_name("timm:resnet18") == spec_name({"timm": "resnet18"}) == "timm:resnet18"
+    assert spec_name("zoo:vit_null") == spec_name({"zoo": "vit_null"}) == "zoo:vit_null"
+    assert spec_name("hf:models/vit") == spec_name({"hf": "models/vit"}) == "hf:models/vit"
+    # two checkpoints of one file name: distinct `name:`s tell them apart (without, the suite refuses them)
+    suite = parse_suite({"name": "seeds", "designated": "zoo:vit_null", "encoders": [{"type": "nte"}],
+                         "models": [{"timm": "resnet18", "checkpoint": f"runs/seed{i}/best.pth", "name": f"seed{i}"}
+                                    for i in range(2)]})
+    assert [spec_name(s) for s in suite.models] == ["seed0", "seed1"]
 
 
 # ------------------------------------------------------------------------------------------------ input checks

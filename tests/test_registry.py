@@ -222,7 +222,7 @@ def test_list_encoders_and_models(capsys):
     assert "    box = 'none'  ('none' | 'clip' | 'project')" in out
     assert main(["list", "models", "--json"]) == 0
     names = [row["name"] for row in json.loads(capsys.readouterr().out)]
-    assert "zoo:vit_null" in names and len(names) == 7
+    assert "zoo:vit_null" in names and "zoo:tex_vit_null" in names and len(names) == 10
 
 
 # --- the contract of every registered attack and encoder ---------------------------------------------------------

@@ -6,16 +6,23 @@ from typing import Annotated
 
 import pandas as pd
 import pytest
+import timm
 import torch
 from pydantic import Field
+from safetensors.torch import load_file, save_file
 
 import nte_eval.runner as runner
 from nte_eval.attacks import ATTACKS, Attack
+from nte_eval.data.images import load_digits
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.checks import identity_matches_encoder, oracle_fill_restores, strength_monotone
+from nte_eval.evaluate.inputs import load_models, load_suite_data
 from nte_eval.evaluate.store import COLUMNS
 from nte_eval.evaluate.suite import parse_suite
 from nte_eval.evaluate.worst_case import worst_case
+from nte_eval.models.handle import IMAGENET_MEAN, IMAGENET_STD
+from nte_eval.reports.headline import headline
+from nte_eval.reports.summary_files import text
 
 
 class Jitter(Attack, register=False):
@@ -175,11 +182,92 @@ def test_bad_attack_settings_fail_before_any_work(change, match):
         parse_suite({**SUITE, **change})
 
 
+@pytest.mark.parametrize("data,example", [
+    ({"source": "imagefolder", "root": "imgs", "size": 64}, "{source: imagefolder, root: path/to/public, size: 64}"),
+    ({"source": "imagefolder", "root": "imgs"}, "{source: imagefolder, root: path/to/public}."),
+    ({"source": "digits", "split": "train"}, "{source: digits, split: test}."),
+    ({"source": "digits", "split": "all"}, "{source: digits, split: train} with data.split: test"),
+    ({"source": "photos"}, "{source: imagefolder, root: path/to/public}."),
+    ({"source": "mmbench_tsv", "path": "MMBench_DEV_EN.tsv"}, "{source: imagefolder, root: path/to/public}."),
+])
+def test_a_suite_without_public_names_every_attack_that_needs_it(data, example):
+    attacks = ["jpeg", "blind_fill", {"type": "learned_denoiser", "steps": [1, 2]}, "oracle_fill"]
+    with pytest.raises(NTEError) as error:
+        parse_suite({**SUITE, "data": data, "attacks": attacks})
+    assert ("attacks: 'blind_fill' (knowledge 'method'), 'learned_denoiser' (knowledge 'method'), 'oracle_fill' "
+            "(knowledge 'oracle') need public clean images disjoint from the evaluated ones; set `public:`, e.g. "
+            f"public: {example}") in str(error.value)
+    assert "jpeg" not in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+def test_a_text_suite_without_public_shows_a_glue_tsv():
+    with pytest.raises(NTEError, match=r"attacks: 'prior_decode' \(knowledge 'method'\) needs public clean texts "
+                                       r".*e.g. public: \{source: glue_tsv, task: sst2, path: path/to/train.tsv\}"):
+        parse_suite({"name": "text", "data": {"source": "glue_tsv", "task": "sst2", "path": "dev.tsv"},
+                     "designated": "hf-text:x", "encoders": [{"type": "nte_tokens"}],
+                     "attacks": ["argmax_decode", "prior_decode", "oracle_projection"]})
+
+
 def test_public_images_must_be_disjoint(tmp_path):
     suite = parse_suite({**SUITE, "data": {"source": "digits", "split": "all", "limit": 40},
                          "public": {"source": "digits", "split": "train"}})
     with pytest.raises(NTEError, match="disjoint"):
         runner.run_suite(suite, tmp_path / "o", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cnn_checkpoint(tmp_path_factory):
+    """A timm resnet18 with a 10-class head (as if trained on 32 px digits), saved under a long path."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "experiments" / "2025-01-01" / "seed0" / "resnet18_digits.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18", num_classes=10).state_dict().items()},
+              str(path))
+    return path
+
+
+def test_a_timm_cnn_trained_at_32_px_runs_on_digits_under_a_short_name(tmp_path, cnn_checkpoint):
+    """Issue 15: a timm CNN (global pooling) takes the data's 32 px, no input_size needed; its display name is its
+    architecture and checkpoint stem, and the terminal headline stays narrow."""
+    cnn = {"timm": "resnet18", "checkpoint": str(cnn_checkpoint), "kwargs": {"num_classes": 10}}
+    suite = parse_suite({"name": "cnn32", "data": {"source": "digits", "split": "test", "limit": 16},
+                         "designated": "zoo:vit_null", "models": [cnn], "encoders": [{"type": "nte", "psnr": 30}]})
+    results = runner.run_suite(suite, tmp_path, progress=False, log=lambda _: None)
+    assert set(results.model) == {"zoo:vit_null", "resnet18@resnet18_digits"}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["data"]["shape"] == [3, 32, 32]
+    assert manifest["models"]["resnet18@resnet18_digits"]["input_size"] == [3, 32, 32]
+    # the accuracy is that of the checkpoint's weights on the 32 px digits
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    model.load_state_dict(load_file(str(cnn_checkpoint)))
+    digits = load_digits("test", 16)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = (model((digits.images - mean) / std).argmax(1) == digits.labels).float().mean().item()
+    clean = results[(results.model == "resnet18@resnet18_digits") & (results.metric == "clean_accuracy")].value
+    assert clean.iloc[0] == pytest.approx(expected)
+    terminal = text(headline(tmp_path)).splitlines()  # what `nte-eval run` prints; no folder of the checkpoint
+    assert not any("experiments" in line for line in terminal)
+    header = next(line for line in terminal if line.strip() == "resnet18@resnet18_digits")  # the matrix's column
+    assert len(header) < 60
+
+
+def test_models_that_take_any_size_follow_the_data_and_fixed_ones_set_it(cnn_checkpoint):
+    """Without data.size the data takes the first fixed-size model's size (else the source's own, digits 32), and a
+    CNN designated model follows it."""
+    cnn = {"timm": "resnet18", "checkpoint": str(cnn_checkpoint), "kwargs": {"num_classes": 10}}
+    base = {"name": "sizes", "data": {"source": "digits", "split": "test", "limit": 4}, "designated": cnn,
+            "encoders": [{"type": "nte"}]}
+    for models, size in (([], 32), ([{**cnn, "input_size": [3, 40, 40], "name": "declared40"}], 40)):
+        suite = parse_suite({**base, "models": models})
+        handles = load_models(suite, "cpu")
+        data = load_suite_data(suite, handles)
+        assert data.images.shape[1:] == (3, size, size)
+        assert handles["resnet18@resnet18_digits"].input_size == (3, size, size)
+    grey = parse_suite({**base, "models": [{"timm": "resnet18", "kwargs": {"in_chans": 1, "num_classes": 10}}]})
+    with pytest.raises(NTEError, match=r"model timm:resnet18 \(models\[0\]\) takes 1-channel images, but the data has "
+                                       "3 channels"):
+        load_suite_data(grey, load_models(grey, "cpu"))
 
 
 KILL_SUITE = """

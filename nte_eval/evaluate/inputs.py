@@ -14,7 +14,7 @@ from nte_eval.data.sources import load_pixels, source
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.suite import Suite
 from nte_eval.models.handle import ModelHandle
-from nte_eval.models.load import load_model, spec_name
+from nte_eval.models.load import load_model, size_key, spec_name
 
 
 def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
@@ -32,7 +32,8 @@ def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
 
 
 def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
-    """Load the suite's data at the designated model's input size, and check every model accepts it."""
+    """Load the suite's data (at ``data_size``), set the models that take any input size to its size, and check that
+    every other model takes it."""
     first = handles[spec_name(suite.designated_list()[0])]
     d = suite.data
     kind = source(d.source)
@@ -41,6 +42,7 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
     if first.modality != "image":
         raise NTEError(f"data source {d.source!r} holds images, but the designated model {first.spec} is a text model.")
     c, h, _ = first.input_size
+    size, origin = data_size(suite, handles)
     if kind.scoring == "multiple_choice":
         data = load_mmbench_tsv(suite.path(d.path), d.size or h, d.limit)
         for name, handle in handles.items():
@@ -49,19 +51,48 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
                                "models for every role.")
             handle.bind(data.extras)
     else:
-        data = load_pixels(d.source, d.split, d.limit, suite.path(d.root), d.size or h, c)
+        data = load_pixels(d.source, d.split, d.limit, suite.path(d.root), size, c)
     check_images(data.images, f"data ({d.source})", channels=c)
+    shape = tuple(data.images.shape[1:])
     for name, handle in handles.items():
         if handle.modality != "image":
             raise NTEError(f"model {name} is a text model but the data ({d.source}) holds images.")
         if getattr(handle, "resizes_input", False) and name != first.spec:
             continue  # a VLM resizes what it is given (its processor would); the designated one gets its own size
-        if tuple(data.images.shape[1:]) != handle.input_size:
-            raise NTEError(f"model {name} expects input {handle.input_size} but the data is "
-                           f"{tuple(data.images.shape[1:])}; use models with one input size, or set data.size.")
+        if handle.input_size == shape:
+            continue
+        if not (handle.any_size and handle.input_size[0] == c):
+            raise NTEError(size_mismatch(suite, name, handle, shape, origin))
+        handle.resize(*shape[1:])
     if (data.labels < 0).all():
         raise NTEError(f"data source {d.source!r} has no labels; accuracy needs a labelled source.")
     return data
+
+
+def data_size(suite: Suite, handles: dict[str, ModelHandle]) -> tuple[int | None, str]:
+    """The height and width image data loads at, and where it comes from: ``data.size``, else the input size of the
+    first model (designated first) that takes one size only, else None: the source's own (digits: 32). Models that
+    take any size follow the data."""
+    fixed = next((name for name, h in handles.items() if h.modality == "image" and not h.any_size), None)
+    if suite.data.size:
+        return suite.data.size, "data.size"
+    if fixed:
+        return handles[fixed].input_size[1], f"the input size of {fixed}"
+    return None, f"the {suite.data.source} default"
+
+
+def size_mismatch(suite: Suite, name: str, handle: ModelHandle, shape: tuple[int, ...], origin: str) -> str:
+    """The message for a model that cannot take the data's shape: where that shape came from and, where the model's
+    spec has one, the key that builds the model at it (``input_size``, or a timm model's ``kwargs: {img_size}``)."""
+    where, spec = next((w, s) for w, s in suite.model_entries() if spec_name(s) == name)
+    if handle.input_size[0] != shape[0]:
+        return (f"model {name} ({where}) takes {handle.input_size[0]}-channel images, but the data has {shape[0]} "
+                "channels (the designated model's); use models of one channel count.")
+    key = size_key(spec, shape)
+    rebuild = f"if its weights are for {shape[1]}x{shape[2]} images, set {key}; else " if key else ""
+    return (f"model {name} ({where}) takes only {'x'.join(map(str, handle.input_size))} images, but the data is "
+            f"{'x'.join(map(str, shape))} ({origin}); {rebuild}give the models one input size (data.size: "
+            f"{handle.input_size[1]} suits {name}).")
 
 
 def load_text_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:

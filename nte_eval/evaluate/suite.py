@@ -169,8 +169,9 @@ class Suite(Strict):
             name = spec_name(spec)
             first, first_spec = seen.setdefault(name, (where, spec))
             if first != where and first_spec != spec:
-                raise ValueError(f"{where}: {first} is another model named {name!r}; give each a distinct `name:` "
-                                 "(models are told apart by name).")
+                mapping = "" if isinstance(spec, dict) else " (a mapping: {timm: NAME, checkpoint: PATH, name: N})"
+                raise ValueError(f"{where}: {first} is another model named {name!r}; give each a distinct `name:`"
+                                 f"{mapping} (models are told apart by name).")
             if first != where and first.partition("[")[0] == where.partition("[")[0]:
                 raise ValueError(f"{where}: {name!r} is listed twice (also {first}); remove one.")
         return self
@@ -197,23 +198,26 @@ class Suite(Strict):
     @model_validator(mode="after")
     def _threat_model(self) -> Suite:
         surrogates = [spec_name(s) for s in self.surrogates]
+        need_public: dict[str, str] = {}  # attack name -> its knowledge, for every attack that reads public data
         for name, params in self.attack_settings():
             attack = ATTACKS.get(name)(**params)
             level = attack.knowledge
             if level not in self.knowledge:
                 raise ValueError(f"attacks: {name!r} needs knowledge {level!r}, which the suite does not allow "
                                  f"(knowledge: {self.knowledge}); allow it or remove the attack.")
-            needs_public = level == "method" or (level != "none" and self.data.modality == "image")
-            if needs_public and self.public_config() is None:
-                raise ValueError(f"attacks: {name!r} (knowledge {level!r}) needs public clean images disjoint from "
-                                 f"the evaluated ones; set `public:` (e.g. {{source: digits, split: train}}, or for "
-                                 f"text {{source: glue_tsv, task: cola, path: train.tsv}}).")
+            if level == "method" or (level != "none" and self.data.modality == "image"):
+                need_public[name] = level
             if level == "surrogate" and not self.surrogates:
                 raise ValueError(f"attacks: {name!r} needs surrogate models; list them under `surrogates:`.")
             try:
                 attack.check_surrogates(surrogates)
             except NTEError as e:
                 raise ValueError(f"attacks: {e}") from None
+        if need_public and self.public_config() is None:
+            named = ", ".join(f"{name!r} (knowledge {level!r})" for name, level in need_public.items())
+            raise ValueError(f"attacks: {named} {'need' if len(need_public) > 1 else 'needs'} public clean "
+                             f"{self.data.kind.unit} disjoint from the evaluated ones; set `public:`, e.g. "
+                             f"public: {public_example(self.data)}.")
         return self
 
     def designated_list(self) -> list[ModelSpec]:
@@ -258,11 +262,12 @@ class Suite(Strict):
                            f"folder, {self._base.resolve()}).")
 
     def public_config(self) -> DataConfig | None:
-        """The attackers' public images: as given, else the digits training split when evaluating digits test."""
+        """The attackers' public images: as given, else the training split when evaluating the test split of a
+        bundled labelled data set (digits, textures)."""
         if self.public is not None:
             return self.public
-        if self.data.source == "digits" and self.data.split == "test":
-            return DataConfig(source="digits", split="train", size=self.data.size)
+        if self.data.source in ("digits", "textures") and self.data.split == "test":
+            return DataConfig(source=self.data.source, split="train", size=self.data.size)
         return None
 
     def encoder_settings(self, designated: str) -> list[tuple[str, dict[str, Any]]]:
@@ -320,6 +325,20 @@ def restriction(item: dict[str, Any], designated: list[str]) -> list[str]:
     """The designated models an encoder entry applies to: its ``designated`` key (one spec or a list), else all."""
     value = item.get("designated", designated)
     return [spec_name(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def public_example(data: DataConfig) -> str:
+    """A ``public:`` mapping in the form of the suite's data source, for the message that asks for one: a bundled
+    labelled source's other split, a GLUE training TSV, else a folder of images (as for photos, whose every image is
+    evaluated, and MMBench questions)."""
+    if data.kind.bundled and data.source != "photos":
+        other = "test" if data.split == "train" else "train"
+        return (f"{{source: {data.source}, split: {other}}}"
+                + (" with data.split: test (split all evaluates every image)" if data.split == "all" else ""))
+    if data.source == "glue_tsv":
+        return f"{{source: glue_tsv, task: {data.task}, path: path/to/train.tsv}}"
+    size = f", size: {data.size}" if data.size else ""
+    return f"{{source: imagefolder, root: path/to/public{size}}}"
 
 
 BRANCH_TAGS = {"str", "int", "float", "bool", "dict[str,any]"}

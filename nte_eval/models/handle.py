@@ -25,10 +25,12 @@ class ModelHandle:
     modality = "image"  # what it reads (a text model's handle, ``nte_eval.models.hf.text.TextHandle``, says "text")
 
     def __init__(self, module: nn.Module, first_layer: str, mean: tuple[float, ...], std: tuple[float, ...],
-                 input_size: tuple[int, int, int], class_names: list[str] | None = None, spec: str = "custom"):
+                 input_size: tuple[int, int, int], class_names: list[str] | None = None, spec: str = "custom",
+                 any_size: bool = False):
         self.module = module.eval()
         self.spec = spec
         self.input_size = tuple(int(v) for v in input_size)
+        self.any_size = any_size  # the module takes any height and width (global pooling): see ``resize``
         c = self.input_size[0]
         if len(mean) != c or len(std) != c:
             raise NTEError(f"{spec}: mean/std need {c} values (one per input channel), got {len(mean)}/{len(std)}.")
@@ -57,6 +59,18 @@ class ModelHandle:
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         self.first = resolve_first_layer(self.module, self.first.path, self.input_size, self.spec)
         self.memo.clear()
+        return self
+
+    def resize(self, height: int, width: int) -> ModelHandle:
+        """Take images of ``height`` x ``width`` from now on (a model that takes any size follows the data); one
+        forward pass checks that it runs at that size, so a size it cannot take is an error, never a silent one."""
+        if not self.any_size:
+            raise NTEError(f"{self.spec}: takes only {_size(self.input_size)} images, not {height}x{width}.")
+        built = _size(self.input_size)
+        self.input_size = (self.input_size[0], height, width)
+        self.first = resolve_first_layer(self.module, self.first.path, self.input_size, self.spec)
+        self.memo.clear()
+        check_runs(self, f"it follows the data's size (it was built for {built}): set data.size to a size it takes")
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +117,23 @@ class ModelHandle:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, first_layer={self.first.path!r}, input_size={self.input_size})"
+
+
+def _size(input_size: tuple[int, ...]) -> str:
+    """``(3, 32, 32)`` as ``3x32x32``, for messages."""
+    return "x".join(map(str, input_size))
+
+
+@torch.no_grad()
+def check_runs(handle: ModelHandle, advice: str) -> None:
+    """Raise NTEError, ending in ``advice``, unless the model runs on one image of its input size: a size it cannot
+    take is then an error at loading, not in the middle of a run."""
+    x = torch.rand(1, *handle.input_size, generator=torch.Generator().manual_seed(0)).to(handle.device)
+    try:
+        handle.logits(x)
+    except (AssertionError, RuntimeError, ValueError) as e:
+        raise NTEError(f"{handle.spec}: does not run on {_size(handle.input_size)} images "
+                       f"({str(e).splitlines()[0].rstrip('.')}); {advice}.") from None
 
 
 def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...], spec: str) -> FirstLayer:

@@ -8,7 +8,7 @@ from typing import Any
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.models import hf
 from nte_eval.models.checkpoint import apply_checkpoint
-from nte_eval.models.handle import IMAGENET_MEAN, IMAGENET_STD, ModelHandle
+from nte_eval.models.handle import IMAGENET_MEAN, IMAGENET_STD, ModelHandle, check_runs
 from nte_eval.models.hf import HF_SCHEMES
 from nte_eval.models.zoo import load_zoo_model
 
@@ -19,7 +19,11 @@ def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] |
               mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
               first_layer: str | None = None, input_size: tuple[int, int, int] | None = None,
               spec: str | None = None) -> ModelHandle:
-    """Build a timm model (random init, no download) and optionally load a local checkpoint."""
+    """Build a timm model (random init, no download) and optionally load a local checkpoint.
+
+    Without ``input_size`` or ``kwargs: {img_size}``, a model timm does not mark ``fixed_input_size`` (a CNN with
+    global pooling) takes any size: its handle follows the data's (``ModelHandle.resize``). A given ``input_size``
+    is checked with one forward pass."""
     import timm
 
     spec = spec or f"timm:{name}" + (f"@{checkpoint}" if checkpoint else "")
@@ -33,6 +37,8 @@ def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] |
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     if checkpoint:
         apply_checkpoint(model, checkpoint, spec)
+    declared = input_size is not None
+    any_size = not declared and "img_size" not in kwargs and not cfg.get("fixed_input_size", False)
     if input_size is None:
         input_size = tuple(cfg.get("input_size", (3, 224, 224)))
         if "img_size" in kwargs:
@@ -53,7 +59,11 @@ def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] |
                        "nte-eval needs a single first linear operator. Pass first_layer= one Conv2d path.")
     num = getattr(model, "num_classes", None)
     names = [str(i) for i in range(num)] if isinstance(num, int) and num > 0 else None
-    return ModelHandle(model, first, mean, std, input_size, names, spec)
+    handle = ModelHandle(model, first, mean, std, input_size, names, spec, any_size)
+    if declared:
+        check_runs(handle, "input_size must be a size it takes; a fixed-size model (a ViT, say) is built for "
+                           "another with kwargs: {img_size: N}")
+    return handle
 
 
 SCHEMES = ("zoo", "timm", *HF_SCHEMES)
@@ -151,15 +161,44 @@ def load_model(spec: ModelSpec) -> ModelHandle:
     return hf.load(scheme, rest)
 
 
+def _timm_mapping(spec: ModelSpec) -> dict[str, Any] | None:
+    """A timm spec in mapping form (``timm:NAME@PATH`` is ``{timm: NAME, checkpoint: PATH}``); None for others."""
+    if isinstance(spec, dict):
+        return spec if "timm" in spec else None
+    scheme, _, rest = spec.partition(":")
+    name, _, checkpoint = rest.partition("@")
+    return {"timm": name, **({"checkpoint": checkpoint} if checkpoint else {})} if scheme == "timm" else None
+
+
 def spec_name(spec: ModelSpec) -> str:
-    """A short display name for a model spec (the mapping's ``name`` key, else its timm name and checkpoint)."""
-    if isinstance(spec, str):
-        return spec
-    if "name" in spec:
-        return str(spec["name"])
-    if "zoo" in spec:
-        return f"zoo:{spec['zoo']}"
-    for scheme in HF_SCHEMES:
-        if scheme in spec:
-            return f"{scheme}:{spec[scheme]}"
-    return f"timm:{spec.get('timm')}" + (f"@{spec['checkpoint']}" if spec.get("checkpoint") else "")
+    """A model's display name, its key in the results: the mapping's ``name``, else ``zoo:NAME``, ``hf:PATH``,
+    ``timm:NAME``, or ``NAME@STEM`` for a timm checkpoint (its file name without folders and suffix), so that tables
+    stay narrow. It depends on the spec alone; the suite refuses two models under one name."""
+    if isinstance(spec, dict):
+        if "name" in spec:
+            return str(spec["name"])
+        for scheme in ("zoo", *HF_SCHEMES):
+            if scheme in spec:
+                return f"{scheme}:{spec[scheme]}"
+    timm = _timm_mapping(spec)
+    if timm is None:
+        return str(spec)
+    checkpoint = timm.get("checkpoint")
+    return f"{timm['timm']}@{Path(str(checkpoint)).stem}" if checkpoint else f"timm:{timm['timm']}"
+
+
+def size_key(spec: ModelSpec, size: tuple[int, ...]) -> str | None:
+    """Where a spec sets its model's input size, filled in for ``size`` (C, H, W): the ``input_size`` it gives, else a
+    timm model's ``kwargs: {img_size}``; None for zoo and Hugging Face models, whose size is their own."""
+    c, h, w = size
+    timm = _timm_mapping(spec)
+    if timm is None:
+        return None
+    if timm.get("input_size"):
+        return f"`input_size: [{c}, {h}, {w}]` in its spec"
+    kwargs = {**(timm.get("kwargs") or {}), "img_size": h if h == w else [h, w]}
+    flow = f"kwargs: {{{', '.join(f'{k}: {v}' for k, v in kwargs.items())}}}"
+    if isinstance(spec, dict):
+        return f"`{flow}` in its spec"
+    checkpoint = f"checkpoint: {timm['checkpoint']}, " if "checkpoint" in timm else ""
+    return f"its spec to `{{timm: {timm['timm']}, {checkpoint}{flow}}}`"
