@@ -102,7 +102,10 @@ class LearnedDenoiser(Attack):
     mean/std, and a random head (ReLU, average pool, Linear to 10 classes) so that every encoder type runs, the
     logit-based 'adversarial' one included. The encoder ``context.encoder['type']`` with the public parameters then
     encodes ``pairs`` public images (drawn at random, split evenly over the surrogates, at least one each) under the
-    attacker's own keys ``'learned_denoiser/{seed}/{surrogate}'``.
+    attacker's own keys ``'learned_denoiser/{seed}/{surrogate}'``. A ``clean_share`` of the ``pairs`` are clean
+    public images as their own targets, so that the network leaves clean content alone: trained on NTEs only, it
+    cost unauthorized models 16-23 points of accuracy on clean digits at 0 dB; with half the pairs clean, 3-5 points,
+    and it restores the NTEs no worse (its cost on clean images is part of its quality).
 
     The network is DnCNN's stack (conv-ReLU, ``depth - 2`` conv-ReLU, conv; ``width`` channels, no normalisation
     layers) on the space-to-depth view whose factor is the first layer's stride when it divides the image (each cell
@@ -124,6 +127,7 @@ class LearnedDenoiser(Attack):
     width: Annotated[int, Field(ge=1, le=1024)] = 64
     n_surrogates: Annotated[int, Field(ge=1, le=4096)] = 16
     pairs: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    clean_share: Annotated[float, Field(ge=0, lt=1)] = 0.5
     seed: int = 0
 
     def __init__(self, **params: Any):
@@ -142,17 +146,21 @@ class LearnedDenoiser(Attack):
             raise NTEError(f"learned_denoiser: the public images are {tuple(public.shape[1:])}, the designated model "
                            f"takes {self.input_size}; give public images of the model's input size.")
         gen = torch.Generator().manual_seed(self.seed)
-        index, noisy = self.training_pairs(settings, public, gen)
+        n_clean = min(round(self.clean_share * self.pairs), self.pairs - 1)
+        index, noisy = self.training_pairs(settings, public, gen, self.pairs - n_clean)
+        plain = torch.randint(len(public), (n_clean,), generator=gen)  # clean in, clean out: leave content alone
+        index, noisy = torch.cat([index, plain]), torch.cat([noisy, public[plain]])
         clean = public[index]
         self.in_center, self.in_scale = float(noisy.mean()), max(float(noisy.std()), 1e-6)
         self.out_center, self.out_scale = float(clean.mean()), max(float(clean.std()), 1e-6)
         self.net = self.train(public, index, noisy, gen)
         return self
 
-    def training_pairs(self, settings: dict[str, Any], public: torch.Tensor,
-                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Public-image indices and their NTEs, made for random surrogates under the attacker's own keys."""
-        per = math.ceil(self.pairs / self.n_surrogates)
+    def training_pairs(self, settings: dict[str, Any], public: torch.Tensor, gen: torch.Generator,
+                       pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """About ``pairs`` public-image indices and their NTEs, made for random surrogates under the attacker's own
+        keys."""
+        per = math.ceil(pairs / self.n_surrogates)
         index, noisy = [], []
         for s in self.context.progress.bar(range(self.n_surrogates), desc="learned_denoiser: training pairs",
                                            unit="surrogate"):
