@@ -251,7 +251,8 @@ def _encode_key(args: argparse.Namespace) -> str:
         given = args.key, "--key"
     if given is None:
         if KEY_ENV not in os.environ:
-            raise NTEError(f"no key: set the environment variable {KEY_ENV}, or pass --key-file PATH or --key-env NAME.")
+            raise NTEError(f"no key: set the environment variable {KEY_ENV}, or pass --key-file PATH or --key-env "
+                           "NAME.")
         given = os.environ[KEY_ENV], f"the environment variable {KEY_ENV}"
     return _nonempty(*given)
 
