@@ -13,6 +13,7 @@ import torch
 
 from nte_eval.attacks.base import build_attack
 from nte_eval.attacks.context import AttackContext
+from nte_eval.attacks.synthetic import probe
 from nte_eval.certify.degradation import degradation_warnings
 from nte_eval.certify.fidelity import CERT_COLUMNS, violations
 from nte_eval.certify.run import certify_steps, certify_suite
@@ -21,7 +22,7 @@ from nte_eval.data.sources import source
 from nte_eval.encoders import ENCODERS, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.batching import apply_attack, batched_logits, encode_all, first_layer_responses
-from nte_eval.evaluate.cells import Evaluated, evaluate_cell
+from nte_eval.evaluate.cells import Evaluated, estimate_angle, evaluate_cell
 from nte_eval.evaluate.checks import run_checks
 from nte_eval.evaluate.inputs import load_models, load_public, load_suite_data
 from nte_eval.evaluate.labels import compact, knowledge_of, setting_name
@@ -43,6 +44,7 @@ from nte_eval.evaluate.spectra import spectrum_rows
 from nte_eval.evaluate.store import COLUMNS, SAMPLE_COLUMNS, ResultStore, cell_key, replacing
 from nte_eval.evaluate.suite import Suite
 from nte_eval.evaluate.worst_case import worst_case
+from nte_eval.metrics import psnr
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
 from nte_eval.progress import Progress
@@ -117,6 +119,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
         x_nte, subspaces[f"{encoder.name} {enc_params}"] = encode_all(encoder, data.images, suite.seed, batch, device)
         save_examples(example_file(out, encoder.name, enc_params), x_nte)
         encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
+        pairs = None if public is None or data.modality != "image" else probe(encoder, public.images, attacker_seed)
         context = AttackContext(seed=attacker_seed, device=device, public=public, ntes=x_nte,
                                 encoder=encoder.public_settings(), designated=handles[d],
                                 surrogates={s: handles[s] for s in surrogate_names if s != d}, progress=progress)
@@ -136,6 +139,12 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
             steps.update()
             rows, samples = evaluate_cell(x_nte, x_rec, x_cal, data, models, d, encoded_correct, batch, device,
                                           metric)
+            angle = estimate_angle(attack, context)
+            if angle is not None:  # how close a blind estimate came to the truth (the weak-estimator check reads it)
+                rows.append((d, "designated", "estimate_angle_deg", angle, len(data)))
+            if pairs is not None:  # a label-free score: how well it restores the attacker's own NTEs
+                score = psnr(apply_attack(attack, pairs.ntes, batch, device), pairs.clean).mean()
+                rows.append((d, "designated", "probe_psnr", float(score), len(pairs.clean)))
             steps.update()
             steps.close()
             head = (encoder.name, enc_params, att_name, compact(att_params))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nte_eval.attacks import ATTACKS, AttackContext
-from nte_eval.attacks.learned import LearnedDenoiser, random_surrogate
+from nte_eval.attacks.learned import LearnedDenoiser
+from nte_eval.attacks.synthetic import probe, random_surrogate
 from nte_eval.data.images import load_digits
 from nte_eval.encoders import ENCODERS, NTEEncoder
 from nte_eval.errors import NTEError
@@ -139,3 +140,17 @@ def test_clean_pairs_keep_clean_content(vit_null_case, test_digits):
     assert psnr(mixed(x), x).mean() > psnr(ntes_only(x), x).mean() + 1.5  # measured: 24.0 vs 21.8 dB
     assert accuracy(vit_wide, mixed(x), labels) >= accuracy(vit_wide, ntes_only(x), labels) + 0.1  # 85% vs 69%
     assert accuracy(vit_wide, mixed(ntes), labels) >= accuracy(vit_wide, ntes_only(ntes), labels)  # 79% vs 64%
+
+
+def test_the_probe_is_public_images_encoded_for_a_random_surrogate():
+    public = load_digits("train", limit=200).images
+    encoder = NTEEncoder(load_model("zoo:vit_null"), psnr=10)
+    a, b = probe(encoder, public, seed=3), probe(encoder, public, seed=3)
+    assert torch.equal(a.ntes, b.ntes) and not torch.equal(a.ntes, probe(encoder, public, seed=4).ntes)
+    assert len(a.clean) == 64 and any(torch.equal(a.clean[0], p) for p in public)
+    assert abs(float(psnr(a.ntes, a.clean).mean()) - 10) < 0.05  # the encoder's PSNR, on the surrogate's subspace
+    designated_noise = encoder.fit().encode(a.clean, key=0).images - a.clean
+    surrogate_noise = a.ntes - a.clean  # another model's subspace: not the designated model's noise
+    cos = torch.nn.functional.cosine_similarity(designated_noise.flatten(1), surrogate_noise.flatten(1)).abs()
+    assert cos.max() < 0.5
+    assert probe(encoder, load_digits("train", limit=8, size=16).images, seed=0) is None  # not the model's size

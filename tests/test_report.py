@@ -16,14 +16,17 @@ import pandas as pd
 import pytest
 
 from nte_eval.cli import main
-from nte_eval.evaluate.labels import attack_name, compact
+from nte_eval.evaluate.checks import attacks_keep_content, blind_estimates_reach_their_oracles
+from nte_eval.evaluate.labels import attack_name, compact, setting_name
 from nte_eval.evaluate.run_folder import example_file
+from nte_eval.evaluate.store import COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import LEVELS
 from nte_eval.knowledge import KNOWLEDGE
 from nte_eval.reports import write_report
 from nte_eval.reports.accuracy_psnr import accuracy_psnr_pages
 from nte_eval.reports.headline import headline
 from nte_eval.reports.summary_files import markdown, tex_escape, text
+from nte_eval.reports.tuning import label_free_choice
 
 FIGURE_PAGES = {"accuracy_psnr": 1, "attack_heatmap": 3, "knowledge_bars": 1, "degradation": 1, "fidelity": 1,
                 "spectra": 1, "gallery": 3}  # 2 designated models, 6 encoder settings: 3 rows of PSNR panels, 2
@@ -290,10 +293,10 @@ def test_summary_files_hold_the_headline_tables(quickstart):
     assert md == markdown(h, "nte-eval: quickstart")
     table_rows = [line for line in md.splitlines() if line.startswith("| zoo:")]
     assert len(table_rows) == (len(h.designated) + len(h.owner) + len(h.unauthorized) + len(h.levels)
-                               + len(h.certification))
+                               + len(h.tuning) + len(h.certification))
     tex = (quickstart / "summary.tex").read_text()
-    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 5
-    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 5
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 6
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 6
     assert "zoo:vit\\_null" in tex and "zoo:vit_null" not in tex  # underscores escaped everywhere
     assert tex_escape("50% of a_b & {c}") == r"50\% of a\_b \& \{c\}"
 
@@ -314,3 +317,42 @@ def test_gallery_and_spectra_come_from_the_run(quickstart):
     # vit_null's patch embedding (48 inputs, 32 outputs) has a 16-dimensional exact null space.
     assert spectra[(spectra.model == "zoo:vit_null")].exact_null.sum() == 16
     assert not math.isnan(spectra.sigma.max())
+
+
+def test_the_report_sets_the_label_free_choice_beside_the_hindsight_one(quickstart_run):
+    results = read_rows(quickstart_run / "results.csv", COLUMNS)
+    table = label_free_choice(results)
+    swept = {"jpeg", "gaussian_blur", "tv_chambolle"}  # the quickstart's strength sweeps
+    settings = results[results.attack == "identity"].encoder_params.nunique()
+    assert set(table.attack) == swept and len(table) == len(swept) * settings
+    scores = results[results.metric == "probe_psnr"]
+    acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
+    # the label-free choice is the best probe PSNR, the hindsight one the best mean accuracy: never above it
+    assert (table["hindsight %"] >= table["label-free %"]).all()
+    assert (table["gap (points)"] == (table["hindsight %"] - table["label-free %"]).round(1)).all()
+    for row in table.itertuples(index=False):
+        params = next(p for e, p in zip(scores.encoder, scores.encoder_params, strict=True)
+                      if setting_name(e, p) == row.setting and json.loads(p)["designated"] == row.designated)
+        mine = scores[(scores.encoder_params == params) & (scores.attack == row.attack)]
+        chosen = mine.attack_params[mine.value.idxmax()]
+        mean = acc[(acc.encoder_params == params) & (acc.attack == row.attack)].groupby("attack_params").value.mean()
+        assert row[3] == attack_name(row.attack, chosen)
+        assert row[4] == pytest.approx(100 * mean[chosen], abs=0.051)  # shown to 0.1 points
+        assert row[6] == pytest.approx(100 * mean.max(), abs=0.051)
+    first = table.iloc[0]
+    summary = (quickstart_run / "summary.md").read_text()
+    assert "Choosing an attack's strength without labels" in summary
+    assert isinstance(table, pd.DataFrame) and f"| {first['label-free choice']} |" in summary
+
+
+def test_the_plumbing_quickstart_names_only_its_undertrained_denoiser(quickstart_run):
+    """On the 40-image plumbing quickstart only learned_denoiser (40 training steps there) damages clean content;
+    no processing and no projection is named, and the run's warnings.json holds what the check finds."""
+    results = read_rows(quickstart_run / "results.csv", COLUMNS)
+    found = attacks_keep_content(results)
+    assert [w for w in json.loads((quickstart_run / "warnings.json").read_text()) if w["check"] == "content"] == found
+    assert {w["message"].split(" ", 1)[0] for w in found} <= {"learned_denoiser"}
+    assert [w for w in json.loads((quickstart_run / "warnings.json").read_text()) if w["check"] == "estimator"] == []
+    assert blind_estimates_reach_their_oracles(results) == []
+    angles = results[results.metric == "estimate_angle_deg"]
+    assert set(angles.attack) == {"blind_fill", "blind_subspace"} and (angles.value <= 10).any()

@@ -34,6 +34,11 @@ class Attack(Parametrised, ABC):
     strength: ClassVar[tuple[str, int] | None] = None
     #: The data it reconstructs: ``image`` (pixels, B x C x H x W) and/or ``text`` (packed soft tokens).
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+    #: True for a projection: it replaces a subspace with the public mean by design, deleting the clean content there
+    #: too, so the sanity checks compare it with its oracle rather than hold it to keeping clean content.
+    projection: ClassVar[bool] = False
+    #: For an attack that estimates the designated subspace blindly: the attack that does the same with the true one.
+    oracle: ClassVar[str | None] = None
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

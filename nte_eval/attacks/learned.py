@@ -12,45 +12,12 @@ from torch import nn
 
 from nte_eval.attacks.base import Attack
 from nte_eval.attacks.context import AttackContext
+from nte_eval.attacks.synthetic import init_uniform, random_surrogate
 from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
-from nte_eval.models.handle import ModelHandle
 
-HEAD_CLASSES = 10  # the surrogates' random heads: only there so that logit-based encoders (adversarial) can run
 CHUNK = 256  # images per encoding / inference batch
 SETTINGS = ("type", "params", "first_layer", "mean", "std", "input_size")  # the public settings it reads
-
-
-def init_uniform(module: nn.Module, gen: torch.Generator) -> None:
-    """PyTorch's default scale (uniform, bound 1/sqrt(fan_in)) for every Conv2d/Linear weight, zero biases."""
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                bound = 1 / math.sqrt(layer.weight[0].numel())
-                layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-
-
-def random_surrogate(settings: dict[str, Any], gen: torch.Generator, name: str) -> ModelHandle:
-    """A model with the designated first-layer geometry and normalisation, a random first layer and a random head."""
-    geo, (c, h, w) = settings["first_layer"], settings["input_size"]
-    m = int(geo["out_channels"])
-    with torch.device("meta"):  # built without touching the global RNG; initialised from ``gen`` below
-        if geo["kind"] == "linear":
-            module = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, m), nn.ReLU(), nn.Linear(m, HEAD_CLASSES))
-            path = "1"
-        elif geo["kind"] == "conv2d":
-            first = nn.Conv2d(int(geo["in_channels"]), m, tuple(geo["kernel"]), tuple(geo["stride"]),
-                              tuple(geo["padding"]))
-            module, path = nn.Sequential(first, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                         nn.Linear(m, HEAD_CLASSES)), "0"
-        else:
-            raise NTEError(f"learned_denoiser: first-layer kind {geo['kind']!r} is not 'conv2d' or 'linear'.")
-    module.to_empty(device="cpu")
-    init_uniform(module, gen)
-    return ModelHandle.from_module(module, path, mean=tuple(settings["mean"]), std=tuple(settings["std"]),
-                                   input_size=(c, h, w), spec=name)
 
 
 def polyphase_factor(geometry: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from nte_eval.attacks.base import Attack
+from nte_eval.attacks.context import AttackContext
+from nte_eval.attacks.subspace.fill import Subspace, max_angle
+from nte_eval.attacks.subspace.oracle import designated_subspace
 from nte_eval.data.glue import task_metric
 from nte_eval.data.images import ImageSet
 from nte_eval.data.tokens import bytes_per_example, recovered, token_psnr
@@ -26,6 +30,16 @@ class Evaluated:
     @property
     def preds(self) -> torch.Tensor:
         return self.logits.argmax(1)
+
+
+def estimate_angle(attack: Attack, context: AttackContext) -> float | None:
+    """For an attack that estimates the designated subspace blindly (it names its ``oracle``): the largest principal
+    angle, in degrees, between its estimate and the true subspace (``context`` unrestricted: the evaluator knows the
+    truth). None for other attacks and where the two do not compare (other views or dimensions)."""
+    if getattr(attack, "oracle", None) is None or not isinstance(getattr(attack, "subspace", None), Subspace):
+        return None
+    truth = designated_subspace(context)
+    return max_angle(attack.subspace, truth) if isinstance(truth, Subspace) else None
 
 
 def _bits(correct: torch.Tensor) -> str:

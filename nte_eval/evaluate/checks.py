@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from nte_eval.attacks.base import ATTACKS
-from nte_eval.evaluate.labels import attack_name
+from nte_eval.evaluate.labels import attack_name, knowledge_of, setting_name
 from nte_eval.evaluate.run_folder import example_file
 from nte_eval.evaluate.store import CELL
+from nte_eval.knowledge import KNOWLEDGE
 
 Warning_ = dict[str, str]
 
@@ -111,6 +112,77 @@ def certificates_hold(results: pd.DataFrame) -> list[Warning_]:
     return out
 
 
+def attacks_keep_content(results: pd.DataFrame, tolerance: float = 0.05) -> list[Warning_]:
+    """An attack that models the NTE noise and claims to remove it (knowledge 'method' and above) must keep clean
+    content: where it lowers an unauthorized model's accuracy on the clean images (``attacked_clean_accuracy``) more
+    than 5 points below ``clean_accuracy`` while ``identity`` does not (a run without identity compares with
+    ``clean_accuracy`` alone), its restored accuracy is partly that damage. One warning per attack setting lists
+    the encoder settings and models it damages. Not held to this: knowledge-'none' processing (jpeg, blur,
+    occlusion...), whose cost on clean images is what processing does (reported as robustness for the owner), and
+    projections, which delete a subspace by design (``blind_estimates_reach_their_oracles`` compares them with
+    their oracle)."""
+    acc = results[(results.role == "unauthorized")
+                  & results.metric.isin(["clean_accuracy", "attacked_clean_accuracy"])]
+    table = acc.pivot_table(index=[*CELL, "model"], columns="metric", values="value", aggfunc="first", sort=False)
+    if "attacked_clean_accuracy" not in table:
+        return []
+    table = table.reset_index()
+    table["drop"] = (table.clean_accuracy - table.attacked_clean_accuracy).round(9)  # k/n differences, no float noise
+    identity = table[table.attack == "identity"].set_index(["encoder", "encoder_params", "model"])["drop"]
+    baseline = "identity: no drop" if len(identity) else "no identity in this run: compared with clean accuracy"
+    out = []
+    for (attack, attack_params), rows in table.groupby(["attack", "attack_params"], sort=False):
+        if (KNOWLEDGE.index(knowledge_of(attack, attack_params)) < KNOWLEDGE.index("method")
+                or attack in ATTACKS and ATTACKS.get(attack).projection):
+            continue
+        damaged = []
+        for (enc, params), g in rows.groupby(["encoder", "encoder_params"], sort=False):
+            models = [f"{r.model} {100 * r.clean_accuracy:.1f}% -> {100 * r.attacked_clean_accuracy:.1f}%"
+                      for r in g.itertuples(index=False)
+                      if r.drop > tolerance and identity.get((enc, params, r.model), 0.0) <= tolerance]
+            if models:
+                designated = json.loads(params)["designated"]
+                damaged.append(f"{setting_name(enc, params)} (designated {designated}): {', '.join(models)}")
+        if damaged:
+            out.append(_warn("content", f"{attack_name(attack, attack_params)} damages clean content: applied to the "
+                                        f"clean images it costs unauthorized models more than "
+                                        f"{100 * tolerance:.0f} points of accuracy ({baseline}) on {len(damaged)} "
+                                        f"encoder setting(s): {'; '.join(damaged)}. Its accuracies on the NTEs "
+                                        "reflect that damage, not only the NTEs' protection."))
+    return out
+
+
+def blind_estimates_reach_their_oracles(results: pd.DataFrame, close_deg: float = 10.0,
+                                        tolerance: float = 0.05) -> list[Warning_]:
+    """An attack that estimates the designated subspace from the released corpus (``blind_fill``, ``blind_subspace``)
+    and comes within ``close_deg`` degrees of the true one (``estimate_angle_deg``, the largest principal angle)
+    should do about what its oracle does with the true subspace (``oracle_fill``, ``oracle_projection``). More than
+    5 points below it for an unauthorized model means the estimator, not the information, is what fails: the
+    method-level verdict then understates what a method-level attacker reaches. One warning per attack setting."""
+    angles = results[results.metric == "estimate_angle_deg"]
+    acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
+    out = []
+    for row in angles.itertuples(index=False):
+        oracle = ATTACKS.get(row.attack).oracle if row.attack in ATTACKS else None
+        if oracle is None or row.value > close_deg:
+            continue
+        setting = acc[(acc.encoder == row.encoder) & (acc.encoder_params == row.encoder_params)]
+        mine = setting[(setting.attack == row.attack) & (setting.attack_params == row.attack_params)]
+        mine = mine.set_index("model").value
+        theirs = setting[setting.attack == oracle].groupby("model").value.max()
+        short = [f"{m} {100 * mine[m]:.1f}% vs {100 * theirs[m]:.1f}%" for m in mine.index
+                 if m in theirs.index and round(theirs[m] - mine[m], 9) > tolerance]
+        if short:
+            designated = json.loads(row.encoder_params)["designated"]
+            out.append(_warn("estimator", f"{attack_name(row.attack, row.attack_params)} on "
+                                          f"{setting_name(row.encoder, row.encoder_params)} (designated {designated}):"
+                                          f" its subspace estimate is within {row.value:.1f} degrees of the true one, "
+                                          f"yet it restores less than {oracle} (more than {100 * tolerance:.0f} points"
+                                          f" below): {', '.join(short)}. A weak estimator: the method-level result "
+                                          "understates what an attacker with this knowledge reaches."))
+    return out
+
+
 def attacks_stay_in_range(results: pd.DataFrame, out: Path, slack: float = 0.5 / 255) -> list[Warning_]:
     """Images are pixels in [0, 1]. Where a setting's released images lie in [0, 1] (boxed, storable NTEs), an attack
     whose reconstructions leave it (by more than half an 8-bit step, on the saved examples) hands the models images
@@ -137,7 +209,9 @@ def attacks_stay_in_range(results: pd.DataFrame, out: Path, slack: float = 0.5 /
 
 
 CHECKS: tuple[Callable[[pd.DataFrame], list[Warning_]], ...] = (oracle_fill_restores, strength_monotone,
-                                                                identity_matches_encoder, certificates_hold)
+                                                                identity_matches_encoder, certificates_hold,
+                                                                attacks_keep_content,
+                                                                blind_estimates_reach_their_oracles)
 
 
 def run_checks(results: pd.DataFrame, out: Path) -> list[Warning_]:

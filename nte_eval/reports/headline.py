@@ -21,6 +21,7 @@ from nte_eval.evaluate.run_folder import CERTIFY, MANIFEST, RESULTS, WARNINGS, W
 from nte_eval.evaluate.store import COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import read_worst_case
 from nte_eval.reports.certification import certification_table
+from nte_eval.reports.tuning import label_free_choice
 from nte_eval.reports.verdict import levels_table, owner_line, owner_table, standing, verdict, weak_models
 
 MARGIN = 10.0  # points above chance that still count as "held"; the designated model may lose as many
@@ -48,6 +49,7 @@ class Headline:
     modality: str = "image"  # or "text"
     metric: str = "accuracy"  # a text task's own metric beside accuracy: "mcc", "f1" (METRICS) or "accuracy"
     source: str = ""  # the data source, e.g. "mmbench_tsv" (multiple-choice accuracy)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # strength chosen without labels vs with hindsight
 
 
 def psnr_name(modality: str) -> tuple[str, str]:
@@ -212,4 +214,4 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
                     certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
                     chance=chance, margin=margin, threshold=threshold, modality=modality, metric=metric,
-                    source=data.get("source", ""))
+                    source=data.get("source", ""), tuning=label_free_choice(results))

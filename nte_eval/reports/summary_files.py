@@ -65,6 +65,10 @@ def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
          f"{chance} + {h.margin:g} points); never held when uninformative (n < {MIN_N}, one class, chance >= "
          f"{100 * MAX_CHANCE:g}%, or no unauthorized model above the threshold on clean inputs) or not useful (the "
          f"designated model more than {h.margin:g} points below clean).", h.levels),
+        ("Choosing an attack's strength without labels: for each attack swept over its strength, the setting a "
+         "method-level attacker commits to by the PSNR at which it restores its own NTEs (public images encoded for a "
+         "random surrogate: no labels, no designated model) beside the setting picked with hindsight (by accuracy); "
+         "mean accuracy over the unauthorized models.", h.tuning),
         ("Fidelity certificates per PSNR and Lipschitz source (certified % = certified and clean-correct; for an "
          "estimate source, what it would certify if it were a bound; pass must be 100% for a certified source; "
          "tightness = median measured/bound).", cert),

@@ -18,9 +18,11 @@ from nte_eval.errors import NTEError
 
 
 class _Blind(Attack):
-    """Shared fit: estimate the noise subspace from the NTE corpus against public clean images."""
+    """Shared fit: estimate the noise subspace from the NTE corpus against public clean images. ``oracle``: the
+    attack that does the same with the true subspace (the sanity checks compare the two)."""
 
     knowledge = "method"
+    oracle = "oracle_fill"
     rank: Annotated[int | None, Field(ge=0)] = None
     n_ntes: Annotated[int | None, Field(ge=2)] = None
 
@@ -46,6 +48,8 @@ class BlindSubspace(_Blind):
     """
 
     name = "blind_subspace"
+    oracle = "oracle_projection"
+    projection = True
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.subspace.project(x)

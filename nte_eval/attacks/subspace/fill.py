@@ -98,3 +98,24 @@ class Subspace:
         if "fill" not in self._maps:
             self._maps["fill"] = fill_map(self.prior, self.hidden, self.visible)
         return apply_blocks(self.view, self._maps["fill"], x, self.prior.mean)
+
+
+def _hidden_basis(sub: Subspace) -> torch.Tensor:
+    """Orthonormal hidden columns per block, (..., n, k), from ``hidden`` or as the complement of ``visible``."""
+    if sub.hidden is not None:
+        return torch.linalg.qr(sub.hidden.to(torch.complex128)).Q
+    visible = sub.visible.to(torch.complex128)
+    return torch.linalg.qr(visible, mode="complete").Q[..., visible.shape[-1]:]
+
+
+def max_angle(a: Subspace, b: Subspace) -> float | None:
+    """The largest principal angle (degrees) between two hidden subspaces of one view, over its blocks; None when
+    the views or the hidden dimensions differ (then no angle says how close they are)."""
+    if a.view != b.view or any(s.hidden is not None and bool((s.hidden.abs().sum(-2) == 0).any()) for s in (a, b)):
+        return None  # zero (padding) columns: the blocks keep different dimensions
+    ua, ub = _hidden_basis(a), _hidden_basis(b)
+    ua, ub = torch.broadcast_tensors(ua, ub) if ua.shape[-1] == ub.shape[-1] else (ua, None)
+    if ub is None or ua.shape[-1] == 0:
+        return None
+    cosines = torch.linalg.svdvals(ua.mH @ ub).clamp(max=1.0)
+    return float(torch.rad2deg(torch.arccos(cosines.min())))

@@ -22,6 +22,7 @@ class HighfreqProjection(Attack):
     """
 
     name = "highfreq_projection"
+    projection = True
     knowledge = "method"
     strength = ("energy", -1)
     energy: Annotated[float, Field(gt=0, lt=1)] = 0.99

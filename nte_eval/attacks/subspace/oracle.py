@@ -42,6 +42,7 @@ class OracleProjection(_Oracle):
     decodes each soft token to the stored entry nearest in the designated embedding space (exact recovery)."""
 
     name = "oracle_projection"
+    projection = True
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.subspace.project(x)

@@ -34,6 +34,7 @@ class SurrogateProjection(Attack):
     """
 
     name = "surrogate_projection"
+    projection = True
     knowledge = "surrogate"
     models: list[str] = []
     select: str = DEFAULT_SELECT
