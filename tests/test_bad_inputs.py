@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save as safetensors_bytes
 
 from nte_eval.attacks import ATTACKS, Attack
 from nte_eval.cli import main
@@ -31,6 +32,9 @@ from nte_eval.runner import run_suite
 
 HEAD = "name: tiny\ndata: {source: digits, split: test, limit: 16}\n"
 GOOD = HEAD + "designated: zoo:vit_null\nmodels: [zoo:mlp_linear]\nencoders: [{type: nte, psnr: 30}]\n"
+R18 = "factory: 'torchvision.models:resnet18', kwargs: {num_classes: 10}, input_size: [3, 32, 32]"
+#: Two keys, one of them resnet18's: 101 of its 122 are missing, one is unexpected.
+PARTIAL = safetensors_bytes({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.weight": torch.zeros(10, 512)})
 UNWRITABLE = "/proc/nte-eval-out"  # no folder can be made in /proc, not even by root
 NO_DEFAULT = """
 from nte_eval.attacks import Attack
@@ -149,6 +153,23 @@ CASES = [
     suite("checkpoint relative to the suite", GOOD + "surrogates: [timm:resnet18@w.safetensors]\n",
           "surrogates[0].checkpoint: {tmp}/w.safetensors does not exist", cwd="sub", **{"sub/w.safetensors": ""}),
     suite("seed: ''", GOOD + "seed: ''\n", "seed: the NTE key is empty"),
+    suite("factory without first_layer", GOOD + "surrogates: [{" + R18 + "}]\n", "surrogates[0]: factory "
+          "'torchvision.models:resnet18': first_layer: give the path of the model's first Conv2d/Linear"),
+    suite("factory cannot be imported", GOOD + "surrogates: [{factory: 'no_such_package_xyz.nets:build', "
+          "first_layer: conv1}]\n", "factory 'no_such_package_xyz.nets:build': cannot import module "
+          "'no_such_package_xyz.nets' (ModuleNotFoundError: No module named 'no_such_package_xyz')", overwrite=False),
+    suite("factory returns no nn.Module", GOOD + "surrogates: [{factory: 'collections:OrderedDict', first_layer: "
+          "conv1}]\n", "factory 'collections:OrderedDict' returned OrderedDict, not a torch.nn.Module",
+          overwrite=False),
+    suite("factory raises", GOOD + "surrogates: [{factory: 'torchvision.models:resnet18', kwargs: {num_clases: 10}, "
+          "first_layer: conv1}]\n", "factory 'torchvision.models:resnet18' raised TypeError when called with kwargs "
+          "{{'num_clases': 10}}: ResNet.__init__() got an unexpected keyword argument 'num_clases'", overwrite=False),
+    suite("factory first_layer not linear", GOOD + "surrogates: [{" + R18 + ", first_layer: bn1}]\n",
+          "torchvision.models:resnet18: first layer 'bn1' is BatchNorm2d, not a linear layer", overwrite=False),
+    suite("checkpoint keys do not match", GOOD + "surrogates: [{" + R18 + ", first_layer: conv1, checkpoint: "
+          "partial.safetensors}]\n", "resnet18@partial: checkpoint {tmp}/partial.safetensors does not fit the "
+          "architecture: 101 missing keys (of the model's 122), 1 unexpected (of the checkpoint's 2); missing e.g. "
+          "'bn1.weight', unexpected e.g. 'head.weight'.", overwrite=False, **{"partial.safetensors": PARTIAL}),
     args("run --key-file missing", run("--key-file", "{tmp}/no.key"), "no.key: no such file"),
     Bad("run --key-file empty", run("--key-file", "{tmp}/empty.key"), "the key from --key-file {tmp}/empty.key is "
         "empty", {"suite.yaml": GOOD, "empty.key": "\n"}),

@@ -3,18 +3,22 @@
 All timm models are built with random init (no network); sizes are kept small so the file runs in seconds.
 """
 
+import copy
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import torchvision
 from safetensors.torch import save_file
 from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
 from torch import nn
 
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.suite import parse_suite
+from nte_eval.geometry.conv import PixelConv
 from nte_eval.models.checkpoint import load_state_dict
-from nte_eval.models.handle import ModelHandle, resolve_first_layer
+from nte_eval.models.handle import IMAGENET_STD, ModelHandle, resolve_first_layer
 from nte_eval.models.load import from_timm, load_model, spec_name
 
 # family -> (timm name, kwargs, input size). All of these have a single-conv str `first_conv` in timm.
@@ -90,10 +94,42 @@ def test_timm_first_layer_matches_module_and_pixel_operator(family):
     torch.testing.assert_close(linear, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_tf_same_padding_stem_is_rejected_not_silently_wrong():
-    # Conv2dSame pads asymmetrically depending on the input size: no (stride, padding) pair describes it.
-    with pytest.raises(NTEError, match="conv_stem.*Conv2dSame"):
-        from_timm("tf_efficientnet_b0", kwargs={"num_classes": 10}, input_size=(3, 32, 32))
+class StaticSame(nn.Conv2d):
+    """efficientnet-lite-pytorch's Conv2dStaticSamePadding in short: a ZeroPad2d fixed at construction, then the
+    unpadded convolution with its own weight."""
+
+    def __init__(self, *args, pad=(0, 1, 0, 1), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.ZeroPad2d(pad)
+
+    def forward(self, x):
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding)
+
+
+def assert_exact_stem(handle, stem, size):
+    """The handle's first layer, on normalised pixels and as PixelConv on pixels (float64), is ``stem`` itself."""
+    x = torch.rand(2, *size, generator=torch.Generator().manual_seed(3))
+    store, hook = capture_output(stem)
+    handle.logits(x)
+    hook.remove()
+    torch.testing.assert_close(handle.first_layer_response(x), store["out"], rtol=1e-5, atol=1e-5)
+    d, stem64 = x.double() - 0.5, copy.deepcopy(stem).double()
+    with torch.no_grad():
+        want = stem64(d / handle.std.double()) - stem64(torch.zeros_like(d))  # the linear part: no bias
+    torch.testing.assert_close(PixelConv(handle).apply(d), want, rtol=1e-12, atol=1e-12)
+
+
+def test_tf_same_padding_stem_is_the_exact_zero_padded_convolution():
+    # timm's Conv2dSame pads asymmetrically, by an amount that depends on the input size: at 32 px 0 above and 1 below
+    # (a 4x4 kernel with a zero top row/left column, padding 1); at 33 px 1 and 1 (the 3x3 kernel, padding 1).
+    torch.manual_seed(0)
+    handle = from_timm("tf_efficientnet_b0", kwargs={"num_classes": 10})
+    stem = handle.module.conv_stem
+    assert type(stem) is Conv2dSame
+    for size, kernel in (((3, 32, 32), (4, 4)), ((3, 33, 33), (3, 3)), ((3, 40, 37), (4, 3))):
+        handle.resize(*size[1:])
+        assert handle.first.kernel == kernel and handle.first.padding == (1, 1)
+        assert_exact_stem(handle, stem, size)
 
 
 def test_timm_tuple_first_conv_is_an_error():
@@ -120,10 +156,21 @@ def test_weight_standardised_first_conv_uses_effective_weight(conv_cls):
     torch.testing.assert_close(handle.first_layer_response(x), store["out"], rtol=1e-4, atol=1e-4)
 
 
-def test_same_padding_conv_module_is_rejected():
-    model = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.Flatten())
-    with pytest.raises(NTEError, match=r"'0' \(Conv2dSame\) does not act as a fixed convolution"):
-        ModelHandle.from_module(model, "0", input_size=(3, 16, 16))
+@pytest.mark.parametrize("conv", [Conv2dSame(3, 8, 5, stride=2, bias=True), StaticSame(3, 8, 3, stride=2),
+                                  StaticSame(3, 8, 3, stride=2, pad=(2, 0, 1, 3), padding=1)])
+def test_same_padding_conv_modules_are_exact(conv):
+    for size in ((3, 16, 16), (3, 17, 15)):
+        model = nn.Sequential(conv, nn.Flatten())
+        assert_exact_stem(ModelHandle.from_module(model, "0", input_size=size), conv, size)
+
+
+def test_a_same_padding_conv_that_applies_another_weight_is_refused():
+    class Doubled(StaticSame):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(NTEError, match=r"'0' \(Doubled\) does not act as a fixed convolution"):
+        ModelHandle.from_module(nn.Sequential(Doubled(3, 8, 3, stride=2)), "0", input_size=(3, 16, 16))
 
 
 def test_timm_first_layer_override_and_errors():
@@ -248,7 +295,7 @@ def test_from_module_errors():
         ModelHandle.from_module(model, "conv", input_size=(3, 16, 16))
     with pytest.raises(NTEError, match="takes 3 channels, input_size says 1"):
         ModelHandle.from_module(model, "conv1", mean=(0.5,), std=(0.5,), input_size=(1, 16, 16))
-    with pytest.raises(NTEError, match="ReLU; expected nn.Conv2d or nn.Linear"):
+    with pytest.raises(NTEError, match="ReLU, not a linear layer"):
         ModelHandle.from_module(model, "head.0", input_size=(3, 16, 16))
     with pytest.raises(NTEError, match="mean/std need 3 values"):
         ModelHandle.from_module(model, "conv1", mean=(0.5,), std=(0.5,), input_size=(3, 16, 16))
@@ -392,6 +439,62 @@ def test_display_names_are_short_and_depend_on_the_spec_alone():
                          "models": [{"timm": "resnet18", "checkpoint": f"runs/seed{i}/best.pth", "name": f"seed{i}"}
                                     for i in range(2)]})
     assert [spec_name(s) for s in suite.models] == ["seed0", "seed1"]
+
+
+# ----------------------------------------------------------------------------------------------- factory specs
+
+R18 = {"factory": "torchvision.models:resnet18", "kwargs": {"num_classes": 10}, "first_layer": "conv1",
+       "input_size": [3, 32, 32]}
+
+
+def test_a_factory_spec_builds_loads_and_wraps_any_module(tmp_path):
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    ckpt = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt))
+    spec = {**R18, "checkpoint": str(ckpt), "mean": list(MEAN), "std": list(STD)}
+    handle = load_model(spec)
+    assert_weights_equal(handle.module, state)
+    assert handle.spec == spec_name(spec) == "resnet18@r18" and handle.input_size == (3, 32, 32)
+    assert handle.first.path == "conv1" and handle.first.kernel == (7, 7)
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(handle.logits(x), handle.module((x - mean) / std))
+    # what ModelHandle.from_module assumes where the spec says nothing: ImageNet mean/std, 3x224x224
+    plain = load_model({k: v for k, v in R18.items() if k != "input_size"})
+    assert plain.input_size == (3, 224, 224) and plain.std.flatten().tolist() == pytest.approx(IMAGENET_STD)
+    assert spec_name(R18) == "torchvision.models:resnet18" and spec_name({**R18, "name": "r"}) == "r"
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"factory": "resnet18"}, "factory: 'resnet18' is not 'package.module:callable'"),
+    ({"first_layer": None}, "first_layer: give the path of the model's first Conv2d/Linear"),
+    ({"timm": "resnet18"}, "unknown key 'timm'; a factory model takes factory, kwargs"),
+    ({"kwargs": [10]}, "kwargs: \\[10\\] is not a mapping of the factory's arguments"),
+    ({"factory": "no_such_package_xyz.models:build"}, "cannot import module 'no_such_package_xyz.models' "
+                                                      "\\(ModuleNotFoundError: No module named 'no_such_package_xyz'"),
+    ({"factory": "torchvision.models:resnet81"}, "torchvision.models has no 'resnet81'. Did you mean 'resnet18'"),
+    ({"factory": "math:pi"}, "math:pi': pi is a float, not a callable"),
+    ({"kwargs": {"num_clases": 10}}, "'torchvision.models:resnet18' raised TypeError when called with kwargs "
+                                     "\\{'num_clases': 10\\}: .*unexpected keyword argument 'num_clases'"),
+    ({"factory": "collections:OrderedDict"}, "returned OrderedDict, not a torch.nn.Module"),
+    ({"first_layer": "bn1"}, "first layer 'bn1' is BatchNorm2d, not a linear layer"),
+    ({"first_layer": "conv_1"}, "no module at first-layer path 'conv_1'.*Did you mean 'conv1'"),
+    ({"input_size": [1, 32, 32], "mean": [0.5], "std": [0.5]}, "'conv1' takes 3 channels, input_size says 1"),
+])
+def test_factory_spec_errors(change, match):
+    with pytest.raises(NTEError, match=match):
+        load_model({**R18, **change})
+
+
+def test_a_checkpoint_with_other_keys_says_how_many(tmp_path):
+    ckpt = tmp_path / "partial.safetensors"
+    save_file({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.weight": torch.zeros(10, 512)}, str(ckpt))
+    with pytest.raises(NTEError, match=r"resnet18@partial: checkpoint .*partial.safetensors does not fit the "
+                                       r"architecture: 101 missing keys \(of the model's 122\), 1 unexpected \(of "
+                                       r"the checkpoint's 2\); missing e.g. 'bn1.weight', unexpected e.g. "
+                                       r"'head.weight'\."):
+        load_model({**R18, "checkpoint": str(ckpt)})
 
 
 # ------------------------------------------------------------------------------------------------ input checks

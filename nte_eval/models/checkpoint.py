@@ -36,12 +36,20 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def apply_checkpoint(module: nn.Module, path: str | Path, spec: str) -> None:
-    """Load a local checkpoint into ``module`` strictly, with a readable error on mismatch."""
+    """Load a local checkpoint into ``module`` strictly: a mismatch is an error naming how many keys are missing and
+    unexpected (or the first tensor whose shape differs)."""
     state = load_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    advice = "Check the model name and kwargs such as num_classes / img_size."
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ raise even when not strict
         first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise NTEError(f"{spec}: checkpoint {path} does not fit the architecture ({first.strip()}). "
-                       "Check the model name and kwargs such as num_classes / img_size.") from None
+        raise NTEError(f"{spec}: checkpoint {path} does not fit the architecture ({first.strip()}). {advice}") from None
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    if missing or unexpected:
+        examples = ", ".join(f"{kind} e.g. {keys[0]!r}" for kind, keys in (("missing", missing),
+                                                                           ("unexpected", unexpected)) if keys)
+        raise NTEError(f"{spec}: checkpoint {path} does not fit the architecture: {len(missing)} missing keys (of "
+                       f"the model's {len(module.state_dict())}), {len(unexpected)} unexpected (of the checkpoint's "
+                       f"{len(state)}); {examples}. {advice}")

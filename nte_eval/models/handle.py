@@ -137,7 +137,8 @@ def check_runs(handle: ModelHandle, advice: str) -> None:
 
 
 def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...], spec: str) -> FirstLayer:
-    """Find the Conv2d/Linear (or ZeroPad2d + Conv2d) at ``path`` and express it as a convolution on (C, H, W)."""
+    """Find the Conv2d/Linear (or ZeroPad2d + Conv2d, or TF-'same' Conv2d) at ``path`` and express it as a
+    convolution on (C, H, W)."""
     if not isinstance(path, str):
         raise NTEError(f"{spec}: the first layer is {path!r}, a tuple of parallel branches; nte-eval needs one "
                        "linear operator. Wrap the model and pass first_layer= the path of a single Conv2d/Linear.")
@@ -148,7 +149,9 @@ def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...
         raise NTEError(f"{spec}: no module at first-layer path {path!r}.{did_you_mean(path, names)}") from None
     c, h, w = input_size
     if _is_padded_conv(layer):
-        first = _absorb_zero_pad(layer[0], _conv_layer(layer[1], path, c, spec), spec)
+        first = _absorb_zero_pad(tuple(layer[0].padding), _conv_layer(layer[1], path, c, spec), spec)
+    elif isinstance(layer, nn.Conv2d) and (same := _same_padding(layer, (h, w))) is not None:
+        first = _absorb_zero_pad(same, _conv_layer(layer, path, c, spec, probe=False), spec)
     elif isinstance(layer, nn.Conv2d):
         first = _conv_layer(layer, path, c, spec)
     elif isinstance(layer, nn.Linear):
@@ -158,8 +161,9 @@ def resolve_first_layer(module: nn.Module, path: str, input_size: tuple[int, ...
         weight = layer.weight.detach().reshape(layer.out_features, c, h, w)
         first = FirstLayer(path, "linear", weight, None if layer.bias is None else layer.bias.detach(), (h, w), (0, 0))
     else:
-        raise NTEError(f"{spec}: first layer {path!r} is {type(layer).__name__}; expected nn.Conv2d or nn.Linear "
-                       "(or nn.Sequential(nn.ZeroPad2d, nn.Conv2d)).")
+        raise NTEError(f"{spec}: first layer {path!r} is {type(layer).__name__}, not a linear layer; set "
+                       "first_layer to the path of an nn.Conv2d or nn.Linear (or nn.Sequential(nn.ZeroPad2d, "
+                       "nn.Conv2d)).")
     if type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward):
         _check_first_layer(layer, first, input_size, spec)
     return first
@@ -171,8 +175,27 @@ def _is_padded_conv(layer: nn.Module) -> bool:
             and isinstance(layer[1], nn.Conv2d))
 
 
-def _conv_layer(layer: nn.Conv2d, path: str, c: int, spec: str) -> FirstLayer:
-    """A plain Conv2d (or a subclass, read off its responses) with numeric zero padding ('valid' means 0)."""
+def _same_padding(layer: nn.Conv2d, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The (left, right, top, bottom) zeros a TF-'same' Conv2d pads an image of ``size`` with before convolving with
+    its own weight: the ZeroPad2d it holds as ``static_padding`` (efficientnet-lite-pytorch's and
+    efficientnet-pytorch's Conv2dStaticSamePadding), or what timm's Conv2dSame pads that size with (``pad_same``).
+    None for other layers. ``_check_first_layer`` confirms the result on the layer itself."""
+    static = getattr(layer, "static_padding", None)
+    if isinstance(static, nn.ZeroPad2d):
+        return tuple(static.padding)
+    if type(layer).forward is nn.Conv2d.forward:
+        return None
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    if not isinstance(layer, Conv2dSame):
+        return None
+    return tuple(pad_same_arg(list(size), list(layer.kernel_size), list(layer.stride), list(layer.dilation)))
+
+
+def _conv_layer(layer: nn.Conv2d, path: str, c: int, spec: str, probe: bool = True) -> FirstLayer:
+    """A plain Conv2d with numeric zero padding ('valid' means 0). A subclass's effective weight is read off its
+    responses, unless ``probe`` is False: a TF-'same' conv, which convolves with its own ``weight``."""
     if layer.groups != 1 or layer.dilation != (1, 1):
         raise NTEError(f"{spec}: first layer {path!r} uses groups/dilation; only plain Conv2d is supported.")
     padding = (0, 0) if layer.padding == "valid" else layer.padding
@@ -181,24 +204,24 @@ def _conv_layer(layer: nn.Conv2d, path: str, c: int, spec: str) -> FirstLayer:
     if layer.in_channels != c:
         raise NTEError(f"{spec}: first layer {path!r} takes {layer.in_channels} channels, input_size says {c}.")
     stride, padding = tuple(layer.stride), tuple(padding)
-    if type(layer).forward is nn.Conv2d.forward:
+    if type(layer).forward is nn.Conv2d.forward or not probe:
         weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
-    else:  # a subclass (timm StdConv2d, ScaledStdConv2d, Conv2dSame, ...): its weight is not what it applies
+    else:  # a subclass (timm StdConv2d, ScaledStdConv2d, ...): its weight is not what it applies
         weight, bias = _probe_conv(layer, c, stride, padding)
     return FirstLayer(path, "conv2d", weight, bias, stride, padding)
 
 
-def _absorb_zero_pad(pad: nn.ZeroPad2d, conv: FirstLayer, spec: str) -> FirstLayer:
-    """ZeroPad2d(left, right, top, bottom) then ``conv`` as one convolution with symmetric padding.
+def _absorb_zero_pad(pad: tuple[int, int, int, int], conv: FirstLayer, spec: str) -> FirstLayer:
+    """Zero padding ``pad`` = (left, right, top, bottom), then ``conv``, as one convolution with symmetric padding.
 
     Per axis the symmetric padding is the larger side's; the kernel gains zero rows/columns on each side padded less
     (e.g. top 0 / bottom 1, 3x3 stride 2 -> 4x4 with a zero top row, padding 1). Every output window then covers the
     same pixels with the same weights, and the output count is unchanged (H + 2P - k' = H + top + bottom - k).
     """
-    left, right, top, bottom = pad.padding
-    if min(pad.padding) < 0:
-        raise NTEError(f"{spec}: first layer {conv.path!r} crops with ZeroPad2d{tuple(pad.padding)}; only "
-                       "non-negative padding is supported.")
+    left, right, top, bottom = pad
+    if min(pad) < 0:
+        raise NTEError(f"{spec}: first layer {conv.path!r} crops with ZeroPad2d{pad}; only non-negative padding is "
+                       "supported.")
     ph, pw = conv.padding
     top, bottom, left, right = top + ph, bottom + ph, left + pw, right + pw
     py, px = max(top, bottom), max(left, right)

@@ -1,4 +1,5 @@
-"""Model specs: the grammar (``zoo:NAME``, ``timm:NAME[@ckpt]``, ``hf:PATH``, mappings) and dispatch to each scheme."""
+"""Model specs: the grammar (``zoo:NAME``, ``timm:NAME[@ckpt]``, ``hf:PATH``, mappings, factories) and dispatch to
+each scheme."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.models import hf
 from nte_eval.models.checkpoint import apply_checkpoint
+from nte_eval.models.factory import FACTORY_KEYS, check_factory_spec, from_factory
 from nte_eval.models.handle import IMAGENET_MEAN, IMAGENET_STD, ModelHandle, check_runs
 from nte_eval.models.hf import HF_SCHEMES
 from nte_eval.models.zoo import load_zoo_model
@@ -88,15 +90,15 @@ def check_spec(spec: ModelSpec) -> None:
         return
     if not isinstance(spec, dict):
         raise NTEError(f"model spec {spec!r} must be 'zoo:NAME', 'timm:NAME[@checkpoint]' or a mapping.")
-    scheme = next((k for k in ("zoo", *HF_SCHEMES) if k in spec), None)
-    if scheme is None and "timm" not in spec:
-        raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'zoo'); e.g. {{timm: vit_small_patch16_224, "
-                       "checkpoint: weights.safetensors, kwargs: {num_classes: 10}}}.")
-    allowed = (scheme, "name") if scheme else TIMM_KEYS
+    scheme = next((k for k in ("zoo", *HF_SCHEMES, "factory", "timm") if k in spec), None)
+    if scheme is None:
+        raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'factory', 'zoo'); e.g. {{timm: "
+                       "vit_small_patch16_224, checkpoint: weights.safetensors, kwargs: {num_classes: 10}}.")
+    allowed = {"timm": TIMM_KEYS, "factory": FACTORY_KEYS}.get(scheme, (scheme, "name"))
     extra = sorted(set(spec) - set(allowed))
     if extra:
-        raise NTEError(f"model mapping: unknown key {extra[0]!r}; {'a ' + scheme if scheme else 'a timm'} model takes "
-                       f"{', '.join(allowed)}.{did_you_mean(extra[0], allowed)}")
+        raise NTEError(f"model mapping: unknown key {extra[0]!r}; a {scheme} model takes {', '.join(allowed)}."
+                       f"{did_you_mean(extra[0], allowed)}")
     for key in ("mean", "std"):  # null: the model's own
         if spec.get(key) is not None and not _numbers(spec[key]):
             raise NTEError(f"{key}: {spec[key]!r} is not a list of numbers, one per input channel (e.g. "
@@ -109,8 +111,10 @@ def check_spec(spec: ModelSpec) -> None:
         raise NTEError(f"input_size: {size!r} is not [channels, height, width], three positive integers (e.g. "
                        "[3, 224, 224]).")
     if not isinstance(spec.get("kwargs") or {}, dict):
-        raise NTEError(f"kwargs: {spec['kwargs']!r} is not a mapping of timm.create_model arguments (e.g. "
-                       "{num_classes: 10}).")
+        takes = "the factory's" if scheme == "factory" else "timm.create_model"
+        raise NTEError(f"kwargs: {spec['kwargs']!r} is not a mapping of {takes} arguments (e.g. {{num_classes: 10}}).")
+    if scheme == "factory":
+        check_factory_spec(spec)
 
 
 def spec_files(spec: ModelSpec) -> dict[str, str]:
@@ -141,9 +145,12 @@ def with_base(spec: ModelSpec, base: Path) -> ModelSpec:
 
 def load_model(spec: ModelSpec) -> ModelHandle:
     """Build a handle from ``zoo:NAME``, ``timm:NAME[@checkpoint]``, ``hf:PATH`` (image classifier), ``hf-vlm:PATH``
-    (a vision-language model's vision tower), ``hf-text:PATH`` (text classifier) or a mapping ``{timm: NAME, ...}``."""
+    (a vision-language model's vision tower), ``hf-text:PATH`` (text classifier) or a mapping ``{timm: NAME, ...}``
+    or ``{factory: "package.module:callable", ...}``."""
     check_spec(spec)
     if isinstance(spec, dict):
+        if "factory" in spec:
+            return from_factory(spec, spec_name(spec))
         if "zoo" in spec:
             return load_model(f"zoo:{spec['zoo']}")
         scheme = next((k for k in HF_SCHEMES if k in spec), None)
@@ -173,10 +180,15 @@ def _timm_mapping(spec: ModelSpec) -> dict[str, Any] | None:
 def spec_name(spec: ModelSpec) -> str:
     """A model's display name, its key in the results: the mapping's ``name``, else ``zoo:NAME``, ``hf:PATH``,
     ``timm:NAME``, or ``NAME@STEM`` for a timm checkpoint (its file name without folders and suffix), so that tables
-    stay narrow. It depends on the spec alone; the suite refuses two models under one name."""
+    stay narrow; likewise ``CALLABLE@STEM`` for a factory with a checkpoint, else the factory. It depends on the spec
+    alone; the suite refuses two models under one name."""
     if isinstance(spec, dict):
         if "name" in spec:
             return str(spec["name"])
+        if "factory" in spec:
+            checkpoint = spec.get("checkpoint")
+            target = str(spec["factory"])
+            return f"{target.partition(':')[2]}@{Path(str(checkpoint)).stem}" if checkpoint else target
         for scheme in ("zoo", *HF_SCHEMES):
             if scheme in spec:
                 return f"{scheme}:{spec[scheme]}"
@@ -188,9 +200,12 @@ def spec_name(spec: ModelSpec) -> str:
 
 
 def size_key(spec: ModelSpec, size: tuple[int, ...]) -> str | None:
-    """Where a spec sets its model's input size, filled in for ``size`` (C, H, W): the ``input_size`` it gives, else a
-    timm model's ``kwargs: {img_size}``; None for zoo and Hugging Face models, whose size is their own."""
+    """Where a spec sets its model's input size, filled in for ``size`` (C, H, W): the ``input_size`` it gives (a
+    factory's always), else a timm model's ``kwargs: {img_size}``; None for zoo and Hugging Face models, whose size is
+    their own."""
     c, h, w = size
+    if isinstance(spec, dict) and "factory" in spec:
+        return f"`input_size: [{c}, {h}, {w}]` in its spec"
     timm = _timm_mapping(spec)
     if timm is None:
         return None
