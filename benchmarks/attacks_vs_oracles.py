@@ -1,0 +1,69 @@
+"""Method-level attacks against their oracles, per NTE setting: a strength measurement, not a timing.
+
+    python benchmarks/attacks_vs_oracles.py [--data textures] [--designated zoo:tex_vit_null]
+        [--models zoo:tex_resnet_stem,zoo:tex_convnext_patchify] [--psnr 30,20,10,0] [--limit N]
+
+For per-patch and tiled NTEs at each PSNR: each unauthorized model's accuracy (%) on the NTEs after every attack, the
+accuracy it loses when the attack is applied to the clean images (its cost on clean content), and the blind estimate's
+largest principal angle to the true subspace (degrees). The attackers see the data set's train split as public
+images and the test split's NTEs as the released corpus, as in a suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from nte_eval.attacks import AttackContext, build_attack
+from nte_eval.data.sources import load_pixels
+from nte_eval.encoders import NTEEncoder
+from nte_eval.evaluate.batching import apply_attack, batched_logits
+from nte_eval.evaluate.cells import estimate_angle
+from nte_eval.models.load import load_model
+
+ATTACKS = ("identity", "tile_average", "blind_fill", "blind_subspace", "oracle_fill", "oracle_projection")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="textures")
+    parser.add_argument("--designated", default="zoo:tex_vit_null")
+    parser.add_argument("--models", default="zoo:tex_resnet_stem,zoo:tex_convnext_patchify")
+    parser.add_argument("--psnr", default="30,20,10,0")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    test, public = load_pixels(args.data, "test", args.limit), load_pixels(args.data, "train")
+    designated = load_model(args.designated)
+    models = [load_model(m) for m in args.models.split(",")]
+
+    def accuracy(x: torch.Tensor) -> list[float]:
+        return [100 * float((batched_logits(h, x, 256, "cpu").argmax(1) == test.labels).float().mean())
+                for h in models]
+
+    clean = accuracy(test.images)
+    print(f"{args.data} test ({len(test)} images), designated {args.designated}; unauthorized {args.models}: "
+          f"clean {'/'.join(f'{v:.1f}' for v in clean)}")
+    print("per attack: accuracy on the NTEs after it (per model) [accuracy lost on clean images]; angle of the "
+          "blind estimate")
+    for noise in ("per_patch", "tiled"):
+        for db in (float(v) for v in args.psnr.split(",")):
+            encoder = NTEEncoder(designated, psnr=db, noise=noise)
+            ntes = encoder.encode(test.images, key=0).images
+            context = AttackContext(public=public, ntes=ntes, encoder=encoder.public_settings(),
+                                    designated=designated)
+            cells, angle = [], None
+            for name in ATTACKS:
+                attack = build_attack(name).fit(context)
+                angle = estimate_angle(attack, context) if angle is None else angle
+                restored = accuracy(apply_attack(attack, ntes, 256, "cpu"))
+                lost = [c - a for c, a in zip(clean, accuracy(apply_attack(attack, test.images, 256, "cpu")),
+                                              strict=True)]
+                cells.append(f"{name} {'/'.join(f'{v:.0f}' for v in restored)} "
+                             f"[{'/'.join(f'{v:.0f}' for v in lost)}]")
+            print(f"{noise:9s} {db:4.0f} dB  angle {angle:5.1f}  " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
