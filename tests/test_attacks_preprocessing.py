@@ -300,3 +300,18 @@ def test_bm3d_lowers_the_mse_when_installed(digits):
     x = digits[:2]
     n = noisy(x, 0.1)
     assert mse(build_attack("bm3d")(n), x) < 0.5 * mse(n, x)
+
+
+@pytest.mark.parametrize("spec", [{"type": "occlusion", "fraction": 0.3}, {"type": "illumination", "shift": 0.2},
+                                  {"type": "gaussian_noise", "sigma": 0.1}])
+def test_random_attacks_draw_per_image_whatever_the_batch(digits, spec):
+    """Each image's draw is keyed by the seed and the image itself: batches of 1, 7 or all give the same output, and
+    a reordered batch the reordered output (results do not depend on --batch-size)."""
+    attack = build_attack(spec)
+    whole = attack(digits)
+    assert all(torch.equal(torch.cat([attack(part) for part in digits.split(size)]), whole) for size in (1, 7))
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(attack(digits[order]), whole[order])
+    assert not torch.equal(build_attack({**spec, "seed": 1})(digits), whole)
+    change = (whole - digits).flatten(1)
+    assert not torch.equal(change[0], change[1])  # two images, two draws

@@ -3,6 +3,7 @@ and ``AttackContext``, which hands each attacker exactly what its threat model (
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import Any, ClassVar, final
@@ -84,6 +85,15 @@ class Attack(Parametrised, ABC):
         doc = (cls.__doc__ or "").strip().split("\n")[0]
         return {"name": cls.name, "knowledge": cls.knowledge, "modalities": list(cls.modalities),
                 "params": cls.declared(), "description": doc}
+
+
+def image_generators(x: torch.Tensor, seed: int | str) -> list[torch.Generator]:
+    """One CPU generator per image of ``x``, seeded by ``seed`` and the image's own bytes: a random attack draws the
+    same for an image in any batch, shard or order (results do not depend on ``--batch-size``)."""
+    rows = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    return [torch.Generator().manual_seed(int.from_bytes(
+        hashlib.sha256(f"nte-eval attack/{seed}/".encode() + row.tobytes()).digest()[:8], "little") & (2**63 - 1))
+        for row in rows]
 
 
 def build_attack(spec: dict[str, Any] | str) -> Attack:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, Field
 
-from nte_eval.attacks.base import Attack
+from nte_eval.attacks.base import Attack, image_generators
 from nte_eval.errors import NTEError
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
@@ -125,7 +125,7 @@ class CropResize(Attack):
 
 
 class Occlusion(Attack):
-    """Blank a random round(t*H) x round(t*W) rectangle per image (the reference's "crop"); seeded."""
+    """Blank a random round(t*H) x round(t*W) rectangle per image (the reference's "crop"); seeded per image."""
 
     name = "occlusion"
     knowledge = "none"
@@ -137,9 +137,9 @@ class Occlusion(Attack):
     def run(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         oh, ow = round(self.fraction * h), round(self.fraction * w)
-        g = torch.Generator().manual_seed(self.seed)
-        top = torch.randint(0, h - oh + 1, (b, 1, 1, 1), generator=g).to(x.device)
-        left = torch.randint(0, w - ow + 1, (b, 1, 1, 1), generator=g).to(x.device)
+        corners = torch.tensor([[int(torch.randint(0, n + 1, (), generator=g)) for n in (h - oh, w - ow)]
+                                for g in image_generators(x, self.seed)], device=x.device).view(b, 2, 1, 1, 1)
+        top, left = corners[:, 0], corners[:, 1]
         rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
         cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
         mask = (rows >= top) & (rows < top + oh) & (cols >= left) & (cols < left + ow)
@@ -147,7 +147,8 @@ class Occlusion(Attack):
 
 
 class Illumination(Attack):
-    """Add one brightness shift U(-t, t) per image (the reference does not clip; ``clip`` clips to [0, 1]); seeded."""
+    """Add one brightness shift U(-t, t) per image (the reference does not clip; ``clip`` clips to [0, 1]); seeded per
+    image."""
 
     name = "illumination"
     knowledge = "none"
@@ -157,8 +158,8 @@ class Illumination(Attack):
     seed: int = 0
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
-        s = (torch.rand(x.shape[0], 1, 1, 1, generator=g, dtype=torch.float64) * 2 - 1) * self.shift
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in image_generators(x, self.seed)])
+        s = (u.view(-1, 1, 1, 1) * 2 - 1) * self.shift
         y = x + s.to(x.device, x.dtype)
         return y.clamp(0, 1) if self.clip else y
 
@@ -228,7 +229,7 @@ class Grayscale(Attack):
 
 
 class GaussianNoise(Attack):
-    """Add white Gaussian noise of standard deviation ``sigma`` (pixel units); seeded."""
+    """Add white Gaussian noise of standard deviation ``sigma`` (pixel units); seeded per image."""
 
     name = "gaussian_noise"
     knowledge = "none"
@@ -237,5 +238,5 @@ class GaussianNoise(Attack):
     seed: int = 0
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
-        return x + self.sigma * torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in image_generators(x, self.seed)])
+        return x + self.sigma * noise.to(x.device, x.dtype)
