@@ -1,8 +1,12 @@
-"""Per-sample metrics. PSNR is pixel-space PSNR with peak 1 on [0, 1] images (= 8-bit PSNR with peak 255)."""
+"""Per-sample metrics. PSNR is pixel-space PSNR with peak 1 on [0, 1] images (= 8-bit PSNR with peak 255); SSIM is
+scikit-image's ``structural_similarity`` (its defaults, data range 1), computed batched in torch."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+SSIM_WINDOW = 7  # scikit-image's default: uniform 7x7 windows, sample covariances, K1 = 0.01, K2 = 0.03
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -18,6 +22,23 @@ def psnr_from_mse(err: torch.Tensor) -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pixel-space PSNR in dB per sample, peak 1."""
     return psnr_from_mse(mse(a, b))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM per sample of (B, C, H, W) images, as scikit-image computes it with data range 1 (the mean over channels
+    and whole 7x7 windows): a perceptual measure beside PSNR, which weighs all pixel errors alike."""
+    x, y = a.double(), b.double()
+    win = min(SSIM_WINDOW, *x.shape[-2:]) // 2 * 2 + 1 if min(x.shape[-2:]) > 1 else 1
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # the window mean, over whole windows only (separable)
+        return F.avg_pool2d(F.avg_pool2d(t, (win, 1), stride=1), (1, win), stride=1)
+
+    ux, uy = mean(x), mean(y)
+    norm = win * win / (win * win - 1) if win > 1 else 1.0
+    vx, vy, vxy = norm * (mean(x * x) - ux * ux), norm * (mean(y * y) - uy * uy), norm * (mean(x * y) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
 
 
 def noise_norm_for_psnr(psnr_db: float, numel: int) -> float:

@@ -15,7 +15,7 @@ from nte_eval.data.glue import task_metric
 from nte_eval.data.images import ImageSet
 from nte_eval.data.tokens import bytes_per_example, recovered, token_psnr
 from nte_eval.evaluate.batching import batched_logits, first_layer_responses
-from nte_eval.metrics import psnr, relative_change
+from nte_eval.metrics import psnr, relative_change, ssim
 from nte_eval.models.handle import ModelHandle
 
 
@@ -53,16 +53,17 @@ def logit_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 
 
 def input_metrics(x_nte: torch.Tensor, x_rec: torch.Tensor, clean: ImageSet) -> list[tuple[str, torch.Tensor]]:
-    """The cell's input-space measurements: pixel PSNRs for images; for text the NTEs' token PSNR and the share of
-    tokens the reconstruction reads back right (argmax), and the NTEs' storage per example (sparse format; in the
-    results so that a resumed run keeps it). A reconstruction's token PSNR would depend on the slot count
+    """The cell's input-space measurements: pixel PSNRs and SSIMs for images; for text the NTEs' token PSNR and the
+    share of tokens the reconstruction reads back right (argmax), and the NTEs' storage per example (sparse format;
+    in the results so that a resumed run keeps it). A reconstruction's token PSNR would depend on the slot count
     (a hard token that is wrong everywhere scores 10 log10(K / 2) dB), so token recovery replaces it."""
     if clean.modality == "text":
         return [("psnr", token_psnr(x_nte, clean.images).mean()),
                 ("token_recovery", recovered(x_rec, clean.images).mean()),
                 ("bytes_per_example", torch.tensor(bytes_per_example(x_nte)))]
     return [("psnr", psnr(x_nte, clean.images).mean()), ("recon_psnr", psnr(x_rec, clean.images).mean()),
-            ("change_psnr", psnr(x_rec, x_nte).mean())]
+            ("change_psnr", psnr(x_rec, x_nte).mean()), ("ssim", ssim(x_nte, clean.images).mean()),
+            ("recon_ssim", ssim(x_rec, clean.images).mean())]
 
 
 def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, x_cal: torch.Tensor, clean: ImageSet,
