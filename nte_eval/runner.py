@@ -93,6 +93,8 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
                               first_layer_responses(handles[n], data.images, batch, device))
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
+    public_fit = None if public is None else public.subset(fit_subset(len(public), suite.fit_samples, attacker_seed))
+    nte_fit = fit_subset(len(data), suite.fit_samples, attacker_seed + 1)
     kind = source(suite.data.source)
     metric = kind.metric(suite.data.task)
     timings, subspaces = [], {}
@@ -119,8 +121,8 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
         x_nte, subspaces[f"{encoder.name} {enc_params}"] = encode_all(encoder, data.images, suite.seed, batch, device)
         save_examples(example_file(out, encoder.name, enc_params), x_nte)
         encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
-        pairs = None if public is None or data.modality != "image" else probe(encoder, public.images, attacker_seed)
-        context = AttackContext(seed=attacker_seed, device=device, public=public, ntes=x_nte,
+        pairs = None if public is None or data.modality != "image" else probe(encoder, public_fit.images, attacker_seed)
+        context = AttackContext(seed=attacker_seed, device=device, public=public_fit, ntes=x_nte[nte_fit],
                                 encoder=encoder.public_settings(), designated=handles[d],
                                 surrogates={s: handles[s] for s in surrogate_names if s != d}, progress=progress)
         # The cell's models: the designated one and every other evaluated model (unauthorized).
@@ -179,6 +181,8 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
                          "shape": list(data.images.shape[1:]),
                          "chance": float(torch.bincount(data.labels).max()) / len(data)},
                 "public": None if public is None else {"n": len(public), **suite.public_config().model_dump()},
+                "fit_samples": {"limit": suite.fit_samples, "ntes": len(nte_fit),
+                                "public": None if public_fit is None else len(public_fit)},
                 "models": {name: h.describe() for name, h in handles.items()}, "subspaces": subspaces,
                 "attacks": [{"type": a, "params": p, "knowledge": knowledge_of(a, compact(p))}
                             for a, p in attack_settings],
@@ -191,6 +195,14 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
                        f"{broken.iloc[0].lipschitz_source}): a bug in nte-eval; see {out / CERTIFICATES} "
                        f"(column passed) and report it.")
     return results
+
+
+def fit_subset(n: int, limit: int, seed: int) -> list[int]:
+    """The sorted positions of a seeded random subset of ``limit`` of ``n`` items (all of them when ``n <= limit``):
+    what a corpus-fitting attack sees, the same in every run of the suite."""
+    if n <= limit:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
 
 
 def certify_key(suite: Suite) -> str:

@@ -2,7 +2,7 @@
 stop a run before any work."""
 
 import json
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pandas as pd
 import pytest
@@ -322,3 +322,40 @@ def test_resume_refuses_a_damaged_journal_with_a_clear_error(tmp_path):
     store.journal.write_text('["a", "b", "c", "d"]\nnot json\n["e", "f", "g", "h"]\n')
     with pytest.raises(NTEError, match="line 2 is not a journal entry.*--overwrite"):
         ResultStore(tmp_path, "hash", resume=True)
+
+
+class Corpus(Attack, register=False):
+    """Records the corpus its fit sees (test attack)."""
+
+    name = "test_corpus"
+    knowledge = "method"
+    seen: ClassVar[list[tuple[torch.Tensor, torch.Tensor]]] = []  # what each fit saw
+
+    def fit(self, context):
+        super().fit(context)
+        Corpus.seen.append((self.context.ntes.clone(), self.context.public.images.clone()))
+        return self
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_corpus_attacks_fit_on_a_fixed_seeded_subset(tmp_path):
+    """fit_samples bounds the released NTEs and public images a fitting attack sees: a seeded subset, the same in
+    every run, recorded in the manifest; with fewer images than the limit, all of them."""
+    suite = {**SUITE, "attacks": ["test_corpus"], "fit_samples": 16}
+    with ATTACKS.scope(Corpus):
+        Corpus.seen.clear()
+        runner.run_suite(parse_suite(suite), tmp_path / "a", progress=False, log=lambda _: None)
+        runner.run_suite(parse_suite(suite), tmp_path / "b", progress=False, log=lambda _: None)
+        runner.run_suite(parse_suite({**suite, "fit_samples": 4096}), tmp_path / "c", progress=False,
+                         log=lambda _: None)
+    per_run = len(Corpus.seen) // 3  # one fit per encoder setting
+    (ntes_a, public_a), (ntes_b, public_b), (ntes_all, public_all) = Corpus.seen[::per_run]
+    assert ntes_a.shape[0] == public_a.shape[0] == 16
+    assert torch.equal(ntes_a, ntes_b) and torch.equal(public_a, public_b)
+    assert ntes_all.shape[0] == 40 and public_all.shape[0] == len(load_digits("train"))
+    assert any(torch.equal(ntes_a[0], row) for row in ntes_all)  # a subset of the released NTEs ...
+    assert not torch.equal(ntes_a, ntes_all[:16])  # ... drawn at random, not the first ones
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["fit_samples"] == {"limit": 16, "ntes": 16, "public": 16}

@@ -86,6 +86,10 @@ class Suite(Strict):
     attacks: list[dict[str, Any] | str] = [{"type": "identity"}]
     knowledge: list[Knowledge] = list(KNOWLEDGE)
     batch_size: int = Field(default=128, ge=1)
+    #: Attacks that fit on a corpus (blind estimates, the learned denoiser, ...) see a fixed, seeded subset of this
+    #: many released NTEs and of this many public images (all of them when there are fewer): memory and time bounded
+    #: by this, not by the data set's size.
+    fit_samples: int = Field(default=4096, ge=2)
     certify: CertifyConfig | None = None
     _base: Path = PrivateAttr(default=Path("."))  # the folder relative paths are read from (the suite file's)
 
