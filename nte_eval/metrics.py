@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 
 SSIM_WINDOW = 7  # scikit-image's default: uniform 7x7 windows, sample covariances, K1 = 0.01, K2 = 0.03
 
@@ -49,3 +50,10 @@ def noise_norm_for_psnr(psnr_db: float, numel: int) -> float:
 def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """||new - old|| / ||old|| per sample."""
     return (new - old).flatten(1).norm(dim=1) / old.flatten(1).norm(dim=1).clamp_min(1e-30)
+
+
+def proportion_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) ``level`` confidence interval of the proportion ``correct / n``: how sure an
+    accuracy measured on n samples is (about +-7 points at 50% on 200)."""
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)

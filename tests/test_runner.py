@@ -10,6 +10,7 @@ import timm
 import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
+from scipy.stats import beta
 
 import nte_eval.runner as runner
 from nte_eval.attacks import ATTACKS, Attack
@@ -138,6 +139,11 @@ def test_worst_case_union_and_calibration():
     assert wc.loc["best_none", "attack"] == "test_jitter" and wc.loc["best_none", "value"] == 0.5
     assert wc.loc["union", "value"] == 1.0 and wc.loc["union_clean", "value"] == 0.75
     assert "best_method" not in wc.index
+    # each value carries its exact 95% interval over n = 4 (Clopper-Pearson: beta quantiles): 3 of 4 correct is
+    # anywhere from 19.4% to 99.4%
+    assert wc.loc["best_single", "ci_low"] == pytest.approx(beta.ppf(0.025, 3, 2))
+    assert wc.loc["best_single", "ci_high"] == pytest.approx(beta.ppf(0.975, 4, 1))
+    assert (wc.ci_low <= wc.value).all() and (wc.value <= wc.ci_high).all() and wc.loc["union", "ci_high"] == 1.0
 
 
 def test_checks_flag_what_they_should():

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from nte_eval.knowledge import KNOWLEDGE
+from nte_eval.metrics import proportion_interval
 
 WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
-                 "knowledge", "value", "n"]
+                 "knowledge", "value", "n", "ci_low", "ci_high"]  # ci_*: the value's exact 95% interval over n
 LEVELS = [f"best_{k}" for k in KNOWLEDGE]  # the per-level summaries, weakest attacker first
 BEST = ["attack", "attack_params", "knowledge", "value"]  # the columns that name a best attack and its accuracy
 
@@ -30,7 +31,8 @@ def read_worst_case(path: Path) -> pd.DataFrame:
     levels made cumulative (a no-op for files written since they are)."""
     worst = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
     worst["value"] = pd.to_numeric(worst.value)
-    return cumulative(worst)
+    worst = cumulative(worst)
+    return worst if "ci_low" in worst else with_intervals(worst)  # files written before the intervals
 
 
 def cumulative(worst: pd.DataFrame) -> pd.DataFrame:
@@ -47,6 +49,13 @@ def cumulative(worst: pd.DataFrame) -> pd.DataFrame:
         if best is not None:
             out.loc[g.index[g.summary == "best_single"], BEST] = best[BEST].to_numpy()
     return out
+
+
+def with_intervals(worst: pd.DataFrame) -> pd.DataFrame:
+    """``worst`` with ``ci_low``/``ci_high``: each value's exact (Clopper-Pearson) 95% interval, a proportion of its
+    n samples."""
+    bounds = [proportion_interval(round(v * n), n) for v, n in zip(worst.value, worst.n, strict=True)]
+    return worst.assign(ci_low=[lo for lo, _ in bounds], ci_high=[hi for _, hi in bounds])
 
 
 def best_by_level(worst: pd.DataFrame, encoder: str, params: str) -> dict[str, pd.Series]:
@@ -95,4 +104,4 @@ def worst_case(results: pd.DataFrame, samples: pd.DataFrame, knowledge: Callable
             if len(part):
                 rows.append({**base, "summary": summary, "attack": f"any of {len(part)}", "attack_params": "",
                              "knowledge": "", "value": _union(part.correct)})
-    return cumulative(pd.DataFrame(rows, columns=WORST_COLUMNS))
+    return with_intervals(cumulative(pd.DataFrame(rows, columns=WORST_COLUMNS[:-2])))
