@@ -57,3 +57,11 @@ def proportion_interval(correct: int, n: int, level: float = 0.95) -> tuple[floa
     accuracy measured on n samples is (about +-7 points at 50% on 200)."""
     ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="exact")
     return float(ci.low), float(ci.high)
+
+
+def mcnemar_exact(first: list[bool], second: list[bool]) -> float:
+    """McNemar's exact test (two-sided p) that two paired classifications of the same samples are equally often
+    right: a binomial test on the discordant pairs; 1.0 when there are none."""
+    b = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)

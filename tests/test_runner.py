@@ -4,13 +4,14 @@ stop a run before any work."""
 import json
 from typing import Annotated, ClassVar
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
-from scipy.stats import beta
+from scipy.stats import beta, binomtest
 
 import nte_eval.runner as runner
 from nte_eval.attacks import ATTACKS, Attack
@@ -144,6 +145,9 @@ def test_worst_case_union_and_calibration():
     assert wc.loc["best_single", "ci_low"] == pytest.approx(beta.ppf(0.025, 3, 2))
     assert wc.loc["best_single", "ci_high"] == pytest.approx(beta.ppf(0.975, 4, 1))
     assert (wc.ci_low <= wc.value).all() and (wc.value <= wc.ci_high).all() and wc.loc["union", "ci_high"] == 1.0
+    # McNemar, paired on the same 4 samples: test_peek (0111) against identity (1000) disagrees on all 4, 3 to 1
+    assert wc.loc["best_single", "p_vs_no_attack"] == pytest.approx(binomtest(1, 4, 0.5).pvalue)
+    assert wc.loc["no_attack", "p_vs_no_attack"] == 1.0 and np.isnan(wc.loc["union", "p_vs_no_attack"])
 
 
 def test_checks_flag_what_they_should():

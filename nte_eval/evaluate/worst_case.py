@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from nte_eval.knowledge import KNOWLEDGE
-from nte_eval.metrics import proportion_interval
+from nte_eval.metrics import mcnemar_exact, proportion_interval
 
 WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
-                 "knowledge", "value", "n", "ci_low", "ci_high"]  # ci_*: the value's exact 95% interval over n
+                 "knowledge", "value", "n", "ci_low", "ci_high", "p_vs_no_attack"]
+# ci_*: the value's exact 95% interval over n; p_vs_no_attack: McNemar's exact test of the attack against no attack
+# on the same samples (paired), for the rows that name one attack
 LEVELS = [f"best_{k}" for k in KNOWLEDGE]  # the per-level summaries, weakest attacker first
 BEST = ["attack", "attack_params", "knowledge", "value"]  # the columns that name a best attack and its accuracy
 
@@ -32,7 +34,7 @@ def read_worst_case(path: Path) -> pd.DataFrame:
     worst = pd.read_csv(path, dtype={"encoder_params": str, "attack_params": str}, keep_default_na=False)
     worst["value"] = pd.to_numeric(worst.value)
     worst = cumulative(worst)
-    return worst if "ci_low" in worst else with_intervals(worst)  # files written before the intervals
+    return worst if "ci_low" in worst else with_intervals(worst).assign(p_vs_no_attack=float("nan"))  # older files
 
 
 def cumulative(worst: pd.DataFrame) -> pd.DataFrame:
@@ -104,4 +106,19 @@ def worst_case(results: pd.DataFrame, samples: pd.DataFrame, knowledge: Callable
             if len(part):
                 rows.append({**base, "summary": summary, "attack": f"any of {len(part)}", "attack_params": "",
                              "knowledge": "", "value": _union(part.correct)})
-    return with_intervals(cumulative(pd.DataFrame(rows, columns=WORST_COLUMNS[:-2])))
+    worst = with_intervals(cumulative(pd.DataFrame(rows, columns=WORST_COLUMNS[:-3])))
+    return worst.assign(p_vs_no_attack=[_paired_p(per_sample.get((r.encoder, r.encoder_params, r.model)), r.attack,
+                                                  r.attack_params) for r in worst.itertuples(index=False)])
+
+
+def _paired_p(samples: pd.DataFrame | None, attack: str, params: str) -> float:
+    """McNemar's exact p of ``attack`` against ``identity`` on the samples both were evaluated on; NaN where either
+    (or the per-sample rows) is missing."""
+    if samples is None or not attack or attack.startswith("any of "):
+        return float("nan")
+    attacked = samples[samples.input == "attacked"]
+    mine = attacked[(attacked.attack == attack) & (attacked.attack_params == params)].correct
+    none = attacked[attacked.attack == "identity"].correct
+    if mine.empty or none.empty:
+        return float("nan")
+    return mcnemar_exact(*([c == "1" for c in bits.iloc[0]] for bits in (mine, none)))
