@@ -144,7 +144,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
             angle = estimate_angle(attack, context)
             if angle is not None:  # how close a blind estimate came to the truth (the weak-estimator check reads it)
                 rows.append((d, "designated", "estimate_angle_deg", angle, len(data)))
-            if pairs is not None:  # a label-free score: how well it restores the attacker's own NTEs
+            if pairs is not None and attack.strength is not None:  # a label-free score to choose the strength by
                 score = psnr(apply_attack(attack, pairs.ntes, batch, device), pairs.clean).mean()
                 rows.append((d, "designated", "probe_psnr", float(score), len(pairs.clean)))
             steps.update()
