@@ -12,10 +12,12 @@ images and the test split's NTEs as the released corpus, as in a suite.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 
 from nte_eval.attacks import AttackContext, build_attack
+from nte_eval.attacks.subspace.oracle import designated_subspace
 from nte_eval.data.sources import load_pixels
 from nte_eval.encoders import NTEEncoder
 from nte_eval.evaluate.batching import apply_attack, batched_logits
@@ -56,7 +58,7 @@ def main() -> None:
             cells, angle = [], None
             for name in ATTACKS:
                 attack = build_attack(name).fit(context)
-                angle = estimate_angle(attack, context) if angle is None else angle
+                angle = estimate_angle(attack, partial(designated_subspace, context)) if angle is None else angle
                 restored = accuracy(apply_attack(attack, ntes, 256, "cpu"))
                 lost = [c - a for c, a in zip(clean, accuracy(apply_attack(attack, test.images, 256, "cpu")),
                                               strict=True)]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from nte_eval.attacks.base import build_attack
+from nte_eval.attacks.base import ATTACKS, build_attack
 from nte_eval.attacks.context import AttackContext
+from nte_eval.attacks.subspace.oracle import designated_subspace
 from nte_eval.attacks.synthetic import probe
 from nte_eval.certify.degradation import degradation_warnings
 from nte_eval.certify.fidelity import CERT_COLUMNS, violations
@@ -93,6 +95,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
                               first_layer_responses(handles[n], data.images, batch, device))
                  for n in evaluated_names}
     attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
+    tuned = any(ATTACKS.get(a).strength is not None for a, _ in attack_settings)  # probe_psnr has a use
     public_fit = None if public is None else public.subset(fit_subset(len(public), suite.fit_samples, attacker_seed))
     nte_fit = fit_subset(len(data), suite.fit_samples, attacker_seed + 1)
     kind = source(suite.data.source)
@@ -121,10 +124,12 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
         x_nte, subspaces[f"{encoder.name} {enc_params}"] = encode_all(encoder, data.images, suite.seed, batch, device)
         save_examples(example_file(out, encoder.name, enc_params), x_nte)
         encoded_correct = batched_logits(handles[d], x_nte, batch, device).argmax(1) == data.labels
-        pairs = None if public is None or data.modality != "image" else probe(encoder, public_fit.images, attacker_seed)
+        pairs = (probe(encoder, public_fit.images, attacker_seed) if tuned and public is not None
+                 and data.modality == "image" else None)
         context = AttackContext(seed=attacker_seed, device=device, public=public_fit, ntes=x_nte[nte_fit],
                                 encoder=encoder.public_settings(), designated=handles[d],
                                 surrogates={s: handles[s] for s in surrogate_names if s != d}, progress=progress)
+        truth = cache(partial(designated_subspace, context))  # for estimate_angle, built at most once
         # The cell's models: the designated one and every other evaluated model (unauthorized).
         models = {d: evaluated[d], **{k: v for k, v in evaluated.items() if k != d}}
         timings.append({"designated": d, "encoder_params": enc_params, "stage": "encode",
@@ -141,7 +146,7 @@ def _run_cells(suite: Suite, out: Path, device: str, batch_size: int | None, pro
             steps.update()
             rows, samples = evaluate_cell(x_nte, x_rec, x_cal, data, models, d, encoded_correct, batch, device,
                                           metric)
-            angle = estimate_angle(attack, context)
+            angle = estimate_angle(attack, truth)
             if angle is not None:  # how close a blind estimate came to the truth (the weak-estimator check reads it)
                 rows.append((d, "designated", "estimate_angle_deg", angle, len(data)))
             if pairs is not None and attack.strength is not None:  # a label-free score to choose the strength by

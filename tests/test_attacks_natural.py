@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nte_eval.attacks import AttackContext, build_attack
+from nte_eval.attacks.subspace.fill import max_angle
 from nte_eval.data.sources import load_pixels
 from nte_eval.data.textures import TEXTURE_PHOTOS, load_textures
 from nte_eval.encoders import NTEEncoder
@@ -19,12 +20,6 @@ ATTACKS = ("identity", "tile_average", "blind_fill", "blind_subspace", "oracle_f
 CLEAN_COST = 0.02  # an attack meant to remove noise may cost a model at most 2 points on clean images
 NEAR_ORACLE = 0.05  # a blind attack within 5 points of its oracle ...
 CLOSE_DEG = 10.0  # ... wherever its subspace estimate is within 10 degrees of the true one
-
-
-def max_angle(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The largest principal angle (degrees) between the column spans of a and b."""
-    qa, qb = torch.linalg.qr(a.double()).Q, torch.linalg.qr(b.double()).Q
-    return float(torch.rad2deg(torch.arccos(torch.linalg.svdvals(qa.T @ qb).clamp(max=1))).max())
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +40,7 @@ def table():
         ctx = AttackContext(public=public, ntes=nte, encoder=enc.public_settings(), designated=designated)
         fitted = {a: build_attack(a).fit(ctx) for a in ATTACKS}
         rows[noise, db] = {a: {"nte": accuracy(f(nte)), "clean": accuracy(f(test.images))} for a, f in fitted.items()}
-        rows[noise, db]["angle"] = max_angle(fitted["blind_fill"].subspace.hidden[0, 0],
-                                             fitted["oracle_fill"].subspace.hidden[0, 0])
+        rows[noise, db]["angle"] = max_angle(fitted["blind_fill"].subspace, fitted["oracle_fill"].subspace)
     return rows
 
 

@@ -3,14 +3,13 @@ reconstruction of the NTEs (and of the clean images, the calibration), plus the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from nte_eval.attacks.base import Attack
-from nte_eval.attacks.context import AttackContext
 from nte_eval.attacks.subspace.fill import Subspace, max_angle
-from nte_eval.attacks.subspace.oracle import designated_subspace
 from nte_eval.data.glue import task_metric
 from nte_eval.data.images import ImageSet
 from nte_eval.data.tokens import bytes_per_example, recovered, token_psnr
@@ -32,14 +31,14 @@ class Evaluated:
         return self.logits.argmax(1)
 
 
-def estimate_angle(attack: Attack, context: AttackContext) -> float | None:
+def estimate_angle(attack: Attack, truth: Callable[[], object]) -> float | None:
     """For an attack that estimates the designated subspace blindly (it names its ``oracle``): the largest principal
-    angle, in degrees, between its estimate and the true subspace (``context`` unrestricted: the evaluator knows the
-    truth). None for other attacks and where the two do not compare (other views or dimensions)."""
-    if getattr(attack, "oracle", None) is None or not isinstance(getattr(attack, "subspace", None), Subspace):
+    angle, in degrees, between its estimate and the true subspace ``truth()`` (asked for only here, so that a setting
+    builds it once and only when a blind attack runs). None for other attacks and where the two do not compare."""
+    if attack.oracle is None or not isinstance(getattr(attack, "subspace", None), Subspace):
         return None
-    truth = designated_subspace(context)
-    return max_angle(attack.subspace, truth) if isinstance(truth, Subspace) else None
+    true = truth()
+    return max_angle(attack.subspace, true) if isinstance(true, Subspace) else None
 
 
 def _bits(correct: torch.Tensor) -> str:

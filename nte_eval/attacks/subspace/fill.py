@@ -114,8 +114,7 @@ def max_angle(a: Subspace, b: Subspace) -> float | None:
     if a.view != b.view or any(s.hidden is not None and bool((s.hidden.abs().sum(-2) == 0).any()) for s in (a, b)):
         return None  # zero (padding) columns: the blocks keep different dimensions
     ua, ub = _hidden_basis(a), _hidden_basis(b)
-    ua, ub = torch.broadcast_tensors(ua, ub) if ua.shape[-1] == ub.shape[-1] else (ua, None)
-    if ub is None or ua.shape[-1] == 0:
+    if ua.shape[-1] != ub.shape[-1] or ua.shape[-1] == 0:
         return None
     cosines = torch.linalg.svdvals(ua.mH @ ub).clamp(max=1.0)
     return float(torch.rad2deg(torch.arccos(cosines.min())))
