@@ -1,12 +1,14 @@
 """Method-level attacks against their oracles, per NTE setting: a strength measurement, not a timing.
 
     python benchmarks/attacks_vs_oracles.py [--data textures] [--designated zoo:tex_vit_null]
-        [--models zoo:tex_resnet_stem,zoo:tex_convnext_patchify] [--psnr 30,20,10,0] [--limit N]
+        [--models zoo:tex_resnet_stem,zoo:tex_convnext_patchify] [--psnr 30,20,10,0] [--limit N] [--corpus-extra N]
 
 For per-patch and tiled NTEs at each PSNR: each unauthorized model's accuracy (%) on the NTEs after every attack, the
 accuracy it loses when the attack is applied to the clean images (its cost on clean content), and the blind estimate's
 largest principal angle to the true subspace (degrees). The attackers see the data set's train split as public
-images and the test split's NTEs as the released corpus, as in a suite.
+images and the test split's NTEs as the released corpus, as in a suite. ``--corpus-extra N`` moves N train images
+(seeded) from the public images into the released corpus as NTEs, to show how the blind estimates improve with the
+corpus's size; the measured images stay the test split.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ def main() -> None:
     parser.add_argument("--models", default="zoo:tex_resnet_stem,zoo:tex_convnext_patchify")
     parser.add_argument("--psnr", default="30,20,10,0")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--corpus-extra", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     test, public = load_pixels(args.data, "test", args.limit), load_pixels(args.data, "train")
+    order = torch.randperm(len(public), generator=torch.Generator().manual_seed(0)).tolist()
+    extra, public = public.subset(order[:args.corpus_extra]), public.subset(sorted(order[args.corpus_extra:]))
     designated = load_model(args.designated)
     models = [load_model(m) for m in args.models.split(",")]
 
@@ -45,7 +50,8 @@ def main() -> None:
                 for h in models]
 
     clean = accuracy(test.images)
-    print(f"{args.data} test ({len(test)} images), designated {args.designated}; unauthorized {args.models}: "
+    print(f"{args.data} test ({len(test)} images, + {len(extra)} train images in the corpus; {len(public)} public), "
+          f"designated {args.designated}; unauthorized {args.models}: "
           f"clean {'/'.join(f'{v:.1f}' for v in clean)}")
     print("per attack: accuracy on the NTEs after it (per model) [accuracy lost on clean images]; angle of the "
           "blind estimate")
@@ -53,7 +59,9 @@ def main() -> None:
         for db in (float(v) for v in args.psnr.split(",")):
             encoder = NTEEncoder(designated, psnr=db, noise=noise)
             ntes = encoder.encode(test.images, key=0).images
-            context = AttackContext(public=public, ntes=ntes, encoder=encoder.public_settings(),
+            corpus = ntes if not len(extra) else torch.cat([ntes, encoder.encode(
+                extra.images, key=0, index=list(range(len(test), len(test) + len(extra)))).images])
+            context = AttackContext(public=public, ntes=corpus, encoder=encoder.public_settings(),
                                     designated=designated)
             cells, angle = [], None
             for name in ATTACKS:

@@ -1,4 +1,4 @@
-"""The ``nte-eval`` command: run | certify | list | report | encode | zoo. User errors print one line, exit code 2."""
+"""The ``nte-eval`` command: run | certify | merge | list | report | encode | zoo. User errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -67,6 +67,16 @@ def device(text: str) -> str:
     return text
 
 
+def shard_spec(text: str) -> tuple[int, int]:
+    """--shard I/N: this process's share of a run's items (0 <= I < N)."""
+    from nte_eval.evaluate.shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:  # argparse would replace the message of a ValueError with its own
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def out_folder(text: str) -> str:
     """--out: a writable folder, or one that can be made in a writable folder (checked before any work)."""
     path = Path(text).absolute()
@@ -94,6 +104,10 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
     previous run, which they replace only once complete."""
     from nte_eval.evaluate.suite import load_suite
 
+    if getattr(args, "shard", None) and args.overwrite:
+        from nte_eval.runner import SHARD_OVERWRITE
+
+        raise NTEError(SHARD_OVERWRITE)
     suite = load_suite(args.suite)  # validated before the slower imports below and any model
     suite.check_files(args.suite)
     given = _key_given(args)
@@ -118,9 +132,10 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
     # The swap covers the run and its report; inside it ``work`` holds no other run, so run_suite needs no overwrite.
     try:
         with replacing(Path(args.out), args.overwrite, _log) as work:
-            run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=progress,
-                      resume=args.resume, overwrite=False, log=_log, attacks=attacks)
-            if not attacks:
+            results = run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=progress,
+                                resume=args.resume, overwrite=False, log=_log, attacks=attacks,
+                                shard=getattr(args, "shard", None))
+            if not attacks or results is None:  # certify alone, or a --shard process whose run is not whole yet
                 return None
             report = write_report(work, args.margin)
             progress.advance()
@@ -129,26 +144,11 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
         progress.close()
 
 
-def _print_certification(out: Path) -> None:
-    from nte_eval.evaluate.run_folder import CERTIFY
-    from nte_eval.reports.certification import certification_table, degradation_line
-
-    if not (out / CERTIFY).is_file():
-        return
-    table = certification_table(out)
-    if len(table):
-        print("\nFidelity certificates of the designated models: % of samples certified with a correct clean "
-              "prediction (for an estimate source: what it would certify if the estimate were a bound); pass % must be "
-              "100 for a certified source; tightness = median measured/bound (certificates.csv, lipschitz.csv):")
-        with_pd_options(lambda: print(table.to_string()))
-    line = degradation_line(out)
-    if line:
-        print("\n" + line)
-
-
 def cmd_certify(args: argparse.Namespace) -> int:
+    from nte_eval.reports.certification import certification_text
+
     _run(args, attacks=False)
-    _print_certification(Path(args.out))
+    print(certification_text(Path(args.out)), end="")
     print(f"\nCertification files: {Path(args.out)}/certificates.csv, lipschitz.csv, angles.csv, certify.json")
     return 0
 
@@ -164,7 +164,19 @@ def _finish(out: Path, report: Report) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _finish(Path(args.out), _run(args, attacks=True))
+    report = _run(args, attacks=True)
+    if report is not None:
+        _finish(Path(args.out), report)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the item files of a run that --shard processes filled, then write its report."""
+    from nte_eval.reports import write_report
+    from nte_eval.runner import finish_run
+
+    finish_run(Path(args.dir), _log)
+    _finish(Path(args.dir), write_report(args.dir, args.margin))
     return 0
 
 
@@ -309,21 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
         keys.add_argument("--key-file", help="read the NTE key from this file instead of the suite's `seed`")
         keys.add_argument("--key-env", help="read the NTE key from this environment variable instead of `seed`")
         again = p_.add_mutually_exclusive_group()
-        again.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished cells")
+        again.add_argument("--resume", action="store_true", help="continue a killed run: skip the finished items")
         again.add_argument("--overwrite", action="store_true",
                            help="start again; a previous run in --out stays until the new one is complete")
         p_.set_defaults(fn=fn)
     run.add_argument("--margin", type=margin, default=None, help=MARGIN_HELP)
+    run.add_argument("--shard", type=shard_spec, default=None, metavar="I/N",
+                     help="run only this process's share of the items, in an --out the others share (a SLURM array: "
+                          "one process per I); then `nte-eval merge OUT`")
 
     lst = sub.add_parser("list", help="list attacks, encoders or models with their parameters")
     lst.add_argument("what", nargs="?", default="attacks", choices=["attacks", "encoders", "models"])
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(fn=cmd_list)
 
-    rep = sub.add_parser("report", help="rebuild report.pdf and summary.md/.tex from a run folder's files")
-    rep.add_argument("dir", help="the --out folder of a run")
-    rep.add_argument("--margin", type=margin, default=None, help=MARGIN_HELP)
-    rep.set_defaults(fn=cmd_report)
+    for name, fn, what in (("report", cmd_report, "rebuild report.pdf and summary.md/.tex from a run folder's files"),
+                           ("merge", cmd_merge, "merge a run's item files (after its --shard I/N processes), report")):
+        rep = sub.add_parser(name, help=what)
+        rep.add_argument("dir", help="the --out folder of a run")
+        rep.add_argument("--margin", type=margin, default=None, help=MARGIN_HELP)
+        rep.set_defaults(fn=fn)
 
     enc = sub.add_parser("encode", help="recode images for one designated model and key")
     enc.add_argument("--model", required=True, help="zoo:NAME or timm:NAME[@checkpoint]")
@@ -370,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
               "command did not finish.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nte-eval: interrupted; finished cells are in results.csv", file=sys.stderr)
+        print("nte-eval: interrupted; finished items are kept (under shards/): continue with --resume",
+              file=sys.stderr)
         return 130
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from nte_eval.cli import main
-from nte_eval.evaluate.run_folder import JOURNAL, key_fingerprint
+from nte_eval.evaluate.run_folder import SHARDS, key_fingerprint
 from nte_eval.evaluate.suite import parse_suite
 from nte_eval.reports import pdf as report_pdf
 
@@ -87,8 +87,7 @@ def test_overwrite_killed_mid_run_keeps_the_previous_run_and_says_where(previous
     cmd = [*CLI, "run", str(tmp_path / "longer.yaml"), "--out", str(previous), "--quiet", "--threads", "1"]
     with open(tmp_path / "log.txt", "w") as log:
         proc = subprocess.Popen([*cmd, "--overwrite"], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        wait_for(proc, lambda: (new / JOURNAL).exists() and (new / JOURNAL).read_text().count("\n") >= 1,
-                 "its first cell was written")
+        wait_for(proc, lambda: len(list((new / SHARDS).glob("*.parquet"))) >= 1, "its first item was written")
         kill(proc)
     assert files(previous) == before  # byte for byte, the user's file too
     log = (tmp_path / "log.txt").read_text()
@@ -151,7 +150,7 @@ def test_an_error_while_writing_the_report_leaves_no_half_file_and_keeps_the_pre
 
 
 def test_every_run_file_is_written_under_a_temporary_name_and_renamed(tmp_path, monkeypatch, capsys):
-    """Only the append-only results, samples and journal (cut back to their last whole line on --resume) are not."""
+    """The item files under shards/ too (their checksum, in the name, is known only once they are written)."""
     renamed = []
     real = os.replace
 
@@ -164,8 +163,7 @@ def test_every_run_file_is_written_under_a_temporary_name_and_renamed(tmp_path, 
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "suite.yaml"), "--out", str(out), "--quiet"]) == 0
     written = {p.resolve() for p in out.rglob("*") if p.is_file()}
-    appended = {(out / name).resolve() for name in ("results.csv", "samples.csv", JOURNAL)}
-    assert written - appended <= set(renamed) and len(written - appended) > 10
+    assert written <= set(renamed) and len(written) > 10
     assert not [p for p in written if "partial" in p.name]
 
 

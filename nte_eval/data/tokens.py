@@ -106,7 +106,6 @@ def recovered(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return same.sum(1).double() / mask.sum(1).clamp_min(1).double()
 
 
-def bytes_per_example(x: torch.Tensor) -> float:
-    """Mean storage of one example in the sparse format: per real position K int32 indices and K float32 weights."""
-    real = attention_mask(x).sum(1).double()
-    return float((real * x.shape[2] * 8).mean())
+def bytes_per_example(x: torch.Tensor) -> torch.Tensor:
+    """Storage of each example in the sparse format: per real position K int32 indices and K float32 weights."""
+    return attention_mask(x).sum(1).double() * x.shape[2] * 8

@@ -79,7 +79,8 @@ class TokenNTEEncoder(Encoder):
         out[mask == 1] = torch.stack([subset.float(), weight.float()], dim=-1).to(x.device)
         ratio = relative_change(tokens.embed(out, table), tokens.embed(x, table))
         info = {"modality": "text", "support": self.support, "embedding_dim": table.shape[1],
-                "null_dim": self.support - table.shape[1], "bytes_per_example": tokens.bytes_per_example(out)}
+                "null_dim": self.support - table.shape[1],
+                "bytes_per_example": float(tokens.bytes_per_example(out).mean())}
         return EncodeResult(out, tokens.token_psnr(out, x).float(), ratio.float(), {**info, "storable": True})
 
     def _draw(self, ids: torch.Tensor, key: int | str, i: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

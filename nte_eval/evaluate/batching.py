@@ -11,25 +11,26 @@ from nte_eval.encoders import Encoder
 from nte_eval.models.handle import ModelHandle
 
 
-def batched_logits(handle: ModelHandle, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
-    """Logits of every sample, batch by batch; each batch with its positions in the data (a VLM's questions)."""
-    return torch.cat([handle.logits(x[i:i + batch].to(device), list(range(i, min(i + batch, len(x))))).cpu()
-                      for i in range(0, len(x), batch)])
+def batched_logits(handle: ModelHandle, x: torch.Tensor, batch: int, device: str, start: int = 0) -> torch.Tensor:
+    """Logits of every sample, batch by batch; each batch with its positions in the data (a VLM's questions), the
+    first sample of ``x`` being at position ``start``."""
+    return torch.cat([handle.logits(x[i:i + batch].to(device), list(range(start + i, start + min(i + batch, len(x)))))
+                      .cpu() for i in range(0, len(x), batch)])
 
 
 def first_layer_responses(handle: ModelHandle, x: torch.Tensor, batch: int, device: str) -> torch.Tensor:
     return torch.cat([handle.first_layer_response(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
 
 
-def encode_all(encoder: Encoder, x: torch.Tensor, key: int | str, batch: int,
-               device: str | torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The encoder's output for every image (on the CPU), batch by batch with each image's own index, and the
-    encoder's info record."""
+def encode_all(encoder: Encoder, x: torch.Tensor, key: int | str, batch: int, device: str | torch.device,
+               index: list[int] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The encoder's output for every image (on the CPU), batch by batch with each image's own index (its position in
+    the data: ``index``, default 0, 1, ...), and the encoder's info record."""
     encoder.fit()
+    index = list(range(len(x))) if index is None else index
     images = []
     for i in range(0, len(x), batch):
-        res = encoder.encode(x[i:i + batch].to(device), key=key, index=list(range(i, min(i + batch, len(x)))),
-                             record=False)
+        res = encoder.encode(x[i:i + batch].to(device), key=key, index=index[i:i + batch], record=False)
         images.append(res.images.cpu())
     return torch.cat(images), res.info
 

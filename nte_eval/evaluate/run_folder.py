@@ -18,11 +18,13 @@ import nte_eval
 
 # 2: encoder_params records every declared encoder parameter (project_iters, and border in patch mode too), so runs
 # written before cannot be resumed: their cell keys differ.
-RESULTS_FORMAT = 2
+# 3: finished work is stored per item (cell x shard) under shards/, not journalled in cells.jsonl.
+RESULTS_FORMAT = 3
 RESULTS = "results.csv"  # tidy metrics, one row per cell, model and metric
 RESULTS_PARQUET = "results.parquet"  # the same, as Parquet
 SAMPLES = "samples.csv"  # per-sample correctness (for the unions)
-JOURNAL = "cells.jsonl"  # one line per finished cell (resume)
+PLAN = "plan.json"  # the run's items (cell x shard) and what the manifest says about the run
+SHARDS = "shards"  # one checksummed Parquet file per finished item (resume, merge)
 MANIFEST = "manifest.json"  # versions, seeds, config hash, timings
 WORST_CASE = "worst_case.csv"  # best single attack, per level, unions
 WARNINGS = "warnings.json"  # the sanity checks' warnings
@@ -36,7 +38,7 @@ SUMMARY_MD = "summary.md"  # the report's tables as Markdown
 SUMMARY_TEX = "summary.tex"  # ... and as LaTeX
 TRANSFER_MATRIX = "transfer_matrix.csv"  # accuracy per designated and unauthorized model
 COLLAPSE_PSNR = "collapse_psnr.csv"  # the PSNR at which each model collapses
-FILES = (RESULTS, RESULTS_PARQUET, SAMPLES, JOURNAL, MANIFEST, WORST_CASE, WARNINGS, SPECTRA, CERTIFICATES,
+FILES = (RESULTS, RESULTS_PARQUET, SAMPLES, PLAN, MANIFEST, WORST_CASE, WARNINGS, SPECTRA, CERTIFICATES,
          LIPSCHITZ, ANGLES, CERTIFY, REPORT, SUMMARY_MD, SUMMARY_TEX, TRANSFER_MATRIX, COLLAPSE_PSNR)
 EXAMPLES = "examples"  # the gallery's image arrays (and PNGs), one file per cell
 N_EXAMPLES = 3  # images kept per cell
@@ -60,7 +62,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 def is_run_file(name: str) -> bool:
     """Whether a run folder's entry is nte-eval's (a run file, the examples, a partial file), not the user's."""
-    return name in FILES or name == EXAMPLES or PARTIAL in name
+    return name in FILES or name in (EXAMPLES, SHARDS) or PARTIAL in name
 
 
 def key_fingerprint(key: int | str) -> str:

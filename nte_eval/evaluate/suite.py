@@ -90,6 +90,9 @@ class Suite(Strict):
     #: many released NTEs and of this many public images (all of them when there are fewer): memory and time bounded
     #: by this, not by the data set's size.
     fit_samples: int = Field(default=4096, ge=2)
+    #: Work proceeds in shards of this many samples: one result file per (designated model, encoder setting, attack
+    #: setting, shard), the unit of resume, of ``--shard I/N`` and of a cluster's tasks. Results do not depend on it.
+    shard_size: int = Field(default=1000, ge=1)
     certify: CertifyConfig | None = None
     _base: Path = PrivateAttr(default=Path("."))  # the folder relative paths are read from (the suite file's)
 

@@ -42,3 +42,17 @@ def degradation_line(out: Path) -> str:
             f"first-layer energy. Predicted and measured energy agree for {deg['energy_agree']} of "
             f"{deg['pairs']} pairs; the principal-angle lower bound holds for {deg['lower_bound_holds']} of "
             f"{deg['lower_bound_pairs']} (angles.csv).")
+
+
+def certification_text(out: Path) -> str:
+    """What `nte-eval certify` prints: the certificates table and the degradation line ('' without a certification)."""
+    if not (out / CERTIFY).is_file():
+        return ""
+    text, table, line = "", certification_table(out), degradation_line(out)
+    if len(table):
+        with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
+            text += ("\nFidelity certificates of the designated models: % of samples certified with a correct clean "
+                     "prediction (for an estimate source: what it would certify if the estimate were a bound); pass % "
+                     "must be 100 for a certified source; tightness = median measured/bound (certificates.csv, "
+                     "lipschitz.csv):\n" + table.to_string() + "\n")
+    return text + (f"\n{line}\n" if line else "")
