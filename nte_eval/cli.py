@@ -134,7 +134,8 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
         with replacing(Path(args.out), args.overwrite, _log) as work:
             results = run_suite(suite, work, device=args.device, batch_size=args.batch_size, progress=progress,
                                 resume=args.resume, overwrite=False, log=_log, attacks=attacks,
-                                shard=getattr(args, "shard", None))
+                                shard=getattr(args, "shard", None), executor=getattr(args, "executor", "local"),
+                                address=getattr(args, "address", None), threads=args.threads or 1)
             if not attacks or results is None:  # certify alone, or a --shard process whose run is not whole yet
                 return None
             report = write_report(work, args.margin)
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", type=shard_spec, default=None, metavar="I/N",
                      help="run only this process's share of the items, in an --out the others share (a SLURM array: "
                           "one process per I); then `nte-eval merge OUT`")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: this process (default); ray: actors on a Ray cluster (pip install -e '.[ray]')")
+    run.add_argument("--address", default=None, help="with --executor ray: the head node HOST:PORT, or auto")
 
     lst = sub.add_parser("list", help="list attacks, encoders or models with their parameters")
     lst.add_argument("what", nargs="?", default="attacks", choices=["attacks", "encoders", "models"])

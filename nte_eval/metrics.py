@@ -25,9 +25,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return psnr_from_mse(mse(a, b))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """SSIM per sample of (B, C, H, W) images, as scikit-image computes it with data range 1 (the mean over channels
-    and whole 7x7 windows): a perceptual measure beside PSNR, which weighs all pixel errors alike."""
+    and whole 7x7 windows): a perceptual measure beside PSNR, which weighs all pixel errors alike. ``chunk`` images
+    at a time (float64 intermediates that stay in cache: twice as fast at 224 px as the whole batch at once)."""
+    if len(a) > chunk:
+        return torch.cat([ssim(a[i:i + chunk], b[i:i + chunk], chunk) for i in range(0, len(a), chunk)])
     x, y = a.double(), b.double()
     win = min(SSIM_WINDOW, *x.shape[-2:]) // 2 * 2 + 1 if min(x.shape[-2:]) > 1 else 1
 

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"encoders"},
     {"attacks"},
     {"evaluate"},
-    {"certify", "reports"},
+    {"certify", "reports", "cluster"},
     {"runner", "export"},
     {"cli"},
 ]

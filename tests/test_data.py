@@ -137,7 +137,7 @@ def test_imagefolder_labels_sizes_and_round_robin(folder):
     data = load_imagefolder(folder, size=24)
     assert data.class_names == ["bird", "cat", "dog"]
     assert data.images.shape == (6, 3, 24, 24)
-    check_images(data.images, channels=3)
+    check_images(data.images[:], channels=3)
     # round robin: first image of each class, then the second of each, ...
     assert data.names == ["bird/a.png", "cat/a.jpeg", "dog/a.png", "bird/b.png", "dog/b.jpg", "dog/c.png"]
     assert data.labels.tolist() == [0, 1, 2, 0, 2, 2]
@@ -207,8 +207,10 @@ def test_imagefolder_errors(tmp_path):
     save(corrupt / "ok" / "a.png", solid(8, 8, (1, 2, 3)))
     bad = corrupt / "ok" / "x.png"
     bad.write_bytes(np.random.default_rng(0).bytes(300))
+    lazy = load_imagefolder(corrupt, size=8)  # files are read when indexed: a corrupt one is named then
+    assert lazy.images[0].shape == (3, 8, 8)
     with pytest.raises(NTEError, match=r"cannot read image .*x\.png"):
-        load_imagefolder(corrupt, size=8)
+        lazy.images[:]
     with pytest.raises(NTEError, match="limit must be a positive integer"):
         load_imagefolder(tmp_path / "flat", size=8, limit=0)
 

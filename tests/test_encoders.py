@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+import nte_eval.evaluate.items as items
 import nte_eval.runner as runner
 from nte_eval.cli import main
 from nte_eval.data.images import load_digits
@@ -188,7 +189,7 @@ def test_bad_encoder_parameters_stop_the_cli_before_any_model_loads(bad, message
     def load_models(*args, **kwargs):
         raise AssertionError("a model was loaded for an invalid suite")
 
-    monkeypatch.setattr(runner, "load_models", load_models)
+    monkeypatch.setattr(items, "load_models", load_models)
     suite = {"name": "bad", "data": {"source": "digits", "split": "test", "limit": 16}, "designated": "zoo:vit_null",
              "encoders": [{"type": "nte", "psnr": [30, 20], **bad}]}
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))

@@ -13,6 +13,7 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from scipy.stats import beta, binomtest
 
+import nte_eval.evaluate.items as items
 import nte_eval.runner as runner
 from nte_eval.attacks import ATTACKS, Attack
 from nte_eval.data.images import load_digits
@@ -90,7 +91,7 @@ def test_cells_cover_every_encoder_and_attack_setting(full_run):
 def test_killed_run_resumes_to_the_same_results(full_run, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     calls = {"n": 0}
-    real = runner.evaluate_cell
+    real = items.evaluate_cell
 
     def dies_on_fourth(*args, **kwargs):
         calls["n"] += 1
@@ -98,10 +99,10 @@ def test_killed_run_resumes_to_the_same_results(full_run, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate_cell", dies_on_fourth)
+    monkeypatch.setattr(items, "evaluate_cell", dies_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         runner.run_suite(parse_suite(SUITE), out, progress=False, log=lambda _: None)
-    monkeypatch.setattr(runner, "evaluate_cell", real)
+    monkeypatch.setattr(items, "evaluate_cell", real)
     written = sorted((out / "shards").glob("*.parquet"))
     assert len(written) == 3
     damaged = written[0].read_bytes()  # one finished item's file cut short, as a disk fault or a bad copy leaves it

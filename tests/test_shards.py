@@ -1,10 +1,12 @@
 """Work in items (cell x shard), one checksummed file each: results do not depend on the batch size, the shard size
 or how the items are split over processes (`--shard I/N` + `nte-eval merge`), and bad shard input is refused."""
 
+import os
 import re
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from nte_eval.cli import main
@@ -106,3 +108,59 @@ def test_shard_refuses_overwrite_and_another_suites_folder(whole, tmp_path, caps
     assert "different suite" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "nothing")]) == 2
     assert "has no plan.json" in capsys.readouterr().err
+
+
+def test_an_imagefolder_is_read_shard_by_shard_with_the_same_results(tmp_path):
+    """An imagefolder is read from its files when a shard needs them (DataLoader workers or not): the results do not
+    depend on the workers or the shard size, and equal those of the same images held in memory."""
+    from PIL import Image
+
+    from nte_eval.data.files import FileImages
+    from nte_eval.data.images import load_digits, load_imagefolder
+
+    digits = load_digits("test", limit=24)
+    for i, (x, label) in enumerate(zip(digits.images, digits.labels, strict=True)):
+        folder = tmp_path / "imgs" / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x * 255).round().byte().permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    lazy = load_imagefolder(tmp_path / "imgs", size=32)
+    assert isinstance(lazy.images, FileImages) and len(lazy) == 24
+    eager = torch.stack([FileImages(lazy.images.paths[i:i + 1], (3, 32, 32), lazy.images.prepare)[0]
+                         for i in range(24)])
+    lazy.images.workers = 2
+    assert torch.equal(lazy.images[3:17], eager[3:17]) and torch.equal(lazy.images[[5, 0]], eager[[5, 0]])
+    data = {"source": "imagefolder", "root": str(tmp_path / "imgs"), "size": 32}
+    base = {**SUITE, "data": data, "public": {"source": "digits", "split": "train"}, "attacks": SUITE["attacks"][:3]}
+    runs = []
+    for name, workers, shard_size in (("a", 0, 1000), ("b", 2, 7)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**base, "data": {**data, "workers": workers}, "shard_size": shard_size}))
+        assert _run(str(path), "--out", str(tmp_path / name)) == 0
+        runs.append(_results(tmp_path / name))
+    _same(*runs)
+    assert len(list((tmp_path / "b" / SHARDS).glob("*.parquet"))) == 2 * 3 * 4
+
+
+def test_the_readmes_cluster_recipe_step_by_step(whole, tmp_path, monkeypatch):
+    """README, "Running on a cluster": the array's processes (as many as its --array names, each with its task id in
+    the environment), then the merge job, give the results of one process."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Running on a cluster")[1].split("\n## ")[0]
+    first, last = map(int, re.search(r"#SBATCH --array=(\d+)-(\d+)", section).groups())
+    run = next(line for line in section.splitlines() if line.startswith("nte-eval run "))
+    merge = re.search(r'--wrap "(nte-eval merge [^"]+)"', section).group(1)
+    out, suite = tmp_path / "my-eval", _suite(tmp_path, "suite", shard_size=15)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", str(last - first + 1))
+    for task in range(first, last + 1):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
+        args = shlex.split(os.path.expandvars(run.replace("suite.yaml", suite).replace("/shared/runs/my-eval",
+                                                                                       str(out))))
+        assert main(args[1:]) == 0
+    assert (out / "report.pdf").is_file()  # the last process found every item finished and merged; the job again
+    (out / "report.pdf").unlink()
+    assert main(shlex.split(merge.replace("/shared/runs/my-eval", str(out)))[1:]) == 0
+    assert (out / "report.pdf").is_file()
+    _same(_results(whole), _results(out))

@@ -7,7 +7,8 @@
   and 360 test images. The zoo is trained on ``train``; attackers' public images come from ``train``; evaluation
   uses ``test``.
 - ``photos``: scikit-image's bundled RGB sample photos, for PSNR and visual checks (no labels).
-- ``imagefolder``: a user's folder ``ROOT/CLASS/*.png|jpg|...``, resized and centre-cropped to the model's size.
+- ``imagefolder``: a user's folder ``ROOT/CLASS/*.png|jpg|...``, resized and centre-cropped to the model's size,
+  read from the files only when indexed (``FileImages``; the in-memory sources are tensors).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nte_eval.data.files import FileImages
 from nte_eval.errors import NTEError
 
 DIGITS_PALETTE_SEED = 20251010
@@ -38,7 +41,7 @@ class ImageSet:
     ``extras``: per-sample side information a model reads beside the input (an MMBench question and its options).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | FileImages
     labels: torch.Tensor
     class_names: list[str]
     names: list[str] = field(default_factory=list)
@@ -206,7 +209,8 @@ def list_images(root: Path) -> list[Path]:
 
 
 def load_imagefolder(root: str | Path, size: int, limit: int | None = None, channels: int = 3) -> ImageSet:
-    """A folder of class subfolders. Labels follow the sorted folder names, or their values if all are integers."""
+    """A folder of class subfolders. Labels follow the sorted folder names, or their values if all are integers.
+    The images are read from their files when indexed (``FileImages``): a corrupt one is an error then, naming it."""
     _check_limit(limit, "imagefolder")
     root = Path(root)
     if not root.is_dir():
@@ -225,8 +229,14 @@ def load_imagefolder(root: str | Path, size: int, limit: int | None = None, chan
             if rank < len(files):
                 order.append((int(c) if numeric else label, files[rank]))
     order = order[:limit] if limit is not None else order
-    imgs = [_resize_crop(read_image(p, channels), size) for _, p in order]
+    images = FileImages([p for _, p in order], (channels, size, size), partial(prepare_file, size=size,
+                                                                              channels=channels))
     labels = torch.tensor([lab for lab, _ in order], dtype=torch.long)
     names = [str(p.relative_to(root)) for _, p in order]
     class_names = [str(i) for i in range(max(int(c) for c in classes) + 1)] if numeric else classes
-    return ImageSet(torch.stack(imgs), labels, class_names, names)
+    return ImageSet(images, labels, class_names, names)
+
+
+def prepare_file(path: Path, size: int, channels: int) -> torch.Tensor:
+    """One imagefolder file as the run sees it: decoded, resized and centre-cropped to ``size``."""
+    return _resize_crop(read_image(path, channels), size)

@@ -22,6 +22,19 @@ def first_layer_responses(handle: ModelHandle, x: torch.Tensor, batch: int, devi
     return torch.cat([handle.first_layer_response(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
 
 
+def first_layer_norms(handle: ModelHandle, x: torch.Tensor, batch: int, device: str,
+                      reference: torch.Tensor | None = None) -> torch.Tensor:
+    """||A(x)|| per sample, or ||A(x) - A(reference)|| with a ``reference``; batch by batch, so that no layer
+    response of more than one batch is held (a ResNet stem's is 200 KB per image at 224 px)."""
+    norms = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].to(device)
+        a = (handle.first_layer_response(xb) if reference is None
+             else handle.first_layer_change(xb, reference[i:i + batch].to(device)))
+        norms.append(a.flatten(1).norm(dim=1).cpu())
+    return torch.cat(norms)
+
+
 def encode_all(encoder: Encoder, x: torch.Tensor, key: int | str, batch: int, device: str | torch.device,
                index: list[int] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The encoder's output for every image (on the CPU), batch by batch with each image's own index (its position in

@@ -4,15 +4,17 @@ data, checked to be disjoint from the evaluated data."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import torch
 
+from nte_eval.data.files import FileImages
 from nte_eval.data.glue import load_glue_tsv
 from nte_eval.data.images import ImageSet, check_images
 from nte_eval.data.mmbench import load_mmbench_tsv
 from nte_eval.data.sources import load_pixels, source
 from nte_eval.errors import NTEError
-from nte_eval.evaluate.suite import Suite
+from nte_eval.evaluate.suite import DataConfig, Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import load_model, size_key, spec_name
 
@@ -52,7 +54,7 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
             handle.bind(data.extras)
     else:
         data = load_pixels(d.source, d.split, d.limit, suite.path(d.root), size, c)
-    check_images(data.images, f"data ({d.source})", channels=c)
+    _prepare(data, d, f"data ({d.source})", c)
     shape = tuple(data.images.shape[1:])
     for name, handle in handles.items():
         if handle.modality != "image":
@@ -149,17 +151,28 @@ def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageS
         return None
     c, h, _ = data.images.shape[1:]
     public = load_pixels(cfg.source, cfg.split, cfg.limit, suite.path(cfg.root), cfg.size or h, c)
-    check_images(public.images, f"public ({cfg.source})", channels=c)
+    _prepare(public, cfg, f"public ({cfg.source})", c)
     if tuple(public.images.shape[1:]) != tuple(data.images.shape[1:]):
         raise NTEError(f"public images are {tuple(public.images.shape[1:])} but the data is "
                        f"{tuple(data.images.shape[1:])}; set public.size.")
-    seen = {_digest(x) for x in data.images}
-    overlap = sum(_digest(x) in seen for x in public.images)
+    seen = set(_digests(data.images))
+    overlap = sum(digest in seen for digest in _digests(public.images))
     if overlap:
         raise NTEError(f"{overlap} public image(s) are also evaluated images; the attackers' public images must be "
                        f"disjoint from the data (e.g. data split 'test', public split 'train').")
     return public
 
 
-def _digest(x: torch.Tensor) -> bytes:
-    return hashlib.sha1(torch.round(x * 255).to(torch.uint8).numpy().tobytes()).digest()
+def _prepare(data: ImageSet, cfg: DataConfig, what: str, channels: int) -> None:
+    """Check images held in memory (files are checked as they are read) and give files their readers."""
+    if isinstance(data.images, FileImages):
+        data.images.workers = cfg.workers
+    else:
+        check_images(data.images, what, channels=channels)
+
+
+def _digests(images: torch.Tensor | FileImages, chunk: int = 256) -> Iterator[bytes]:
+    """Each image's 8-bit content hash, read ``chunk`` images at a time (a large imagefolder is never held whole)."""
+    for i in range(0, len(images), chunk):
+        for x in images[i:i + chunk]:
+            yield hashlib.sha1(torch.round(x * 255).to(torch.uint8).numpy().tobytes()).digest()

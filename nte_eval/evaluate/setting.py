@@ -1,11 +1,13 @@
 """What the runner computes once and reuses across items: every evaluated model's clean logits and first-layer
-responses per shard (``Clean``), and per (designated model, encoder setting) its NTEs shard by shard, the attackers'
-context and each attack fitted once (``Setting``)."""
+response norms per shard (``Clean``), and per (designated model, encoder setting) its NTEs shard by shard, the
+attackers' context and each attack fitted once (``Setting``)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,33 +15,50 @@ import torch
 from nte_eval.attacks.base import Attack, build_attack
 from nte_eval.attacks.context import AttackContext
 from nte_eval.attacks.subspace.oracle import designated_subspace
-from nte_eval.attacks.synthetic import probe
+from nte_eval.attacks.synthetic import Probe, probe
 from nte_eval.data.images import ImageSet
 from nte_eval.encoders import Encoder
-from nte_eval.evaluate.batching import apply_attack, batched_logits, encode_all, first_layer_responses
+from nte_eval.evaluate.batching import apply_attack, batched_logits, encode_all, first_layer_norms
 from nte_eval.evaluate.cells import Evaluated, estimate_angle
 from nte_eval.evaluate.labels import compact, setting_name
+from nte_eval.evaluate.run_folder import atomic_write
 from nte_eval.metrics import psnr
 from nte_eval.models.handle import ModelHandle
 from nte_eval.progress import Progress
 
 
 class Clean:
-    """Every evaluated model's clean logits and first-layer responses, computed once per shard of the data."""
+    """Every evaluated model's clean logits and first-layer response norms, computed once per shard of the data per
+    run and kept on disk under ``folder`` (a resumed run or another ``--shard`` process reuses them), so that memory
+    holds one shard's at a time, whatever the data set's size."""
 
-    def __init__(self, handles: dict[str, ModelHandle], names: list[str], data: ImageSet, batch: int, device: str):
-        self.handles, self.names, self.data, self.batch, self.device = handles, names, data, batch, device
-        self._shards: dict[tuple[int, int], dict[str, Evaluated]] = {}
+    def __init__(self, handles: dict[str, ModelHandle], names: list[str], folder: Path, batch: int, device: str):
+        self.handles, self.names, self.folder, self.batch, self.device = handles, names, folder, batch, device
+        self._shard: tuple[tuple[int, int], dict[str, Evaluated]] | None = None
 
-    def shard(self, start: int, stop: int, first: str) -> dict[str, Evaluated]:
-        """The models on samples ``start:stop``, ``first`` (the designated model) first."""
-        if (start, stop) not in self._shards:
-            x = self.data.images[start:stop]
-            self._shards[start, stop] = {
-                n: Evaluated(self.handles[n], batched_logits(self.handles[n], x, self.batch, self.device, start),
-                             first_layer_responses(self.handles[n], x, self.batch, self.device)) for n in self.names}
-        models = self._shards[start, stop]
+    def shard(self, x: torch.Tensor, start: int, first: str) -> dict[str, Evaluated]:
+        """The models on the clean samples ``x`` at positions ``start``, ... (the designated model ``first`` first)."""
+        span = (start, start + len(x))
+        if self._shard is None or self._shard[0] != span:
+            self._shard = span, {n: self._evaluated(n, x, start) for n in self.names}
+        models = self._shard[1]
         return {first: models[first], **{k: v for k, v in models.items() if k != first}}
+
+    def _evaluated(self, name: str, x: torch.Tensor, start: int) -> Evaluated:
+        handle = self.handles[name]
+        path = self.folder / f"{hashlib.sha1(name.encode()).hexdigest()[:12]}-{start}-{start + len(x)}.pt"
+        if path.is_file():
+            try:
+                saved = torch.load(path, weights_only=True)
+                return Evaluated(handle, saved["logits"], saved["norms"])
+            except (OSError, RuntimeError, KeyError, EOFError):  # damaged: computed again below
+                pass
+        logits = batched_logits(handle, x, self.batch, self.device, start)
+        norms = first_layer_norms(handle, x, self.batch, self.device)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            torch.save({"logits": logits, "norms": norms}, tmp)
+        return Evaluated(handle, logits, norms)
 
 
 @dataclass
@@ -60,44 +79,73 @@ class RunInputs:
 
 class Setting:
     """One (designated model, encoder setting): its NTEs on any shard, the attackers' context (fitted on the NTEs of
-    the run's ``fit_samples`` subset) and each attack setting fitted once, with its cell-level measurements."""
+    the run's ``fit_samples`` subset, encoded only when an attack above knowledge 'none' needs them) and each attack
+    setting fitted once, with its cell-level measurements."""
 
     def __init__(self, inputs: RunInputs, designated: str, encoder: Encoder,
                  attack_settings: list[tuple[str, dict[str, Any]]]):
         self.inputs, self.designated, self.encoder, self.attack_settings = inputs, designated, encoder, attack_settings
         self.name = setting_name(encoder.name, compact({**encoder.params(), "designated": designated}))
-        i = inputs
-        self.fit_ntes, self.info = encode_all(encoder, i.data.images[i.nte_fit], i.key, i.batch, i.device, i.nte_fit)
-        self.fit_position = {p: k for k, p in enumerate(i.nte_fit)}
-        tuned = any(build_attack({"type": a, **p}).strength is not None for a, p in attack_settings)
-        self.pairs = (probe(encoder, i.public_fit.images, i.attacker_seed) if tuned and i.public_fit is not None
-                      and i.data.modality == "image" else None)  # probe_psnr has a use
-        self.context = AttackContext(seed=i.attacker_seed, device=i.device, public=i.public_fit, ntes=self.fit_ntes,
-                                     encoder=encoder.public_settings(), designated=i.handles[designated],
-                                     surrogates={s: i.handles[s] for s in i.surrogates if s != designated},
-                                     progress=i.progress)
-        self.truth = cache(partial(designated_subspace, self.context))  # for estimate_angle, built at most once
+        self.info: dict[str, Any] | None = None  # the encoder's record, from its first encoding
+        self.fit_ntes: torch.Tensor | None = None
         self.fitted: dict[int, tuple[Attack, list[tuple]]] = {}
+        self.blind = AttackContext(seed=inputs.attacker_seed, device=inputs.device, progress=inputs.progress,
+                                   knowledge="none")  # what a knowledge-'none' attack is given: nothing
+        self.needs_corpus = any(build_attack({"type": a, **p}).knowledge != "none" for a, p in attack_settings)
 
-    def ntes(self, start: int, stop: int) -> torch.Tensor:
-        """The NTEs of samples ``start:stop`` (each keyed by its position: the same whatever the shard)."""
-        positions = range(start, stop)
-        if all(p in self.fit_position for p in positions):
-            return self.fit_ntes[[self.fit_position[p] for p in positions]]
+    def _encode(self, x: torch.Tensor, positions: list[int]) -> torch.Tensor:
         i = self.inputs
-        return encode_all(self.encoder, i.data.images[start:stop], i.key, i.batch, i.device, list(positions))[0]
+        ntes, info = encode_all(self.encoder, x, i.key, i.batch, i.device, positions)
+        self.info = self.info or info
+        return ntes
+
+    @cached_property
+    def context(self) -> AttackContext:
+        """Everything an attacker above knowledge 'none' may be given, the released corpus (the NTEs of the
+        ``fit_samples`` subset) included."""
+        i = self.inputs
+        self.fit_ntes = self._encode(i.data.images[i.nte_fit], i.nte_fit)
+        return AttackContext(seed=i.attacker_seed, device=i.device, public=i.public_fit, ntes=self.fit_ntes,
+                             encoder=self.encoder.public_settings(), designated=i.handles[self.designated],
+                             surrogates={s: i.handles[s] for s in i.surrogates if s != self.designated},
+                             progress=i.progress)
+
+    @cached_property
+    def pairs(self) -> Probe | None:
+        """The label-free probe (the attacker's own NTEs of public images), for attacks with a strength."""
+        i = self.inputs
+        if i.public_fit is None or i.data.modality != "image":
+            return None
+        return probe(self.encoder, i.public_fit.images, i.attacker_seed)
+
+    @cached_property
+    def truth(self) -> Any:
+        """The designated model's true subspace (for the blind estimates' angle)."""
+        return designated_subspace(self.context)
+
+    def ntes(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """The NTEs of the clean samples ``x`` at positions ``start``, ... (each keyed by its position: the same
+        whatever the shard)."""
+        positions = list(range(start, start + len(x)))
+        if self.needs_corpus:
+            self.context  # encodes the corpus subset first, so that the shard reuses what it holds  # noqa: B018
+        fit = {p: k for k, p in enumerate(self.inputs.nte_fit)} if self.fit_ntes is not None else {}
+        if positions and all(p in fit for p in positions):
+            return self.fit_ntes[[fit[p] for p in positions]]
+        return self._encode(x, positions)
 
     def attack(self, number: int) -> tuple[Attack, list[tuple]]:
         """Attack setting ``number`` fitted on this setting's context, and its cell-level (model, role, metric,
         value, n) rows: a blind estimate's angle to the true subspace, the label-free probe's PSNR."""
         if number not in self.fitted:
             name, params = self.attack_settings[number]
-            attack = build_attack({"type": name, **params}).fit(self.context)
+            attack = build_attack({"type": name, **params})
+            attack.fit(self.blind if attack.knowledge == "none" else self.context)
             rows, n, d = [], len(self.inputs.data), self.designated
-            angle = estimate_angle(attack, self.truth)
+            angle = estimate_angle(attack, lambda: self.truth)
             if angle is not None:  # how close a blind estimate came to the truth (the weak-estimator check reads it)
                 rows.append((d, "designated", "estimate_angle_deg", angle, n))
-            if self.pairs is not None and attack.strength is not None:  # a label-free score to choose the strength by
+            if attack.strength is not None and self.pairs is not None:  # a label-free score to choose the strength by
                 restored = apply_attack(attack, self.pairs.ntes, self.inputs.batch, self.inputs.device)
                 rows.append((d, "designated", "probe_psnr", float(psnr(restored, self.pairs.clean).mean()),
                              len(self.pairs.clean)))

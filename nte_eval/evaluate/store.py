@@ -17,6 +17,7 @@ import pandas as pd
 
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.run_folder import (
+    CLEAN,
     EXAMPLES,
     FILES,
     MANIFEST,
@@ -102,7 +103,7 @@ class ResultStore:
             self.done = set()
             for name in FILES:
                 (out / name).unlink(missing_ok=True)
-            for folder in (EXAMPLES, SHARDS):
+            for folder in (EXAMPLES, SHARDS, CLEAN):
                 shutil.rmtree(out / folder, ignore_errors=True)
             for tmp in out.glob(f"*{PARTIAL}*"):  # a half-written file of a killed run
                 tmp.unlink()

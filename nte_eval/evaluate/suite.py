@@ -16,10 +16,10 @@ from nte_eval.encoders.base import ENCODERS
 from nte_eval.errors import NTEError, did_you_mean
 from nte_eval.evaluate.run_folder import RESULTS_FORMAT
 from nte_eval.evaluate.suite_file import import_plugins, read_yaml
+from nte_eval.evaluate.sweeps import plugin_class, restriction, settings_of, sweep_of
 from nte_eval.knowledge import KNOWLEDGE, Knowledge
 from nte_eval.models.hf import HF_SCHEMES
 from nte_eval.models.load import ModelSpec, check_spec, read_from, spec_files, spec_name, with_base
-from nte_eval.registry import Registry
 
 
 class Strict(BaseModel):
@@ -35,6 +35,7 @@ class DataConfig(Strict):
     path: str | None = None  # a TSV file (glue_tsv, mmbench_tsv)
     task: str | None = None  # the GLUE task (glue_tsv)
     max_length: int = Field(default=128, ge=2)  # tokens per text (glue_tsv), longer texts are truncated
+    workers: int = Field(default=2, ge=0)  # DataLoader worker processes reading an imagefolder (0: this process)
 
     @model_validator(mode="after")
     def _required_keys(self) -> DataConfig:
@@ -71,6 +72,14 @@ class CertifyConfig(Strict):
     degradation_psnr: float = 10.0
     tau: float = Field(default=0.01, gt=0)  # selection threshold for S (degradation NTEs) and B's sensitive subspace
     local_samples: int = Field(default=16, ge=1)  # clean images at which the local Lipschitz estimate is taken
+    #: the first this many evaluated samples are certified (and enter the degradation study): the certification
+    #: holds them in memory at once, so it is bounded by this, not by the data set's size
+    samples: int = Field(default=1000, ge=1)
+
+
+#: Keys that change how a run works, never its results: a run may be resumed (or joined by a --shard process) with
+#: other values.
+NO_EFFECT = {"batch_size": True, "data": {"workers"}, "public": {"workers"}}
 
 
 class Suite(Strict):
@@ -238,6 +247,11 @@ class Suite(Strict):
             entries += [(f"{key}[{i}]", s) for i, s in enumerate(specs)] if isinstance(specs, list) else [(key, specs)]
         return entries
 
+    @property
+    def base(self) -> Path:
+        """The folder the suite's relative paths and plugins are read from (the suite file's)."""
+        return self._base
+
     def path(self, value: str | None) -> str | None:
         """A path the suite names (data, public), a relative one read from the suite file's folder."""
         return None if value is None else read_from(self._base, value)
@@ -299,39 +313,8 @@ class Suite(Strict):
     def config_hash(self) -> str:
         """The suite's fingerprint, with the results format: --resume continues only a run of the same suite written
         in the same format (its cell keys)."""
-        config = {**self.model_dump(), "results_format": RESULTS_FORMAT}
+        config = {**self.model_dump(exclude=NO_EFFECT), "results_format": RESULTS_FORMAT}
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def plugin_class(registry: Registry, item: Any, where: str) -> type:
-    """The registered class an encoder/attack entry names; a ValueError naming the entry's key path otherwise."""
-    if not isinstance(item, dict) or "type" not in item:
-        raise ValueError(f"{where}: each {registry.kind} is a mapping with a 'type' "
-                         f"(see `nte-eval list {registry.kind}s`)")
-    try:
-        return registry.get(str(item["type"]))
-    except NTEError as e:
-        raise ValueError(f"{where}.type: {e}") from None
-
-
-def settings_of(item: dict[str, Any], cls: Any, where: str) -> list[dict[str, Any]]:
-    """``sweep_of`` for validation: an empty sweep is a ValueError naming the entry's key path."""
-    try:
-        return sweep_of(item, cls)
-    except NTEError as e:
-        raise ValueError(f"{where}.{e}") from None
-
-
-def sweep_of(item: dict[str, Any], cls: Any) -> list[dict[str, Any]]:
-    """The settings of one encoder/attack entry: its list-valued parameters expand (``type`` and an encoder's
-    ``designated`` restriction excluded)."""
-    return cls.sweep({k: v for k, v in item.items() if k not in ("type", "designated")})
-
-
-def restriction(item: dict[str, Any], designated: list[str]) -> list[str]:
-    """The designated models an encoder entry applies to: its ``designated`` key (one spec or a list), else all."""
-    value = item.get("designated", designated)
-    return [spec_name(v) for v in (value if isinstance(value, list) else [value])]
 
 
 def public_example(data: DataConfig) -> str:

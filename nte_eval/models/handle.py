@@ -105,6 +105,13 @@ class ModelHandle:
         f = self.first
         return F.conv2d(self.normalize(x), f.weight, f.bias, f.stride, f.padding)
 
+    @torch.no_grad()
+    def first_layer_change(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """A(x) - A(reference) as the layer's linear part on the pixel difference (the mean and the bias cancel):
+        one layer pass, without the cancellation error of subtracting two responses."""
+        f = self.first
+        return F.conv2d((x - reference) / self.std.to(x), f.weight, None, f.stride, f.padding)
+
     def pixel_operator(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """W D^-1 as an (m, C*kh*kw) matrix: the first layer's linear part acting on raw pixel patches."""
         f = self.first

@@ -136,6 +136,11 @@ class TextHandle:
         """r E per position: what the model's first linear operator makes of the soft tokens, (N, L, d)."""
         return tokens.embed(x.to(self.device), self.embedding)
 
+    @torch.no_grad()
+    def first_layer_change(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """A(x) - A(reference): packed soft tokens (indices and weights) are no vector space, so two responses."""
+        return self.first_layer_response(x) - self.first_layer_response(reference)
+
     def describe(self) -> dict[str, Any]:
         v, d = self.embedding.shape
         return {"spec": self.spec, "modality": "text", "model_type": self.module.config.model_type,

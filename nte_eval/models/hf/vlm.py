@@ -161,6 +161,11 @@ class VLMHandle(ModelHandle):
         """A(x) at the tower's own size: the patch embedding applied to the resized, normalised pixels."""
         return super().first_layer_response(self.resize(x))
 
+    @torch.no_grad()
+    def first_layer_change(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """A(x) - A(reference) at the tower's own size (resizing is linear: the difference is resized)."""
+        return super().first_layer_change(self.resize(x), self.resize(reference))
+
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel images at the tower's own size (bilinear, antialiased), untouched when they already are."""
         size = tuple(self.input_size[1:])

@@ -1,0 +1,1 @@
+"""Running a suite beyond one process: the Ray executor (``--executor ray``)."""

@@ -1,0 +1,98 @@
+"""Running a suite's items on a Ray cluster (``--executor ray``; the extra ``pip install -e ".[ray]"``).
+
+One actor per GPU (``num_gpus=1``), or per ``threads`` CPUs on a cluster without GPUs, loads the suite's models and
+data once and runs the items the driver hands it, one task per item, in setting order (an actor keeps the setting
+it is on, so it fits that setting's attacks once). The driver writes every finished item's file, so the run folder
+needs no shared file system. An actor that dies is restarted and its item retried; every random choice is keyed per
+sample, so a retried item gives the same file. Ray is imported here only, when this executor runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from nte_eval.errors import NTEError
+from nte_eval.evaluate.items import Done, Work, Worker
+from nte_eval.evaluate.suite import Suite
+from nte_eval.evaluate.suite_file import import_plugins
+
+INSTALL = 'pip install -e ".[ray]" (in nte-eval\'s folder), or pip install "ray>=2.60"'
+RETRIES = 3  # restarts of a dead actor, and retries of the item it held
+
+
+def import_ray():  # noqa: ANN201 (the module, typed by Ray)
+    """Ray, or an NTEError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise NTEError(f"--executor ray needs Ray, which is not installed: {INSTALL}.") from None
+    return ray
+
+
+def check_address(address: str | None, timeout: float = 10.0) -> None:
+    """A HOST:PORT ``--address`` must accept a connection within ``timeout`` seconds (Ray itself would retry for
+    minutes); 'auto' and None are left to Ray (a running local cluster, or a new one)."""
+    if address in (None, "auto") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise NTEError(f"--address {address!r}: expected HOST:PORT of a Ray head node (as `ray start --head` prints "
+                       f"it), or auto.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise NTEError(f"--address {address}: no Ray head node answers there ({e}); start one with `ray start --head "
+                       f"--port {port}` on {host}, or check the address.") from None
+
+
+class ItemActor:
+    """Holds a ``Worker`` (the suite's models and data, loaded once) in a Ray actor process."""
+
+    def __init__(self, suite: Suite, device: str, batch: int | None, threads: int):
+        torch.set_num_threads(threads)
+        import_plugins(suite.plugins, suite.base)  # the suite's own attacks and encoders, in this process too
+        cache = Path(tempfile.mkdtemp(prefix="nte-eval-clean-"))  # this actor's clean outputs per shard
+        self.worker = Worker(suite, cache, device, batch, log=lambda _: None)
+
+    def run(self, work: list[Work]) -> list[Done]:
+        return list(self.worker.run(work))
+
+
+def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], address: str | None,
+               device: str, batch: int | None, threads: int, log: Callable[[str], None]) -> None:
+    """Run ``work`` on the Ray cluster at ``address`` (None: a local one for this process), handing each finished
+    item to ``on_done`` in the driver."""
+    ray = import_ray()
+    check_address(address)
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"num_cpus": os.cpu_count()}))
+        except ConnectionError as e:
+            raise NTEError(f"--address {address}: Ray found no cluster there ({e}); start one with `ray start "
+                           f"--head`.") from None
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device.startswith("cuda") else 0
+    if device.startswith("cuda") and not gpus:
+        raise NTEError("--executor ray --device cuda: the Ray cluster has no GPUs; use --device cpu.")
+    count = gpus or max(1, int(resources.get("CPU", 1)) // threads)
+    remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ItemActor)
+    actors = [remote.options(num_cpus=threads, num_gpus=1 if gpus else 0).remote(
+        suite, "cuda" if gpus else "cpu", batch, threads) for _ in range(count)]
+    log(f"Ray: {count} actor(s) ({'1 GPU' if gpus else f'{threads} CPU(s)'} each) for {len(work)} item(s)")
+    try:
+        for done in ray.util.ActorPool(actors).map_unordered(lambda actor, w: actor.run.remote([w]), work):
+            for item in done:
+                on_done(item)
+    except ray.exceptions.RayError as e:
+        raise NTEError(f"Ray: an item failed after {RETRIES} retries ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0]}); finished items are kept: rerun with --resume.") from None
+    finally:
+        for actor in actors:
+            ray.kill(actor)

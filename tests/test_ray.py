@@ -1,0 +1,124 @@
+"""`--executor ray`: the suite's items on a Ray cluster (a local one started in this process, and a real one started
+with `ray start --head`) give the results of one process; a worker killed mid-item is retried; bad input is clear."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from nte_eval.cli import main
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+
+SUITE = {"name": "ray", "seed": 5, "data": {"source": "digits", "split": "test", "limit": 30},
+         "public": {"source": "digits", "split": "train"}, "designated": "zoo:vit_null",
+         "models": ["zoo:mlp_linear", "zoo:resnet_stem"], "encoders": [{"type": "nte", "psnr": [30, 0]}],
+         "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill"], "shard_size": 10}
+KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
+FLOAT32 = {"logit_change", "first_layer_ratio"}  # raw model outputs: float32 precision (see test_shards.py)
+
+# A plugin attack whose first call in a run kills its process (as a preempted node or an OOM kill would): the
+# marker file makes the retry (a restarted actor) run normally.
+DIES_ONCE = '''
+import os
+from pathlib import Path
+from nte_eval.attacks import Attack
+
+class DiesOnce(Attack):
+    name = "test_dies_once"
+    knowledge = "none"
+
+    def run(self, x):
+        marker = Path(os.environ["NTE_EVAL_TEST_MARKER"])
+        if not marker.exists():
+            marker.write_text("died")
+            os._exit(1)
+        return x.flip(-1)
+'''
+
+
+def _write(tmp_path: Path, name: str, **changes) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**SUITE, **changes}))
+    return str(path)
+
+
+def _results(out: Path) -> pd.DataFrame:
+    frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
+    return frame.assign(value=frame.value.astype(float)).sort_values(KEY).reset_index(drop=True)
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert a[KEY].equals(b[KEY])
+    raw = a.metric.isin(FLOAT32)
+    assert (a.value - b.value)[~raw].abs().max() <= 1e-9
+    assert ((a.value - b.value)[raw].abs() <= 1e-5 * a.value[raw].abs().clip(lower=1)).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def suite_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ray")
+    (tmp / "dies.py").write_text(DIES_ONCE)
+    plain = _write(tmp, "plain")
+    dying = _write(tmp, "dying", plugins=["dies.py"], attacks=[*SUITE["attacks"], "test_dies_once"])
+    return tmp, plain, dying
+
+
+def test_a_local_cluster_gives_one_processs_results_and_retries_a_killed_worker(suite_files, monkeypatch):
+    tmp, plain, dying = suite_files
+    marker = tmp / "marker"
+    monkeypatch.setenv("NTE_EVAL_TEST_MARKER", str(marker))
+    marker.write_text("no death in the reference run")
+    assert main(["run", dying, "--out", str(tmp / "one"), "--quiet", "--threads", "1"]) == 0
+    marker.unlink()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"NTE_EVAL_TEST_MARKER": str(marker)}})
+    try:
+        assert main(["run", dying, "--out", str(tmp / "ray"), "--quiet", "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    assert marker.read_text() == "died"  # a worker process really died mid-item, and its item was retried
+    _same(_results(tmp / "one"), _results(tmp / "ray"))
+    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 4 * 3
+
+
+def test_the_cli_on_a_cluster_started_with_ray_start(suite_files):
+    tmp, plain, _ = suite_files
+    assert main(["run", plain, "--out", str(tmp / "plain-one"), "--quiet", "--threads", "1"]) == 0
+    port = _free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        done = subprocess.run([sys.executable, "-m", "nte_eval.cli", "run", plain, "--out", str(tmp / "plain-ray"),
+                               "--quiet", "--executor", "ray", "--address", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+    _same(_results(tmp / "plain-one"), _results(tmp / "plain-ray"))
+
+
+def test_bad_ray_input_is_a_clear_error(suite_files, capsys, monkeypatch):
+    tmp, plain, _ = suite_files
+    started = time.time()
+    assert main(["run", plain, "--out", str(tmp / "x"), "--executor", "ray", "--address",
+                 f"127.0.0.1:{_free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "no Ray head node answers there" in err and "ray start --head" in err and time.time() - started < 30
+    assert main(["run", plain, "--out", str(tmp / "x"), "--address", "127.0.0.1:1"]) == 2
+    assert "--address goes with --executor ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(["run", plain, "--out", str(tmp / "y"), "--executor", "ray"]) == 2
+    assert 'pip install -e ".[ray]"' in capsys.readouterr().err
