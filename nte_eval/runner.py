@@ -171,7 +171,7 @@ def _manifest(suite: Suite, worker: Worker) -> dict[str, Any]:
             "device": worker.device, "batch_size": worker.batch, "shard_size": suite.shard_size,
             "config": suite.model_dump(exclude={"seed"}), "environment": environment(),
             "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
-                     "modality": data.modality, "metric": kind.metric(suite.data.task),
+                     "modality": data.modality, "metric": kind.metric(suite.data.task), "transform": data.transform,
                      "shape": list(data.images.shape[1:]),
                      "chance": float(torch.bincount(data.labels).max()) / len(data)},
             "public": None if public is None else {"n": len(public), **suite.public_config().model_dump()},

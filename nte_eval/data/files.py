@@ -32,6 +32,25 @@ class _Files(Dataset):
             return str(e)
 
 
+class TransformFile:
+    """Read one image file and apply ``transform`` (a PIL image -> (C, H, W) float tensor in [0, 1]; e.g. a model's
+    own evaluation resize and crop); a file that does not decode is an NTEError naming it."""
+
+    def __init__(self, transform: Callable, channels: int = 3):
+        self.transform, self.channels = transform, channels
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB" if self.channels == 3 else "L")
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise NTEError(f"cannot read image {path}: it does not decode to an image ({e}). Remove or replace "
+                           "it.") from None
+        return self.transform(image)
+
+
 def _collate(items: list[torch.Tensor | str]) -> torch.Tensor | str:
     errors = [x for x in items if isinstance(x, str)]
     return errors[0] if errors else torch.stack(items)

@@ -47,6 +47,7 @@ class ImageSet:
     names: list[str] = field(default_factory=list)
     extras: list[dict] | None = None
     modality: str = "image"
+    transform: dict | None = None  # how images read from files were prepared (size, resize or timm's transform)
 
     def __len__(self) -> int:
         return self.images.shape[0]

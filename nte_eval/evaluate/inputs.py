@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from nte_eval.data.files import FileImages
+from nte_eval.data.files import FileImages, TransformFile
 from nte_eval.data.glue import load_glue_tsv
 from nte_eval.data.images import ImageSet, check_images
 from nte_eval.data.mmbench import load_mmbench_tsv
@@ -17,6 +17,7 @@ from nte_eval.errors import NTEError
 from nte_eval.evaluate.suite import DataConfig, Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import load_model, size_key, spec_name
+from nte_eval.models.transform import eval_transform, resolved
 
 
 def load_models(suite: Suite, device: str) -> dict[str, ModelHandle]:
@@ -54,7 +55,7 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
             handle.bind(data.extras)
     else:
         data = load_pixels(d.source, d.split, d.limit, suite.path(d.root), size, c)
-    _prepare(data, d, f"data ({d.source})", c)
+    _prepare(data, d, f"data ({d.source})", c, first)
     shape = tuple(data.images.shape[1:])
     for name, handle in handles.items():
         if handle.modality != "image":
@@ -73,13 +74,16 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
 
 def data_size(suite: Suite, handles: dict[str, ModelHandle]) -> tuple[int | None, str]:
     """The height and width image data loads at, and where it comes from: ``data.size``, else the input size of the
-    first model (designated first) that takes one size only, else None: the source's own (digits: 32). Models that
-    take any size follow the data."""
+    first model (designated first) that takes one size only, else (for files) the size timm evaluates the designated
+    model at, else None: the source's own (digits: 32). Models that take any size follow the data."""
     fixed = next((name for name, h in handles.items() if h.modality == "image" and not h.any_size), None)
     if suite.data.size:
         return suite.data.size, "data.size"
     if fixed:
         return handles[fixed].input_size[1], f"the input size of {fixed}"
+    first = handles[spec_name(suite.designated_list()[0])]
+    if first.data_config is not None and not source(suite.data.source).bundled:  # files: timm's evaluation size
+        return first.data_config["input_size"][1], f"the timm data config of {first.spec}"
     return None, f"the {suite.data.source} default"
 
 
@@ -151,7 +155,7 @@ def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageS
         return None
     c, h, _ = data.images.shape[1:]
     public = load_pixels(cfg.source, cfg.split, cfg.limit, suite.path(cfg.root), cfg.size or h, c)
-    _prepare(public, cfg, f"public ({cfg.source})", c)
+    _prepare(public, cfg, f"public ({cfg.source})", c, designated)
     if tuple(public.images.shape[1:]) != tuple(data.images.shape[1:]):
         raise NTEError(f"public images are {tuple(public.images.shape[1:])} but the data is "
                        f"{tuple(data.images.shape[1:])}; set public.size.")
@@ -163,12 +167,21 @@ def load_public(suite: Suite, data: ImageSet, designated: ModelHandle) -> ImageS
     return public
 
 
-def _prepare(data: ImageSet, cfg: DataConfig, what: str, channels: int) -> None:
-    """Check images held in memory (files are checked as they are read) and give files their readers."""
-    if isinstance(data.images, FileImages):
-        data.images.workers = cfg.workers
-    else:
+def _prepare(data: ImageSet, cfg: DataConfig, what: str, channels: int, designated: ModelHandle) -> None:
+    """Check images held in memory (files are checked as they are read); give files their readers and, unless
+    ``transform: resize`` (or the designated model is not one timm built, under ``auto``), timm's evaluation
+    transform of the designated model."""
+    if not isinstance(data.images, FileImages):
         check_images(data.images, what, channels=channels)
+        return
+    data.images.workers = cfg.workers
+    overrides = cfg.transform if isinstance(cfg.transform, dict) else {}
+    if cfg.transform == "resize" or (cfg.transform == "auto" and designated.data_config is None):
+        data.transform = {"resize": int(data.images.shape[-1])}
+        return
+    config = resolved(designated.data_config, overrides, int(data.images.shape[-1]), channels)
+    data.images.prepare = TransformFile(eval_transform(config), channels)
+    data.transform = config
 
 
 def _digests(images: torch.Tensor | FileImages, chunk: int = 256) -> Iterator[bytes]:

@@ -20,6 +20,7 @@ from nte_eval.evaluate.sweeps import plugin_class, restriction, settings_of, swe
 from nte_eval.knowledge import KNOWLEDGE, Knowledge
 from nte_eval.models.hf import HF_SCHEMES
 from nte_eval.models.load import ModelSpec, check_spec, read_from, spec_files, spec_name, with_base
+from nte_eval.models.transform import OVERRIDES
 
 
 class Strict(BaseModel):
@@ -36,6 +37,19 @@ class DataConfig(Strict):
     task: str | None = None  # the GLUE task (glue_tsv)
     max_length: int = Field(default=128, ge=2)  # tokens per text (glue_tsv), longer texts are truncated
     workers: int = Field(default=2, ge=0)  # DataLoader worker processes reading an imagefolder (0: this process)
+    #: how an imagefolder's files become images: 'auto' (timm's evaluation transform of a timm designated model:
+    #: resize by its crop_pct with its interpolation, centre crop; else 'resize'), 'resize' (shorter side to the
+    #: size, centre crop), or timm's transform with some of {interpolation, crop_pct, crop_mode} set
+    transform: Literal["auto", "resize"] | dict[str, Any] = "auto"
+
+    @field_validator("transform")
+    @classmethod
+    def _transform_keys(cls, v: Any) -> Any:
+        unknown = sorted(set(v) - set(OVERRIDES)) if isinstance(v, dict) else []
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; a transform may set {', '.join(OVERRIDES)} (the size is "
+                             f"data.size), or be 'auto' or 'resize'")
+        return v
 
     @model_validator(mode="after")
     def _required_keys(self) -> DataConfig:

@@ -42,6 +42,7 @@ class ModelHandle:
         self.class_names = class_names
         self.num_classes = len(class_names) if class_names else None
         self.memo: dict[Any, Any] = {}  # quantities derived from the first layer (subspaces), cleared by ``to``
+        self.data_config: dict[str, Any] | None = None  # how timm prepares this model's evaluation images, if it does
 
     @classmethod
     def from_module(cls, module: nn.Module, first_layer: str, mean: tuple[float, ...] = IMAGENET_MEAN,

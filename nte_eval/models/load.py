@@ -12,6 +12,7 @@ from nte_eval.models.checkpoint import apply_checkpoint
 from nte_eval.models.factory import FACTORY_KEYS, check_factory_spec, from_factory
 from nte_eval.models.handle import IMAGENET_MEAN, IMAGENET_STD, ModelHandle, check_runs
 from nte_eval.models.hf import HF_SCHEMES
+from nte_eval.models.transform import data_config
 from nte_eval.models.zoo import load_zoo_model
 
 ModelSpec = str | dict[str, Any]
@@ -62,6 +63,7 @@ def from_timm(name: str, checkpoint: str | None = None, kwargs: dict[str, Any] |
     num = getattr(model, "num_classes", None)
     names = [str(i) for i in range(num)] if isinstance(num, int) and num > 0 else None
     handle = ModelHandle(model, first, mean, std, input_size, names, spec, any_size)
+    handle.data_config = data_config(model)  # how timm prepares its evaluation images
     if declared:
         check_runs(handle, "input_size must be a size it takes; a fixed-size model (a ViT, say) is built for "
                            "another with kwargs: {img_size: N}")

@@ -100,21 +100,27 @@ class Subspace:
         return apply_blocks(self.view, self._maps["fill"], x, self.prior.mean)
 
 
-def _hidden_basis(sub: Subspace) -> torch.Tensor:
-    """Orthonormal hidden columns per block, (..., n, k), from ``hidden`` or as the complement of ``visible``."""
-    if sub.hidden is not None:
-        return torch.linalg.qr(sub.hidden.to(torch.complex128)).Q
-    visible = sub.visible.to(torch.complex128)
-    return torch.linalg.qr(visible, mode="complete").Q[..., visible.shape[-1]:]
+def _basis(sub: Subspace) -> tuple[str, torch.Tensor]:
+    """The narrower of a subspace's two descriptions, orthonormal per block: ('hidden', U) or ('visible', B)."""
+    kind, basis = ("visible", sub.visible) if narrower(sub.hidden, sub.visible) else ("hidden", sub.hidden)
+    return kind, torch.linalg.qr(basis.to(torch.complex128 if basis.is_complex() else torch.float64)).Q
 
 
 def max_angle(a: Subspace, b: Subspace) -> float | None:
     """The largest principal angle (degrees) between two hidden subspaces of one view, over its blocks; None when
-    the views or the hidden dimensions differ (then no angle says how close they are)."""
+    the views or the hidden dimensions differ (then no angle says how close they are). Computed from the narrower
+    descriptions (hidden subspaces of equal dimension have the principal angles of their complements; with one
+    hidden basis U and the other's complement B, sin of the largest angle is the norm of B^H U): never a complete
+    basis of the whole image."""
     if a.view != b.view or any(s.hidden is not None and bool((s.hidden.abs().sum(-2) == 0).any()) for s in (a, b)):
         return None  # zero (padding) columns: the blocks keep different dimensions
-    ua, ub = _hidden_basis(a), _hidden_basis(b)
-    if ua.shape[-1] != ub.shape[-1] or ua.shape[-1] == 0:
+    if a.rank != b.rank or a.rank == 0:
         return None
-    cosines = torch.linalg.svdvals(ua.mH @ ub).clamp(max=1.0)
-    return float(torch.rad2deg(torch.arccos(cosines.min())))
+    (ka, qa), (kb, qb) = _basis(a), _basis(b)
+    if qa.is_complex() != qb.is_complex():
+        qa, qb = qa.to(torch.complex128), qb.to(torch.complex128)
+    if ka == kb:
+        cosines = torch.linalg.svdvals(qa.mH @ qb).clamp(max=1.0)
+        return float(torch.rad2deg(torch.arccos(cosines.min())))
+    sines = torch.linalg.svdvals(qa.mH @ qb).clamp(max=1.0)
+    return float(torch.rad2deg(torch.arcsin(sines.max())))
