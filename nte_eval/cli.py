@@ -176,7 +176,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from nte_eval.reports import write_report
     from nte_eval.runner import finish_run
 
-    finish_run(Path(args.dir), _log)
+    finish_run(Path(args.dir), _log, plugins=True)
     _finish(Path(args.dir), write_report(args.dir, args.margin))
     return 0
 

@@ -20,7 +20,7 @@ from nte_eval.data.sources import source
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.items import Done, Worker
 from nte_eval.evaluate.labels import compact, knowledge_of
-from nte_eval.evaluate.merge import merge_tables
+from nte_eval.evaluate.merge import merge_tables, read_plan
 from nte_eval.evaluate.run_folder import (
     ANGLES,
     CERTIFICATES,
@@ -39,6 +39,7 @@ from nte_eval.evaluate.shards import Item, owns, verified_items
 from nte_eval.evaluate.spectra import spectrum_rows
 from nte_eval.evaluate.store import COLUMNS, ResultStore, cell_key, replacing
 from nte_eval.evaluate.suite import Suite
+from nte_eval.evaluate.suite_file import import_plugins
 from nte_eval.models.handle import ModelHandle
 from nte_eval.progress import Progress
 
@@ -95,11 +96,13 @@ def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, pro
     data, kind = worker.data, source(suite.data.source)
     work = worker.work() if attacks else []
     cert_item = None if suite.certify is None else Item("certify", (certify_key(suite),), 0, 0)
-    plan = [w[0] for w in work] + ([cert_item] if cert_item else [])
+    plan = [w[0].record() for w in work] + ([cert_item.record()] if cert_item else [])
+    if not attacks and resume and (out / PLAN).is_file():  # `certify --resume` of a run: its cells stay in the plan
+        plan = [it for it in json.loads((out / PLAN).read_text())["items"] if it["kind"] == "cell"] + plan
     with atomic_write(out / PLAN) as tmp:
         tmp.write_text(json.dumps({"config_hash": suite.config_hash(), "metric": kind.metric(suite.data.task),
-                                   "items": [it.record() for it in plan], "manifest": _manifest(suite, worker)},
-                                  indent=1, default=str))
+                                   "items": plan, "plugins": suite.plugins, "base": str(suite.base.resolve()),
+                                   "manifest": _manifest(suite, worker)}, indent=1, default=str))
     mine = [w for w in work if shard is None or owns(w[0], shard)]
     todo = [w for w in mine if not store.is_done(w[0].id)]
     save_examples(example_file(out), data.images[:N_EXAMPLES])
@@ -133,26 +136,23 @@ def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, pro
     with atomic_write(out / SPECTRA) as tmp:
         pd.concat([spectrum_rows(n, worker.handles[n]) for n in worker.evaluated]).to_csv(tmp, index=False)
     if shard is not None:
-        missing = len(plan) - len(verified_items(out, log))
+        missing = len({it["id"] for it in plan} - set(verified_items(out, log)))
         if missing > 0:
             log(f"--shard {shard[0]}/{shard[1]}: this process's items are done; {missing} item(s) of other processes "
                 f"are not there yet. Once every process has finished: nte-eval merge {out}")
             return None
-    results = finish_run(out, log, round(time.time() - t0, 3), resume)
-    path = out / CERTIFICATES
-    broken = violations(pd.read_csv(path)) if path.exists() else pd.DataFrame(columns=CERT_COLUMNS)
-    if len(broken):
-        raise NTEError(f"{len(broken)} certificate(s) of a certified Lipschitz bound failed (first: "
-                       f"{broken.iloc[0].designated}, sample {broken.iloc[0]['sample']}, "
-                       f"{broken.iloc[0].lipschitz_source}): a bug in nte-eval; see {out / CERTIFICATES} "
-                       f"(column passed) and report it.")
-    return results
+    return finish_run(out, log, round(time.time() - t0, 3), resume)
 
 
 def finish_run(out: Path, log: Callable[[str], None], total_seconds: float | None = None,
-               resumed: bool = False) -> pd.DataFrame:
+               resumed: bool = False, plugins: bool = False) -> pd.DataFrame:
     """Merge the item files into the run's tables, run the sanity checks (and the degradation study's), write
-    warnings.json and the manifest; what ends every run and what `nte-eval merge DIR` does."""
+    warnings.json and the manifest; what ends every run and what `nte-eval merge DIR` does. A certificate that a
+    certified Lipschitz bound does not keep is then an NTEError (a bug in nte-eval). ``plugins``: import the suite's
+    plugins first (a process that did not load the suite)."""
+    if plugins:  # `nte-eval merge` in a fresh process: the suite's own attacks, which the tables name
+        plan = read_plan(out)
+        import_plugins(plan.get("plugins", []), Path(plan.get("base", ".")))
     results, warnings = merge_tables(out, log, total_seconds, resumed)
     if (out / ANGLES).exists():
         warnings += degradation_warnings(pd.read_csv(out / ANGLES))
@@ -160,6 +160,13 @@ def finish_run(out: Path, log: Callable[[str], None], total_seconds: float | Non
         log(f"warning [{w['check']}]: {w['message']}")
     with atomic_write(out / WARNINGS) as tmp:
         tmp.write_text(json.dumps(warnings, indent=2))
+    path = out / CERTIFICATES
+    broken = violations(pd.read_csv(path)) if path.exists() else pd.DataFrame(columns=CERT_COLUMNS)
+    if len(broken):  # after every file is written, so the run stays readable
+        raise NTEError(f"{len(broken)} certificate(s) of a certified Lipschitz bound failed (first: "
+                       f"{broken.iloc[0].designated}, sample {broken.iloc[0]['sample']}, "
+                       f"{broken.iloc[0].lipschitz_source}): a bug in nte-eval; see {out / CERTIFICATES} "
+                       f"(column passed) and report it.")
     return results
 
 

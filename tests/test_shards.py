@@ -164,3 +164,38 @@ def test_the_readmes_cluster_recipe_step_by_step(whole, tmp_path, monkeypatch):
     assert main(shlex.split(merge.replace("/shared/runs/my-eval", str(out)))[1:]) == 0
     assert (out / "report.pdf").is_file()
     _same(_results(whole), _results(out))
+
+
+FLIP = '''
+from nte_eval.attacks import Attack
+
+class Flip(Attack):
+    name = "test_flip"
+    knowledge = "none"
+
+    def run(self, x):
+        return x.flip(-1)
+'''
+
+
+def test_merge_in_a_fresh_process_knows_the_suites_plugin_attacks(tmp_path, capsys):
+    """The SLURM flow with a suite's own attack: `nte-eval merge` runs in a process that never loaded the suite."""
+    import subprocess
+    import sys
+
+    (tmp_path / "flip.py").write_text(FLIP)
+    suite = _suite(tmp_path, "plugin", plugins=["flip.py"], attacks=["identity", "test_flip"], shard_size=20)
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        assert _run(suite, "--out", str(out), "--shard", shard) == 0
+    (out / "results.csv").unlink()
+    merged = subprocess.run([sys.executable, "-m", "nte_eval.cli", "merge", str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert merged.returncode == 0, merged.stderr
+    assert "test_flip" in set(pd.read_csv(out / "results.csv").attack)
+
+
+def test_a_setting_given_twice_is_refused(tmp_path, capsys):
+    suite = _suite(tmp_path, "twice", attacks=["identity", {"type": "gaussian_noise", "sigma": [0.05, 0.05]}])
+    assert _run(suite, "--out", str(tmp_path / "out")) == 2
+    assert "appears more than once" in capsys.readouterr().err

@@ -91,8 +91,12 @@ def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], 
             for item in done:
                 on_done(item)
     except ray.exceptions.RayError as e:
-        raise NTEError(f"Ray: an item failed after {RETRIES} retries ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0]}); finished items are kept: rerun with --resume.") from None
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, NTEError):  # the item's own error (a corrupt image, say): as the local run says it
+            raise NTEError(f"{cause} (on a Ray actor; finished items are kept: rerun with --resume)") from None
+        raise NTEError(f"Ray: an item failed ({type(cause or e).__name__}: {cause or e}; an actor that died was "
+                       f"restarted and its item retried up to {RETRIES} times); finished items are kept: rerun "
+                       f"with --resume.") from None
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -16,6 +16,7 @@ import torch
 from nte_eval.attacks.base import build_attack
 from nte_eval.attacks.preprocessing import Identity
 from nte_eval.encoders import ENCODERS, Encoder, sample_seed
+from nte_eval.errors import NTEError
 from nte_eval.evaluate.batching import apply_attack, batched_logits
 from nte_eval.evaluate.cells import evaluate_cell, nte_metrics, predictions
 from nte_eval.evaluate.inputs import load_models, load_public, load_suite_data
@@ -50,6 +51,14 @@ def fit_subset(n: int, limit: int, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
 
 
+def _refuse_repeats(key: str, settings: list[str]) -> None:
+    """Two entries that give the same setting would be one cell measured twice: an NTEError naming it."""
+    seen = {s for s in settings if settings.count(s) > 1}
+    if seen:
+        raise NTEError(f"{key}: the setting {sorted(seen)[0]} appears more than once (a sweep value repeated, or a "
+                       f"default written out beside the entry that has it); remove the repeat.")
+
+
 class Worker:
     """A suite's models, data and public images, loaded once, and the items they run. ``cache``: where the clean
     outputs per shard are kept (the run folder's, or a worker's own folder)."""
@@ -69,6 +78,8 @@ class Worker:
             for d in designated for i, (name, params) in enumerate(suite.encoder_settings(d))}
         self.attack_settings = [(name, build_attack({"type": name, **params}).params())
                                 for name, params in suite.attack_settings()]
+        _refuse_repeats("attacks", [f"{a} {compact(p)}" for a, p in self.attack_settings])
+        _refuse_repeats("encoders", [f"{d}: {e.name} {compact(e.params())}" for (d, _), e in self.encoders.items()])
         attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
         self.public_fit = (None if self.public is None else
                            self.public.subset(fit_subset(len(self.public), suite.fit_samples, attacker_seed)))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,15 +44,16 @@ FILES = (RESULTS, RESULTS_PARQUET, SAMPLES, PLAN, MANIFEST, WORST_CASE, WARNINGS
          LIPSCHITZ, ANGLES, CERTIFY, REPORT, SUMMARY_MD, SUMMARY_TEX, TRANSFER_MATRIX, COLLAPSE_PSNR)
 EXAMPLES = "examples"  # the gallery's image arrays (and PNGs), one file per cell
 N_EXAMPLES = 3  # images kept per cell
-PARTIAL = ".partial"  # marks a file still being written: report.partial.pdf becomes report.pdf when it is whole
+PARTIAL = ".partial"  # marks a file still being written: report.partial.PID-X.pdf becomes report.pdf when whole
 KEY_DOMAIN = "nte-eval key fingerprint v1:"  # hashed before the key, so the fingerprint is no other hash of it
 
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary name beside ``path``, renamed over it once written: a kill or error leaves no half file."""
+    """Yield a temporary name beside ``path``, renamed over it once written: a kill or error leaves no half file.
+    The name is the writer's own, so that processes writing the same file (``--shard``) never share one."""
     path = Path(path)
-    tmp = path.with_name(f"{path.stem}{PARTIAL}{path.suffix}")
+    tmp = path.with_name(f"{path.stem}{PARTIAL}.{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")  # own per writer
     try:
         yield tmp
         with open(tmp, "rb+") as f:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nte_eval.errors import NTEError
-from nte_eval.evaluate.run_folder import SHARDS, atomic_write
+from nte_eval.evaluate.run_folder import PARTIAL, SHARDS, atomic_write
 
 META = b"nte_eval"  # the Parquet schema metadata key holding an item's JSON record (cell metrics, timings, ...)
 
@@ -100,6 +100,8 @@ def verified_items(out: Path, log: Callable[[str], None]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     folder = Path(out) / SHARDS
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else ():
+        if PARTIAL in path.name:  # still being written (by this or another process)
+            continue
         parts = path.name.split(".")
         try:
             if len(parts) != 3 or _checksum(path.read_bytes()) != parts[1]:
@@ -110,7 +112,7 @@ def verified_items(out: Path, log: Callable[[str], None]) -> dict[str, Path]:
             path.unlink(missing_ok=True)
             continue
         if parts[0] in found:
-            path.unlink()
+            path.unlink(missing_ok=True)
             continue
         found[parts[0]] = path
     return found

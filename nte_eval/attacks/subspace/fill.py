@@ -117,6 +117,8 @@ def max_angle(a: Subspace, b: Subspace) -> float | None:
     if a.rank != b.rank or a.rank == 0:
         return None
     (ka, qa), (kb, qb) = _basis(a), _basis(b)
+    if min(qa.shape[-1], qb.shape[-1]) == 0:  # nothing visible in either: both hide everything
+        return 0.0
     if qa.is_complex() != qb.is_complex():
         qa, qb = qa.to(torch.complex128), qb.to(torch.complex128)
     if ka == kb:
