@@ -35,7 +35,7 @@ from nte_eval.evaluate.run_folder import (
     key_fingerprint,
     save_examples,
 )
-from nte_eval.evaluate.shards import Item, owns, verified_items
+from nte_eval.evaluate.shards import Item, owns, shard_ranges, verified_items
 from nte_eval.evaluate.spectra import spectrum_rows
 from nte_eval.evaluate.store import COLUMNS, ResultStore, cell_key, replacing
 from nte_eval.evaluate.suite import Suite
@@ -107,8 +107,8 @@ def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, pro
     todo = [w for w in mine if not store.is_done(w[0].id)]
     save_examples(example_file(out), data.images[:N_EXAMPLES])
     if attacks:
-        cells, shards = len(worker.encoders) * len(worker.attack_settings), len(work) // max(len(worker.encoders), 1)
-        shards //= max(len(worker.attack_settings), 1)
+        cells = len(worker.encoders) * len(worker.attack_settings)
+        shards = len(shard_ranges(len(data), suite.shard_size))
         log(f"{len(worker.encoders)} encoder setting(s) x {len(worker.attack_settings)} attack setting(s) = {cells} "
             f"cells" + (f" x {shards} shards of {suite.shard_size}" if shards > 1 else "")
             + f", {len(worker.evaluated)} models, {len(data)} {kind.unit}"

@@ -4,7 +4,7 @@ by the data set's size."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,8 +84,3 @@ class FileImages:
                 raise NTEError(chunk)
             chunks.append(chunk)
         return torch.cat(chunks)
-
-    def chunks(self, size: int = 256) -> Iterator[torch.Tensor]:
-        """Every image, ``size`` at a time (for a pass over the whole set that must not hold it)."""
-        for i in range(0, len(self), size):
-            yield self[i:i + size]

@@ -88,6 +88,7 @@ class Setting:
         self.name = setting_name(encoder.name, compact({**encoder.params(), "designated": designated}))
         self.info: dict[str, Any] | None = None  # the encoder's record, from its first encoding
         self.fit_ntes: torch.Tensor | None = None
+        self.fit_position = {p: k for k, p in enumerate(inputs.nte_fit)}  # data position -> row of fit_ntes
         self.fitted: dict[int, tuple[Attack, list[tuple]]] = {}
         self.blind = AttackContext(seed=inputs.attacker_seed, device=inputs.device, progress=inputs.progress,
                                    knowledge="none")  # what a knowledge-'none' attack is given: nothing
@@ -129,7 +130,7 @@ class Setting:
         positions = list(range(start, start + len(x)))
         if self.needs_corpus:
             self.context  # encodes the corpus subset first, so that the shard reuses what it holds  # noqa: B018
-        fit = {p: k for k, p in enumerate(self.inputs.nte_fit)} if self.fit_ntes is not None else {}
+        fit = self.fit_position if self.fit_ntes is not None else {}
         if positions and all(p in fit for p in positions):
             return self.fit_ntes[[fit[p] for p in positions]]
         return self._encode(x, positions)
