@@ -4,7 +4,7 @@
 
 Geometries, 224x224 with random weights: patch mode on a ViT-B/16 patch embedding (Conv2d 3->768, 16x16 stride
 16); operator mode on a ResNet-50 stem (Conv2d 3->64, 7x7 stride 2 padding 3), with the zero-padding border left to
-be measured (border=check: one inverse FFT) and corrected by CGLS (border=correct). Each round times the floor and
+be measured (border=check: one inverse FFT) and corrected in closed form (border=correct, geometry/border.py). Each round times the floor and
 every encoder once, interleaved, so that a busy machine slows both alike; medians over rounds are reported, with the
 per-round ratio's median. ``record=False`` skips the per-sample first-layer response (two extra convolutions).
 """
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--record", action="store_true", help="also time encoders that measure the first-layer ratio")
-    ap.add_argument("--skip-correct", action="store_true", help="skip operator mode with the CGLS border correction")
+    ap.add_argument("--skip-correct", action="store_true", help="skip operator mode with the border correction")
     args = ap.parse_args()
     dev = args.device
     x = torch.rand(args.batch, 3, 224, 224, device=dev)

@@ -70,7 +70,7 @@ def test_operator_projection_is_exact_null_space_of_zero_padded_conv(cin, m, k, 
     circular_only = sub.project_circular(x)
     resp = lambda v: (zero.float() @ v.reshape(4, -1).T).norm() / v.norm()  # noqa: E731
     assert resp(circular_only) > 1e-3  # the wrap-around at the border really matters ...
-    assert resp(d) < 1e-5  # ... and the CGLS correction removes it
+    assert resp(d) < 1e-5  # ... and the border correction removes it
     assert torch.allclose(sub.project_circular(circular_only), circular_only, atol=1e-4)  # a projector
 
 
@@ -104,7 +104,7 @@ def test_operator_mode_geometry_errors():
 
 @pytest.mark.parametrize("name", ["resnet_stem", "resnet_nullstem", "vit_null"])
 def test_pixel_conv_adjoint_is_the_transpose(name):
-    """<A x, y> = <x, A^T y> for the zero-padded first layer (the border correction's CGLS relies on it)."""
+    """<A x, y> = <x, A^T y> for the zero-padded first layer (CGLS relies on it)."""
     op = PixelConv(load_model(f"zoo:{name}"))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 32, 32, generator=gen)

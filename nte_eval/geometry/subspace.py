@@ -5,7 +5,8 @@ Two views of the same operator A = W D^-1 (D = diag(std)):
   non-overlapping layers (stride == kernel, no padding, or a Linear on the whole image).
 - ``OperatorSubspace``: the whole strided, padded convolution on a C x H x W image. With circular padding, a polyphase
   split makes it block-diagonal in the Fourier domain: at each frequency an (m x C*s*s) matrix. Zero padding differs
-  only at the border; ``OperatorSubspace.project`` corrects that with a few CGLS steps on the true operator.
+  only at the border; ``OperatorSubspace.project`` corrects that by least squares on the true operator
+  (``geometry.border``).
 
 ``select`` picks the subspace: ``tau=1e-2`` (singular values <= tau, plus the exact null space; the reference
 default, falling back to the single weakest direction per patch/block when nothing is under tau), ``k=N`` (the N
@@ -22,6 +23,7 @@ from typing import Literal
 import torch
 
 from nte_eval.errors import NTEError
+from nte_eval.geometry.border import BorderSolver
 from nte_eval.geometry.conv import (
     PixelConv,
     cgls,
@@ -163,6 +165,7 @@ class OperatorSubspace:
         self.max_sigma = float(self.sigma[self.mask].max())
         self.dim = int(full_spectrum_count(self.mask, self.grid[1]))
         self.null_dim_min = int((self.sigma <= self.tol).sum(-1).min())
+        self._border: BorderSolver | None = None  # built on the first border correction
 
     def _blocks(self, w: torch.Tensor) -> torch.Tensor:
         """M(omega) per rfft frequency (see ``polyphase_operator``)."""
@@ -202,17 +205,23 @@ class OperatorSubspace:
         d = self.from_blocks(torch.einsum("hwnk,hwbk->hwbn", self.basis.to(z.device), coef)).to(z.dtype)
         return self.correct_border(d) if border == "correct" else d
 
-    def correct_border(self, d: torch.Tensor, iters: int = 300, rtol: float = 1e-6) -> torch.Tensor:
-        """Make the zero-padded operator respond to d as the circular one does (minimum-norm CGLS correction)."""
-        if self.handle.first.padding == (0, 0):  # unpadded outputs never wrap
+    def correct_border(self, d: torch.Tensor) -> torch.Tensor:
+        """Make the zero-padded operator respond to d as the circular one does (least-squares correction): in
+        closed form (``geometry.border``) where it applies, else by CGLS on the whole image."""
+        f = self.handle.first
+        if f.padding == (0, 0):  # unpadded outputs never wrap
             return d
+        if self._border is None and BorderSolver.applies(f.kernel, f.stride, f.padding, self.shape):
+            op = PixelConv(self.handle)
+            self._border = BorderSolver(op.pixel_weight.cpu(), f.stride, f.padding, self.shape)
+        if self._border is not None:
+            return self._border.correct(d)
         op = PixelConv(self.handle)
-        err = op.apply(d) - op.apply_circular(d)
-        return d - cgls(op, err, iters, rtol)
+        return d - cgls(op, op.apply(d) - op.apply_circular(d), iters=300, rtol=1e-6)
 
     def project(self, x: torch.Tensor, border: str = "correct") -> torch.Tensor:
         """Project (circular view); with ``border='correct'``, then correct the border so the zero-padded operator
-        sees what the circular one would: the minimum-norm correction (CGLS, up to ``iters`` steps). The result lies
+        sees what the circular one would: the least-squares correction (``correct_border``). The result lies
         in the zero-padded operator's subspace where it is exact, but this is not its orthogonal projector (the
         correction is not symmetric). ``border='check'`` skips the correction: one FFT pair, and the border's extra
         response shows in the measured first-layer ratio."""
