@@ -18,6 +18,7 @@ from nte_eval.cluster.ray_executor import run_on_ray
 from nte_eval.data.images import ImageSet
 from nte_eval.data.sources import source
 from nte_eval.errors import NTEError
+from nte_eval.evaluate.fits import FitStore
 from nte_eval.evaluate.items import Done, Worker
 from nte_eval.evaluate.labels import compact, knowledge_of
 from nte_eval.evaluate.merge import merge_tables, read_plan
@@ -25,6 +26,7 @@ from nte_eval.evaluate.run_folder import (
     ANGLES,
     CERTIFICATES,
     CLEAN,
+    FITS,
     N_EXAMPLES,
     PLAN,
     SPECTRA,
@@ -90,7 +92,7 @@ def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, pro
                executor: str, address: str | None, threads: int) -> pd.DataFrame | None:
     """``run_suite`` in the folder ``out`` it writes to."""
     t0 = time.time()
-    worker = Worker(suite, out / CLEAN, device, batch_size, progress, log)
+    worker = Worker(suite, out / CLEAN, device, batch_size, progress, log, FitStore(out / FITS))
     store = ResultStore(out, suite.config_hash(), resume=resume, overwrite=overwrite, join=shard is not None,
                         log=log)
     data, kind = worker.data, source(suite.data.source)
@@ -125,7 +127,7 @@ def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, pro
         progress.advance()
 
     if executor == "ray" and todo:
-        run_on_ray(suite, todo, finished, address, device, batch_size, threads, log)
+        run_on_ray(suite, todo, finished, worker.inputs.fits, address, device, batch_size, threads, log)
     else:
         for done in worker.run(todo):
             finished(done)

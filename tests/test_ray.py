@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from nte_eval.cli import main
@@ -19,6 +20,7 @@ SUITE = {"name": "ray", "seed": 5, "data": {"source": "digits", "split": "test",
          "public": {"source": "digits", "split": "train"}, "designated": "zoo:vit_null",
          "models": ["zoo:mlp_linear", "zoo:resnet_stem"], "encoders": [{"type": "nte", "psnr": [30, 0]}],
          "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill"], "shard_size": 10}
+DENOISER = {"type": "learned_denoiser", "steps": 20, "pairs": 64, "width": 8}  # a fit the driver keeps
 KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
 FLOAT32 = {"logit_change", "first_layer_ratio"}  # raw model outputs: float32 precision (see test_shards.py)
 
@@ -71,7 +73,7 @@ def suite_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     (tmp / "dies.py").write_text(DIES_ONCE)
     plain = _write(tmp, "plain")
-    dying = _write(tmp, "dying", plugins=["dies.py"], attacks=[*SUITE["attacks"], "test_dies_once"])
+    dying = _write(tmp, "dying", plugins=["dies.py"], attacks=[*SUITE["attacks"], "test_dies_once", DENOISER])
     return tmp, plain, dying
 
 
@@ -90,7 +92,13 @@ def test_a_local_cluster_gives_one_processs_results_and_retries_a_killed_worker(
         ray.shutdown()
     assert marker.read_text() == "died"  # a worker process really died mid-item, and its item was retried
     _same(_results(tmp / "one"), _results(tmp / "ray"))
-    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 4 * 3
+    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 5 * 3
+    # the denoisers the actors trained, one per encoder setting, were sent to the driver and kept: as trained here
+    fits = {p.name: torch.load(p, weights_only=True) for p in (tmp / "ray" / "fits").glob("*.pt")}
+    assert len(fits) == 2
+    for name, state in fits.items():
+        here = torch.load(tmp / "one" / "fits" / name, weights_only=True)
+        assert all(torch.equal(state["net"][k], here["net"][k]) for k in here["net"])
 
 
 def test_the_cli_on_a_cluster_started_with_ray_start(suite_files):

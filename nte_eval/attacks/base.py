@@ -58,6 +58,22 @@ class Attack(Parametrised, ABC):
         self.context = context.restricted(self.knowledge)
         return self
 
+    def state(self) -> dict[str, Any] | None:
+        """What ``fit`` learned, as tensors and plain values (``torch.load(weights_only=True)`` reads it back), for
+        an attack whose fit is worth keeping on disk (a trained network); None (the default): fit again instead."""
+        return None
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back what ``state`` returned (called by ``restore`` in place of ``fit``)."""
+        raise NTEError(f"attack {self.name!r} keeps no fitted state; call fit(context).")
+
+    @final
+    def restore(self, context: AttackContext, state: dict[str, Any]) -> Attack:
+        """The attack as ``fit(context)`` left it, from its saved ``state``: the context restricted as fit does."""
+        self.context = context.restricted(self.knowledge)
+        self.load_state(state)
+        return self
+
     def check_surrogates(self, names: Collection[str]) -> None:
         """Raise NTEError if a parameter names a surrogate model outside ``names`` (the suite's surrogates when it
         loads, the context's at ``fit``). The default names none."""

@@ -123,6 +123,19 @@ class LearnedDenoiser(Attack):
         self.net = self.train(public, index, noisy, gen)
         return self
 
+    def state(self) -> dict[str, Any]:
+        """The trained network's weights and the normalisation it was trained with."""
+        return {"net": self.net.state_dict(), "input_size": list(self.input_size), "factor": list(self.factor),
+                "scales": [self.in_center, self.in_scale, self.out_center, self.out_scale]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.input_size, self.factor = tuple(state["input_size"]), tuple(state["factor"])
+        self.in_center, self.in_scale, self.out_center, self.out_scale = state["scales"]
+        net = dncnn(self.input_size[0] * self.factor[0] * self.factor[1], self.depth, self.width,
+                    torch.Generator().manual_seed(self.seed))
+        net.load_state_dict(state["net"])
+        self.net = net.to(self.context.device).eval()
+
     def training_pairs(self, settings: dict[str, Any], public: torch.Tensor, gen: torch.Generator,
                        pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """About ``pairs`` public-image indices and their NTEs, made for random surrogates under the attacker's own

@@ -2,9 +2,11 @@
 
 One actor per GPU (``num_gpus=1``), or per ``threads`` CPUs on a cluster without GPUs, loads the suite's models and
 data once and runs the items the driver hands it, one task per item, in setting order (an actor keeps the setting
-it is on, so it fits that setting's attacks once). The driver writes every finished item's file, so the run folder
-needs no shared file system. An actor that dies is restarted and its item retried; every random choice is keyed per
-sample, so a retried item gives the same file. Ray is imported here only, when this executor runs.
+it is on, so it fits that setting's attacks once; a fit that saves a state is sent to the driver, kept under the run
+folder's ``fits/`` and handed to every actor the driver starts later). The driver writes every finished item's
+file, so the run folder needs no shared file system. An actor that dies is restarted and its item retried; every
+random choice is keyed per sample, so a retried item gives the same file. Ray is imported here only, when this
+executor runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from nte_eval.errors import NTEError
+from nte_eval.evaluate.fits import FitStore, State
 from nte_eval.evaluate.items import Done, Work, Worker
 from nte_eval.evaluate.suite import Suite
 from nte_eval.evaluate.suite_file import import_plugins
@@ -54,20 +57,23 @@ def check_address(address: str | None, timeout: float = 10.0) -> None:
 class ItemActor:
     """Holds a ``Worker`` (the suite's models and data, loaded once) in a Ray actor process."""
 
-    def __init__(self, suite: Suite, device: str, batch: int | None, threads: int):
+    def __init__(self, suite: Suite, device: str, batch: int | None, threads: int, fits: dict[str, State]):
         torch.set_num_threads(threads)
         import_plugins(suite.plugins, suite.base)  # the suite's own attacks and encoders, in this process too
         cache = Path(tempfile.mkdtemp(prefix="nte-eval-clean-"))  # this actor's clean outputs per shard
-        self.worker = Worker(suite, cache, device, batch, log=lambda _: None)
+        self.worker = Worker(suite, cache, device, batch, log=lambda _: None, fits=FitStore(None, fits))
 
-    def run(self, work: list[Work]) -> list[Done]:
-        return list(self.worker.run(work))
+    def run(self, work: list[Work]) -> tuple[list[Done], dict[str, State]]:
+        """The finished items, and the states of the attacks fitted for them (for the driver to keep)."""
+        return list(self.worker.run(work)), self.worker.inputs.fits.take_new()
 
 
-def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], address: str | None,
-               device: str, batch: int | None, threads: int, log: Callable[[str], None]) -> None:
+def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], fits: FitStore,
+               address: str | None, device: str, batch: int | None, threads: int,
+               log: Callable[[str], None]) -> None:
     """Run ``work`` on the Ray cluster at ``address`` (None: a local one for this process), handing each finished
-    item to ``on_done`` in the driver."""
+    item to ``on_done`` in the driver. The actors start with every fit ``fits`` holds and send back the ones they
+    made, which the driver saves there (so a restarted driver's actors restore them)."""
     ray = import_ray()
     check_address(address)
     if not ray.is_initialized():
@@ -84,10 +90,12 @@ def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], 
     count = gpus or max(1, int(resources.get("CPU", 1)) // threads)
     remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ItemActor)
     actors = [remote.options(num_cpus=threads, num_gpus=1 if gpus else 0).remote(
-        suite, "cuda" if gpus else "cpu", batch, threads) for _ in range(count)]
+        suite, "cuda" if gpus else "cpu", batch, threads, fits.read_all()) for _ in range(count)]
     log(f"Ray: {count} actor(s) ({'1 GPU' if gpus else f'{threads} CPU(s)'} each) for {len(work)} item(s)")
     try:
-        for done in ray.util.ActorPool(actors).map_unordered(lambda actor, w: actor.run.remote([w]), work):
+        for done, states in ray.util.ActorPool(actors).map_unordered(lambda actor, w: actor.run.remote([w]), work):
+            for key, state in states.items():
+                fits.put(key, state)
             for item in done:
                 on_done(item)
     except ray.exceptions.RayError as e:

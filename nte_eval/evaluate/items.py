@@ -19,6 +19,7 @@ from nte_eval.encoders import ENCODERS, Encoder, sample_seed
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.batching import apply_attack, batched_logits
 from nte_eval.evaluate.cells import evaluate_cell, nte_metrics, predictions
+from nte_eval.evaluate.fits import FitStore
 from nte_eval.evaluate.inputs import load_models, load_public, load_suite_data
 from nte_eval.evaluate.labels import compact
 from nte_eval.evaluate.run_folder import N_EXAMPLES
@@ -61,10 +62,11 @@ def _refuse_repeats(key: str, settings: list[str]) -> None:
 
 class Worker:
     """A suite's models, data and public images, loaded once, and the items they run. ``cache``: where the clean
-    outputs per shard are kept (the run folder's, or a worker's own folder)."""
+    outputs per shard are kept (the run folder's, or a worker's own folder); ``fits``: the fitted attacks' states
+    (default: none kept)."""
 
     def __init__(self, suite: Suite, cache: Path, device: str = "cpu", batch: int | None = None,
-                 progress: Progress | None = None, log: Callable[[str], None] = print):
+                 progress: Progress | None = None, log: Callable[[str], None] = print, fits: FitStore | None = None):
         self.suite, self.device, self.batch = suite, device, batch or suite.batch_size
         self.progress, self.log = progress or Progress(enabled=False), log
         self.handles = load_models(suite, device)
@@ -86,7 +88,7 @@ class Worker:
         self.nte_fit = fit_subset(len(self.data), suite.fit_samples, attacker_seed + 1)
         self.inputs = RunInputs(self.data, self.public_fit, self.nte_fit, self.handles,
                                 [spec_name(s) for s in suite.surrogates], suite.seed, attacker_seed, self.batch,
-                                device, self.progress)
+                                device, self.progress, fits or FitStore(None))
         self.clean = Clean(self.handles, self.evaluated, cache, self.batch, device)
         self.calibrations: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._setting: tuple[tuple[str, int], Setting] | None = None

@@ -27,6 +27,7 @@ SAMPLES = "samples.csv"  # per-sample correctness (for the unions)
 PLAN = "plan.json"  # the run's items (cell x shard) and what the manifest says about the run
 SHARDS = "shards"  # one checksummed Parquet file per finished item (resume, merge)
 CLEAN = "clean"  # each model's clean logits and first-layer response norms per shard (computed once per run)
+FITS = "fits"  # fitted attacks' states (a trained denoiser), so that no process fits one twice
 MANIFEST = "manifest.json"  # versions, seeds, config hash, timings
 WORST_CASE = "worst_case.csv"  # best single attack, per level, unions
 WARNINGS = "warnings.json"  # the sanity checks' warnings
@@ -65,7 +66,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 def is_run_file(name: str) -> bool:
     """Whether a run folder's entry is nte-eval's (a run file, the examples, a partial file), not the user's."""
-    return name in FILES or name in (EXAMPLES, SHARDS, CLEAN) or PARTIAL in name
+    return name in FILES or name in (EXAMPLES, SHARDS, CLEAN, FITS) or PARTIAL in name
 
 
 def key_fingerprint(key: int | str) -> str:

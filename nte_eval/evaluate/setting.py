@@ -1,10 +1,11 @@
 """What the runner computes once and reuses across items: every evaluated model's clean logits and first-layer
 response norms per shard (``Clean``), and per (designated model, encoder setting) its NTEs shard by shard, the
-attackers' context and each attack fitted once (``Setting``)."""
+attackers' context and each attack fitted once (``Setting``; fits that save a state are kept in a ``FitStore``)."""
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ from nte_eval.data.images import ImageSet
 from nte_eval.encoders import Encoder
 from nte_eval.evaluate.batching import apply_attack, batched_logits, encode_all, first_layer_norms
 from nte_eval.evaluate.cells import Evaluated, estimate_angle
+from nte_eval.evaluate.fits import FitStore
 from nte_eval.evaluate.labels import compact, setting_name
 from nte_eval.evaluate.run_folder import atomic_write
 from nte_eval.metrics import psnr
@@ -51,7 +53,7 @@ class Clean:
             try:
                 saved = torch.load(path, weights_only=True)
                 return Evaluated(handle, saved["logits"], saved["norms"])
-            except (OSError, RuntimeError, KeyError, EOFError):  # damaged: computed again below
+            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError):  # damaged: computed again below
                 pass
         logits = batched_logits(handle, x, self.batch, self.device, start)
         norms = first_layer_norms(handle, x, self.batch, self.device)
@@ -75,6 +77,7 @@ class RunInputs:
     batch: int
     device: str
     progress: Progress
+    fits: FitStore
 
 
 class Setting:
@@ -141,7 +144,16 @@ class Setting:
         if number not in self.fitted:
             name, params = self.attack_settings[number]
             attack = build_attack({"type": name, **params})
-            attack.fit(self.blind if attack.knowledge == "none" else self.context)
+            context = self.blind if attack.knowledge == "none" else self.context
+            key = FitStore.key(self.name, name, params)
+            state = self.inputs.fits.get(key)
+            if state is not None:  # fitted before, in this run (another process, or before a restart)
+                attack.restore(context, state)
+            else:
+                attack.fit(context)
+                state = attack.state()
+                if state is not None:
+                    self.inputs.fits.put(key, state)
             rows, n, d = [], len(self.inputs.data), self.designated
             angle = estimate_angle(attack, lambda: self.truth)
             if angle is not None:  # how close a blind estimate came to the truth (the weak-estimator check reads it)

@@ -20,6 +20,7 @@ from nte_eval.evaluate.run_folder import (
     CLEAN,
     EXAMPLES,
     FILES,
+    FITS,
     MANIFEST,
     PARTIAL,
     PLAN,
@@ -103,7 +104,7 @@ class ResultStore:
             self.done = set()
             for name in FILES:
                 (out / name).unlink(missing_ok=True)
-            for folder in (EXAMPLES, SHARDS, CLEAN):
+            for folder in (EXAMPLES, SHARDS, CLEAN, FITS):
                 shutil.rmtree(out / folder, ignore_errors=True)
             for tmp in out.glob(f"*{PARTIAL}*"):  # a half-written file of a killed run
                 tmp.unlink()

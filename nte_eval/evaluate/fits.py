@@ -1,0 +1,59 @@
+"""Fitted attacks kept on disk (the run folder's ``fits/``): an attack whose ``state()`` saves what its fit learned
+(a trained network) is fitted once per (designated model, encoder setting, attack setting) and run; a resumed run,
+another ``--shard`` process or a Ray actor restores it instead of fitting again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nte_eval.evaluate.run_folder import PARTIAL, atomic_write
+
+State = dict[str, Any]
+
+
+class FitStore:
+    """Saved fits by key, in ``folder`` (None: in memory only, as on a Ray actor, whose driver writes them);
+    ``known``: states read elsewhere (the driver's, handed to an actor)."""
+
+    def __init__(self, folder: Path | None, known: dict[str, State] | None = None):
+        self.folder, self.known, self.new = folder, dict(known or {}), {}
+
+    @staticmethod
+    def key(setting: str, attack: str, params: dict[str, Any]) -> str:
+        text = json.dumps([setting, attack, params], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> State | None:
+        """The saved state, or None (never saved, or a damaged file: the attack is fitted again)."""
+        if key not in self.known and self.folder is not None and (self.folder / f"{key}.pt").is_file():
+            try:
+                self.known[key] = torch.load(self.folder / f"{key}.pt", weights_only=True)
+            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+                return None
+        return self.known.get(key)
+
+    def put(self, key: str, state: State) -> None:
+        self.known[key] = self.new[key] = state
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.folder / f"{key}.pt") as tmp:
+                torch.save(state, tmp)
+
+    def take_new(self) -> dict[str, State]:
+        """The states saved since the last call (what an actor hands its driver)."""
+        new, self.new = self.new, {}
+        return new
+
+    def read_all(self) -> dict[str, State]:
+        """Every state that reads back from the folder (what a driver hands its actors)."""
+        if self.folder is not None and self.folder.is_dir():
+            for path in self.folder.glob("*.pt"):
+                if PARTIAL not in path.name:
+                    self.get(path.stem)
+        return dict(self.known)
