@@ -62,6 +62,37 @@ def proportion_interval(correct: int, n: int, level: float = 0.95) -> tuple[floa
     return float(ci.low), float(ci.high)
 
 
+def widest_half_width(n: int) -> float:
+    """Half the width, in points, of the widest exact 95% interval an accuracy over ``n`` samples can have (at 50%):
+    what a table or heatmap without per-figure intervals says about all of them."""
+    if n <= 0:
+        return float("nan")
+    low, high = proportion_interval(n // 2, n)
+    return 50 * (high - low)
+
+
+def deciding_n(value: float, threshold: float, n: int, limit: int = 10**7) -> int | None:
+    """About the smallest sample count at which a proportion ``value`` would have a 95% interval wholly on one side
+    of ``threshold`` (what an inconclusive verdict needs); None when no count up to ``limit`` would (a value at the
+    threshold)."""
+    if abs(value - threshold) < 1e-12:
+        return None
+
+    def decided(m: int) -> bool:
+        low, high = proportion_interval(round(value * m), m)
+        return high < threshold if value < threshold else low > threshold
+
+    low, high = max(int(n), 1), max(int(n), 1)
+    while not decided(high):
+        low, high = high, 2 * high
+        if high > limit:
+            return None
+    while high - low > max(1, low // 100):  # to about 1%
+        mid = (low + high) // 2
+        low, high = (low, mid) if decided(mid) else (mid, high)
+    return high
+
+
 def mcnemar_exact(first: list[bool], second: list[bool]) -> float:
     """McNemar's exact test (two-sided p) that two paired classifications of the same samples are equally often
     right: a binomial test on the discordant pairs; 1.0 when there are none."""

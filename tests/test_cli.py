@@ -48,7 +48,10 @@ def small_run(tmp_path_factory):
 
 def test_run_writes_tidy_results_and_a_report(small_run):
     results = pd.read_csv(small_run / "results.csv")
-    assert list(results.columns) == COLUMNS
+    assert list(results.columns) == [*COLUMNS, "ci_low", "ci_high"]
+    share = results[results.metric == "accuracy"]  # every accuracy with its exact 95% interval over n
+    assert ((share.ci_low <= share.value) & (share.value <= share.ci_high)).all() and (share.ci_high > 0).all()
+    assert results[results.metric == "psnr"].ci_low.isna().all()
     assert set(results.metric) >= {"clean_accuracy", "accuracy", "agreement", "psnr", "first_layer_ratio"}
     assert set(results.role) == {"designated", "unauthorized"}
     params = results.encoder_params.map(json.loads)

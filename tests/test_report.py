@@ -152,7 +152,7 @@ def test_executive_summary_is_page_one(report):
     h = report.headline
     first = reading(words(report.path)[0])
     assert first.startswith("nte-eval report: quickstart, executive summary")
-    assert "n = 40 evaluated images" in first and f"at most {h.threshold:.1f}%" in first
+    assert "n = 40 evaluated images" in first and f"95% interval under {h.threshold:.1f}%" in first
     for sentence in h.verdicts:
         assert flat(sentence) in first, sentence
     assert first.count("Robustness for the owner:") == len(h.settings) == 6
@@ -202,7 +202,7 @@ def test_levels_are_cumulative_and_follow_results_csv(quickstart):
         unauthorized = set(part[part.role == "unauthorized"].model)
         levels = h.levels[(h.levels.designated == s.designated) & (h.levels.setting == s.setting)]
         held = list(levels.held)
-        assert "yes" not in held[held.index("no"):] if "no" in held else True, held  # never held above a break
+        assert "held" not in held[held.index("NOT held"):] if "NOT held" in held else True, held  # none above a break
         assert list(levels["max unauthorized %"]) == sorted(levels["max unauthorized %"])
         for r in levels.itertuples(index=False):
             best = max(truth[(r.knowledge, s.encoder_params, m)] for m in unauthorized)
@@ -217,15 +217,15 @@ def test_verdicts_name_the_lowest_level_that_broke_the_ntes(quickstart):
     threshold = 100 * chance + h.margin
     for (des, setting), levels in h.levels.groupby(["designated", "setting"], sort=False):
         sentence = next(v for v in h.verdicts if v.startswith(f"{des}, {setting}:"))
-        broken = levels[levels["max unauthorized %"] > threshold]
+        broken = levels[levels["CI low %"] > threshold]  # a whole 95% interval above the threshold
         assert ("NOT held" in sentence) == (len(broken) > 0), sentence
         if len(broken):
             first = broken.iloc[0]
             level = "no" if first.knowledge == "none" else first.knowledge
             assert (f"{level} knowledge suffices, {first.attack} lifts {first.model} to "
-                    f"{first['max unauthorized %']:.1f}%") in sentence
+                    f"{first['max unauthorized %']:.1f}% (95% CI {first['CI low %']:.1f}\u2013") in sentence
     # Oracle knowledge restores the unauthorized models on this zoo (the sanity check demands it): never held.
-    assert (h.levels[h.levels.knowledge == "oracle"].held == "no").all()
+    assert (h.levels[h.levels.knowledge == "oracle"].held == "NOT held").all()
     everything_held = headline(quickstart, margin=100.0)
     assert all("NOT held" not in v for v in everything_held.verdicts)
 
@@ -338,7 +338,7 @@ def test_the_report_sets_the_label_free_choice_beside_the_hindsight_one(quicksta
         mean = acc[(acc.encoder_params == params) & (acc.attack == row.attack)].groupby("attack_params").value.mean()
         assert row[3] == attack_name(row.attack, chosen)
         assert row[4] == pytest.approx(100 * mean[chosen], abs=0.051)  # shown to 0.1 points
-        assert row[6] == pytest.approx(100 * mean.max(), abs=0.051)
+        assert row[7] == pytest.approx(100 * mean.max(), abs=0.051)
     first = table.iloc[0]
     summary = (quickstart_run / "summary.md").read_text()
     assert "Choosing an attack's strength without labels" in summary

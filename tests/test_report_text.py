@@ -68,7 +68,7 @@ def test_pages_decoded_samples_instead_of_gallery_and_spectra(text_run, rendered
 def test_twelve_texts_are_uninformative_never_held(text_run):
     h = headline(text_run)
     assert h.verdicts[0].startswith(f"minilm, {h.settings.setting.iloc[0]}: UNINFORMATIVE (n = 12 < 30")
-    assert "Held" not in h.verdicts[0] and "yes" not in set(h.levels.held)
+    assert "Held" not in h.verdicts[0] and "held" not in set(h.levels.held)
 
 
 def test_tables_show_token_psnr_mcc_storage_and_recovery(text_run):

@@ -1,12 +1,14 @@
 """The verdict logic on small hand-made worst_case and results frames (two unauthorized models a and b, one encoder
-setting, a threshold of 25%): levels are cumulative, a designated model that loses its utility or a degenerate
-evaluation is never "held", models at chance are named, and the robustness for the owner counts benign processings
-only. The same on a real run: test_report.py."""
+setting, n = 100, a threshold of 25%): levels are cumulative, each is judged by its 95% intervals (held, NOT held or
+inconclusive with the n that would decide), a designated model that loses its utility or a degenerate evaluation is
+never "held", models at chance are named, and the robustness for the owner counts benign processings only. The same
+on a real run: test_report.py."""
 
 import pandas as pd
 import pytest
 
 from nte_eval.evaluate.worst_case import cumulative
+from nte_eval.metrics import proportion_interval
 from nte_eval.reports.verdict import levels_table, owner_line, owner_table, standing, verdict, weak_models
 
 PARAMS = '{"designated":"d","psnr":0}'
@@ -44,9 +46,11 @@ def test_levels_are_cumulative_a_break_below_is_a_break_above():
     """Today's bug: 'Held against method, oracle' next to 'NOT held against none'."""
     text, levels = judge({"none": {"a": 0.9, "b": 0.1}, "method": {"a": 0.1, "b": 0.1}, "oracle": {"a": 0.2,
                                                                                                      "b": 0.1}})
-    assert list(levels.held) == ["no"] * 4 and "Held" not in text and "held against" not in text
+    assert list(levels.held) == ["NOT held"] * 4 and "Held" not in text and "held against" not in text
     assert list(levels["max unauthorized %"]) == [90.0] * 4 and set(levels.attack) == {"jpeg quality=90 (none)"}
-    assert "NOT held: no knowledge suffices, jpeg quality=90 (none) lifts a to 90.0% (clean 95.0%) > 25.0%." in text
+    low, high = (round(100 * v, 1) for v in proportion_interval(90, 100))
+    assert (f"NOT held: no knowledge suffices, jpeg quality=90 (none) lifts a to 90.0% (95% CI {low}\u2013{high}%), "
+            "above 25.0% (clean 95.0%).") in text
     worst = worst_frame({"none": {"a": 0.9, "b": 0.1}, "method": {"a": 0.1, "b": 0.3}})
     rows = worst.set_index(["model", "summary"])
     assert rows.loc[("a", "best_method"), "attack"] == "jpeg" and rows.loc[("a", "best_method"), "value"] == 0.9
@@ -56,21 +60,37 @@ def test_levels_are_cumulative_a_break_below_is_a_break_above():
 
 
 def test_held_levels_below_the_break_and_untested_levels_are_named():
-    text, levels = judge({"none": {"a": 0.2, "b": 0.1}, "method": {"a": 0.1, "b": 0.15}, "oracle": {"a": 0.9,
-                                                                                                     "b": 0.3}})
-    assert list(levels.held) == ["yes", "yes", "not tested", "no"]
-    assert list(levels["max unauthorized %"]) == [20.0, 20.0, 20.0, 90.0]
+    text, levels = judge({"none": {"a": 0.1, "b": 0.05}, "method": {"a": 0.05, "b": 0.1}, "oracle": {"a": 0.9,
+                                                                                                      "b": 0.3}})
+    assert list(levels.held) == ["held", "held", "not tested", "NOT held"]
+    assert list(levels["max unauthorized %"]) == [10.0, 10.0, 10.0, 90.0]
     assert "NOT held: oracle knowledge suffices" in text
     assert "it held against no knowledge and method knowledge." in text and "Not tested: surrogate knowledge." in text
-    text, levels = judge({"none": {"a": 0.2, "b": 0.1}, "oracle": {"a": 0.25, "b": 0.1}})
-    assert list(levels.held) == ["yes", "not tested", "not tested", "yes"] and "NOT held" not in text
-    assert "Held against no knowledge and oracle knowledge: every unauthorized model <= 25.0%" in text
+    text, levels = judge({"none": {"a": 0.1, "b": 0.05}, "oracle": {"a": 0.1, "b": 0.1}})
+    assert list(levels.held) == ["held", "not tested", "not tested", "held"] and "NOT held" not in text
+    assert ("Held against no knowledge and oracle knowledge: every unauthorized model's 95% interval lies under "
+            "25.0%") in text
+
+
+@pytest.mark.parametrize("value", [0.2, 0.3])
+def test_an_interval_across_the_threshold_is_inconclusive_with_the_n_that_decides(value):
+    """20% (or 30%) of 100 against a 25% threshold: the 95% interval contains 25%, so neither held nor NOT held,
+    whatever the point estimate says; the n named is where the same rate's interval first leaves 25%."""
+    text, levels = judge({"none": {"a": 0.1, "b": 0.05}, "method": {"a": value, "b": 0.1}})
+    assert list(levels.held) == ["held", "inconclusive", "not tested", "not tested"]
+    needed = int(levels["decides at n"].iloc[1])
+    side = (lambda m: proportion_interval(round(value * m), m)[1] < 0.25) if value < 0.25 else (
+        lambda m: proportion_interval(round(value * m), m)[0] > 0.25)
+    assert side(needed) and not side(int(0.97 * needed)) and not side(100)
+    assert f"INCONCLUSIVE at n = 100 against method knowledge: blind_fill (method) gives a {100 * value:.1f}%" in text
+    assert f"about n = {needed:,} would decide it. It held against no knowledge." in text
+    assert "Held against" not in text and "NOT held" not in text
 
 
 def test_a_designated_model_that_loses_its_utility_is_not_held():
     text, levels = judge({"none": {"a": 0.1, "b": 0.1}, "oracle": {"a": 0.2, "b": 0.1}}, nte=14.0)
     assert text.startswith("d, nte 0 dB: NOT useful to the designated model (14.0% on the NTEs, clean 96.0%")
-    assert "Held" not in text and "yes" not in set(levels.held) and set(levels.held) >= {"not useful"}
+    assert "Held" not in text and "held" not in set(levels.held) and set(levels.held) >= {"not useful"}
     text, _ = judge({"none": {"a": 0.9, "b": 0.1}}, nte=14.0)
     assert "NOT useful" in text and "NOT held: no knowledge suffices" in text  # both failures are said
     assert "Useful to the designated model (90.0%" in judge({"none": {"a": 0.1, "b": 0.1}}, nte=90.0)[0]
@@ -82,7 +102,7 @@ def test_a_designated_model_that_loses_its_utility_is_not_held():
 def test_degenerate_evaluations_are_uninformative_never_held(kwargs, why):
     text, levels = judge({"none": {"a": 0.1, "b": 0.1}, "oracle": {"a": 0.2, "b": 0.1}}, **kwargs)
     assert text.startswith(f"d, nte 0 dB: UNINFORMATIVE ({why}") and "Held" not in text
-    assert "yes" not in set(levels.held) and "uninformative" in set(levels.held)
+    assert "held" not in set(levels.held) and "uninformative" in set(levels.held)
 
 
 def test_verdict_names_models_already_at_chance():

@@ -19,9 +19,12 @@ from nte_eval.evaluate.checks import run_checks
 from nte_eval.evaluate.labels import knowledge_of
 from nte_eval.evaluate.run_folder import MANIFEST, PLAN, RESULTS, RESULTS_PARQUET, SAMPLES, WORST_CASE, atomic_write
 from nte_eval.evaluate.shards import read_item, verified_items
-from nte_eval.evaluate.store import CELL, COLUMNS, SAMPLE_COLUMNS, read_rows
+from nte_eval.evaluate.store import CELL, COLUMNS, INTERVAL, SAMPLE_COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import worst_case
+from nte_eval.metrics import proportion_interval
 
+PROPORTIONS = {"accuracy", "clean_accuracy", "agreement", "attacked_clean_accuracy", "encoded_accuracy",
+               "certified_accuracy", "cert_pass_rate"}  # shares of the n samples: they get a 95% interval
 PER_SAMPLE = ["index", "model", "role", "label", "clean_pred", "pred", "cal_pred", "encoded_pred", "logit_change",
               "first_layer_ratio"]  # then the input-space measurements (cells.input_metrics), one column each
 
@@ -53,6 +56,22 @@ def cell_rows(frame: pd.DataFrame, metric: str = "accuracy") -> tuple[list[tuple
         rows += [(name, role, m, float(v), n) for m, v in values]
         samples += [(name, "attacked", _bits(correct)), (name, "clean", _bits(cal_correct))]
     return rows, samples
+
+
+def result_intervals(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` with ``ci_low``/``ci_high``: the exact (Clopper-Pearson) 95% interval of every proportion metric
+    (``PROPORTIONS``) over its n samples; empty for the other metrics."""
+    bounds = {}
+    for v, n in zip(results.value[results.metric.isin(PROPORTIONS)], results.n[results.metric.isin(PROPORTIONS)],
+                    strict=True):
+        key = (round(v * n), int(n))
+        if key not in bounds:
+            bounds[key] = proportion_interval(*key)
+    low = [bounds[(round(v * n), int(n))][0] if m in PROPORTIONS else float("nan")
+           for m, v, n in zip(results.metric, results.value, results.n, strict=True)]
+    high = [bounds[(round(v * n), int(n))][1] if m in PROPORTIONS else float("nan")
+            for m, v, n in zip(results.metric, results.value, results.n, strict=True)]
+    return results.assign(ci_low=low, ci_high=high)
 
 
 def read_plan(out: Path) -> dict[str, Any]:
@@ -100,12 +119,13 @@ def merge_tables(out: Path, log: Callable[[str], None], total_seconds: float | N
         samples += [(*cell, *s) for s in cell_samples]
     frames = [pd.DataFrame(rows, columns=COLUMNS)] + ([cert[COLUMNS]] if cert is not None else [])
     with atomic_write(out / RESULTS) as tmp:
-        pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True).to_csv(tmp, index=False)
+        table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+        result_intervals(table).to_csv(tmp, index=False)
     with atomic_write(out / SAMPLES) as tmp:
         pd.DataFrame(samples, columns=SAMPLE_COLUMNS).to_csv(tmp, index=False)
-    results, per_sample = read_rows(out / RESULTS, COLUMNS), read_rows(out / SAMPLES, SAMPLE_COLUMNS)
     with atomic_write(out / RESULTS_PARQUET) as tmp:
-        results.to_parquet(tmp, index=False)
+        read_rows(out / RESULTS, COLUMNS + INTERVAL).to_parquet(tmp, index=False)
+    results, per_sample = read_rows(out / RESULTS, COLUMNS), read_rows(out / SAMPLES, SAMPLE_COLUMNS)
     with atomic_write(out / WORST_CASE) as tmp:
         worst_case(results, per_sample, knowledge_of).to_csv(tmp, index=False)
     timings = [{"item": r["id"], "cell": list(r["cell"]), "samples": [r["start"], r["stop"]],

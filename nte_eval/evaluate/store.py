@@ -33,6 +33,8 @@ from nte_eval.evaluate.shards import Item, verified_items, write_item
 
 CELL = ["encoder", "encoder_params", "attack", "attack_params"]
 COLUMNS = [*CELL, "model", "role", "metric", "value", "n"]
+INTERVAL = ["ci_low", "ci_high"]  # results.csv's last columns: a proportion's exact 95% interval over n (else empty)
+NUMERIC = ("value", "n", *INTERVAL)
 SAMPLE_COLUMNS = [*CELL, "model", "input", "correct"]
 
 
@@ -79,8 +81,8 @@ def read_rows(path: Path, columns: list[str]) -> pd.DataFrame:
     """A results/samples CSV with parameters kept as strings."""
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=columns)
-    frame = pd.read_csv(path, dtype={c: str for c in columns if c not in ("value", "n")},
-                        keep_default_na=False)
+    frame = pd.read_csv(path, dtype={c: str for c in columns if c not in NUMERIC}, keep_default_na=False,
+                        na_values={c: [""] for c in INTERVAL})
     return frame[columns]
 
 

@@ -40,15 +40,18 @@ def psnr_points(results: pd.DataFrame, worst: pd.DataFrame, modality: str) -> pd
 
 
 def _panel(ax: plt.Axes, part: pd.DataFrame, designated: str, multi: bool) -> None:
-    """One panel: a line per (model, setting) through its measured points; the designated model thick and solid."""
+    """One panel: a line per (model, setting) through its measured points, in a band of their 95% intervals; the
+    designated model thick and solid."""
     for i, (model, g) in enumerate(part.groupby("model", sort=False)):
         for j, (family, gs) in enumerate(g.groupby("family", sort=False)):
             curve = gs.sort_values("psnr")
             is_des = model == designated
+            color = "black" if is_des else f"{0.1 + 0.1 * (i % 6):.1f}"
             ax.plot(curve.psnr, 100 * curve.value, linestyle="-" if is_des else LINESTYLES[i % len(LINESTYLES)],
                     marker="o" if is_des else MARKERS[(i + j) % len(MARKERS)], lw=2.6 if is_des else 1.0,
-                    color="black" if is_des else f"{0.1 + 0.1 * (i % 6):.1f}", markersize=4,
+                    color=color, markersize=4,
                     label=f"{short(model)}{' (designated)' if is_des else ''}" + (f", {family}" if multi else ""))
+            ax.fill_between(curve.psnr, 100 * curve.ci_low, 100 * curve.ci_high, color=color, alpha=0.12, lw=0)
 
 
 def accuracy_psnr_pages(pdf: PdfPages, results: pd.DataFrame, worst: pd.DataFrame, h: Headline,

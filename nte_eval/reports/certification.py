@@ -10,6 +10,7 @@ import pandas as pd
 
 from nte_eval.evaluate.labels import setting_name
 from nte_eval.evaluate.run_folder import CERTIFY
+from nte_eval.reports.verdict import ci
 
 
 def certification_table(out: Path) -> pd.DataFrame:
@@ -23,11 +24,16 @@ def certification_table(out: Path) -> pd.DataFrame:
                                                                            strict=True)]
     table["source"] = table.lipschitz + " (" + table.status + ")"
     pick = lambda names: table.metrics.map(lambda m: next((m[n] for n in names if n in m), math.nan))  # noqa: E731
-    table["certified % (estimated)"] = (100 * pick(("certified_accuracy", "estimated_accuracy"))).round(1)
-    table["pass %"] = (100 * pick(("cert_pass_rate", "estimate_pass_rate"))).round(1)
+    certified, passed = pick(("certified_accuracy", "estimated_accuracy")), pick(("cert_pass_rate",
+                                                                                  "estimate_pass_rate"))
+    n = table["n"] if "n" in table else pd.Series(0, index=table.index)
+    table["certified % (estimated)"] = (100 * certified).round(1)
+    table["certified % (estimated) CI"] = [ci(v, k) for v, k in zip(certified, n, strict=True)]
+    table["pass %"] = (100 * passed).round(1)
+    table["pass % CI"] = [ci(v, k) for v, k in zip(passed, n, strict=True)]
     table["tightness"] = pick(("bound_tightness",)).map(lambda v: f"{v:.2g}")
-    return table.set_index(["designated", "setting", "psnr", "source"])[["certified % (estimated)", "pass %",
-                                                                         "tightness"]]
+    return table.set_index(["designated", "setting", "psnr", "source"])[[
+        "certified % (estimated)", "certified % (estimated) CI", "pass %", "pass % CI", "tightness"]]
 
 
 def degradation_line(out: Path) -> str:

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from nte_eval.knowledge import KNOWLEDGE  # noqa: E402
 from nte_eval.reports.figures import A4, GREYS, HATCHES, short  # noqa: E402
 from nte_eval.reports.headline import Headline  # noqa: E402
-from nte_eval.reports.verdict import MAX_CHANCE, MIN_N  # noqa: E402
+from nte_eval.reports.verdict import MAX_CHANCE, MIN_N, bounds  # noqa: E402
 
 FONT = 8.0
 PITCH = 1.29 * FONT / 72 / A4[1]  # one line of matplotlib's sans-serif text, as a share of the page height
@@ -32,9 +32,11 @@ def facts(h: Headline, manifest: dict, accuracy: str) -> str:
     chance = f"{100 * h.chance:.1f}%" if h.chance is not None else "not recorded (taken as 0)"
     unit = "texts" if h.modality == "text" else "images"
     return (f"Suite {manifest.get('suite')}, finished {manifest.get('finished', 'unknown')}: n = {n} evaluated {unit} "
-            f"({data.get('source')}), {accuracy} in %. Held = every unauthorized model at most {h.threshold:.1f}% "
-            f"(chance {chance} + {h.margin:g} points) under the best attack at or below a knowledge level; the levels "
-            "are cumulative (none < method < surrogate < oracle: an attacker runs every attack of the levels below "
+            f"({data.get('source')}), {accuracy} in %, each with its exact 95% interval (Clopper-Pearson; error "
+            f"bars in the figures). Held = every unauthorized model's 95% interval under {h.threshold:.1f}% (chance "
+            f"{chance} + {h.margin:g} points) under the best attack at or below a knowledge level; NOT held = an "
+            "interval wholly above it; inconclusive otherwise, with about the n that would decide. The levels are "
+            "cumulative (none < method < surrogate < oracle: an attacker runs every attack of the levels below "
             f"its own). Useful = the designated model at most {h.margin:g} points below its clean accuracy on the "
             f"NTEs. Uninformative, never held: n < {MIN_N}, one class, chance >= {100 * MAX_CHANCE:g}%, or no "
             f"unauthorized model above the threshold on clean inputs. Sanity-check warnings: {len(h.warnings)}. The "
@@ -43,17 +45,22 @@ def facts(h: Headline, manifest: dict, accuracy: str) -> str:
 
 def _figure(ax: plt.Axes, h: Headline, accuracy: str) -> None:
     """Per setting: the designated model on its NTEs and under its worst benign processing, and the most accurate
-    unauthorized model under the best attack at or below each knowledge level; the threshold dashed."""
+    unauthorized model under the best attack at or below each knowledge level, each with its 95% interval as an
+    error bar; the threshold dashed."""
     x = np.arange(len(h.settings))
-    levels = h.levels["max unauthorized %"].to_numpy().reshape(len(x), len(KNOWLEDGE))
-    bars = [("designated model on its NTEs", h.designated["NTE %"], "black", ""),
-            ("designated model, worst benign processing", h.owner["worst benign %"], "0.45", "")]
-    bars += [(f"best unauthorized model, attacks \u2264 {level}", levels[:, k], GREYS[level], HATCHES[level])
-             for k, level in enumerate(KNOWLEDGE)]
+    shape = (len(x), len(KNOWLEDGE))
+    levels = [h.levels[c].to_numpy().reshape(shape) for c in ("max unauthorized %", "CI low %", "CI high %")]
+    bars = [("designated model on its NTEs", h.designated["NTE %"], bounds(h.designated["NTE % CI"]), "black", ""),
+            ("designated model, worst benign processing", h.owner["worst benign %"],
+             bounds(h.owner["worst benign % CI"]), "0.45", "")]
+    bars += [(f"best unauthorized model, attacks \u2264 {level}", levels[0][:, k], (levels[1][:, k], levels[2][:, k]),
+              GREYS[level], HATCHES[level]) for k, level in enumerate(KNOWLEDGE)]
     width = 0.84 / len(bars)
-    for k, (label, values, color, hatch) in enumerate(bars):
+    for k, (label, values, (low, high), color, hatch) in enumerate(bars):
+        values = np.asarray(values, dtype=float)
+        spread = np.clip([values - np.asarray(low, dtype=float), np.asarray(high, dtype=float) - values], 0, None)
         ax.bar(x - 0.42 + (k + 0.5) * width, values, width, color=color, hatch=hatch, edgecolor="black", lw=0.5,
-               label=label)
+               label=label, yerr=spread, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})
     ax.axhline(h.threshold, color="black", ls="--", lw=1, label=f"held threshold {h.threshold:.1f}%")
     for i, status in enumerate(h.settings.standing):
         if status != "useful":

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from nte_eval.evaluate.labels import attack_name  # noqa: E402
 from nte_eval.knowledge import KNOWLEDGE  # noqa: E402
+from nte_eval.metrics import widest_half_width  # noqa: E402
 
 A4 = (11.69, 8.27)
 LINESTYLES = ["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]
@@ -74,8 +75,11 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
             im = _heatmap(ax, grid, [knowledge.get(a, "none") for a in attacks], s.designated,
                           f"{short(s.designated)}, {s.setting}")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.6, pad=0.02, label=f"{accuracy} after the attack (%)")
+        n = int(acc.n.min()) if len(acc) else 0
         fig.suptitle("Accuracy (%) of every model on each attack's reconstruction of the NTEs, attacks grouped by "
-                     "knowledge level (none < method < surrogate < oracle)", fontsize=10)
+                     "knowledge level (none < method < surrogate < oracle)\n"
+                     f"n = {n}: each cell's exact 95% interval is up to \u00b1{widest_half_width(n):.1f} points (at "
+                     "50%; results.csv has each one)", fontsize=9)
         pdf.savefig(fig)
         plt.close(fig)
 
@@ -83,8 +87,8 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
 def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFrame,
                          accuracy: str = "top-1 accuracy") -> None:
     """Per encoder setting, each unauthorized model's accuracy under the best attack at or below each knowledge level
-    (bars, hatched by level), its clean accuracy (dash), and the union over attacks beside its clean calibration; at
-    most six settings a page, spread evenly over the pages."""
+    (bars, hatched by level), its clean accuracy (dash), and the union over attacks beside its clean calibration,
+    each with its 95% interval as an error bar; at most six settings a page, spread evenly over the pages."""
     wc = worst[worst.role == "unauthorized"]
     rows = list(settings.itertuples(index=False))
     per = math.ceil(len(rows) / math.ceil(len(rows) / 6)) if rows else 1
@@ -96,19 +100,31 @@ def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFr
         for ax, s in zip(axes.flat, chunk, strict=False):
             part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
             models = list(dict.fromkeys(part.model))
-            v = part.set_index(["model", "summary"]).value
+            table = part.set_index(["model", "summary"])
             x = np.arange(len(models))
             width = 0.7 / len(KNOWLEDGE)
+
+            def column(summary: str, table: pd.DataFrame = table, models: list[str] = models) -> np.ndarray:
+                """(value, low, high) in % per model for one summary row (NaN where it has none)."""
+                return np.array([[100 * table[c].get((m, summary), math.nan) for m in models]
+                                 for c in ("value", "ci_low", "ci_high")])
+
+            def spread(v: np.ndarray) -> np.ndarray:
+                return np.clip([v[0] - v[1], v[2] - v[0]], 0, None)
+
             for k, level in enumerate(KNOWLEDGE):
-                heights = [100 * v.get((m, f"best_{level}"), math.nan) for m in models]
-                ax.bar(x - 0.42 + (k + 0.5) * width, heights, width, color=GREYS[level], edgecolor="black",
-                       hatch=HATCHES[level], lw=0.6, label=f"best attack at or below {level}")
-            ax.hlines([100 * v.get((m, "clean"), math.nan) for m in models], x - 0.42, x + 0.28, colors="black",
-                      linestyles="--", lw=1, label="clean accuracy", zorder=3)
+                v = column(f"best_{level}")
+                ax.bar(x - 0.42 + (k + 0.5) * width, v[0], width, color=GREYS[level], edgecolor="black",
+                       hatch=HATCHES[level], lw=0.6, label=f"best attack at or below {level}", yerr=spread(v),
+                       error_kw={"elinewidth": 0.7, "capsize": 1.5, "ecolor": "0.2"})
+            clean = column("clean")
+            ax.hlines(clean[0], x - 0.42, x + 0.28, colors="black", linestyles="--", lw=1, label="clean accuracy",
+                      zorder=3)
             for summary, dx, face, label in (("union", 0.34, "black", "union over attacks (hindsight)"),
                                              ("union_clean", 0.44, "white", "same union on clean inputs")):
-                ax.scatter(x + dx, [100 * v.get((m, summary), math.nan) for m in models], marker="D", s=18,
-                           facecolors=face, edgecolors="black", linewidths=0.8, label=label, zorder=3)
+                v = column(summary)
+                ax.errorbar(x + dx, v[0], yerr=spread(v), fmt="D", markersize=4, mfc=face, mec="black", ecolor="0.2",
+                            elinewidth=0.7, capsize=1.5, label=label, zorder=3)
             ax.set_xticks(x, [short(m) for m in models], rotation=20, ha="right", fontsize=7)
             ax.set_ylim(0, 105)
             ax.set_ylabel(f"{accuracy} (%)", fontsize=8)
@@ -119,7 +135,7 @@ def knowledge_bars_pages(pdf: PdfPages, worst: pd.DataFrame, settings: pd.DataFr
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
         fig.suptitle("Unauthorized models: accuracy under the best single attack at or below each knowledge level "
-                     "(levels are cumulative)", fontsize=10)
+                     "(levels are cumulative); error bars: exact 95% intervals", fontsize=10)
         fig.tight_layout(rect=(0, 0.07, 1, 0.96))
         pdf.savefig(fig)
         plt.close(fig)

@@ -22,13 +22,14 @@ from nte_eval.evaluate.store import COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import read_worst_case
 from nte_eval.reports.certification import certification_table
 from nte_eval.reports.tuning import label_free_choice
-from nte_eval.reports.verdict import levels_table, owner_line, owner_table, standing, verdict, weak_models
+from nte_eval.reports.verdict import ci, levels_table, owner_line, owner_table, standing, verdict, weak_models
 
 MARGIN = 10.0  # points above chance that still count as "held"; the designated model may lose as many
 METRICS = {"mcc": ("MCC x100", "Matthews correlation x 100 (GLUE's CoLA metric)"),
            "f1": ("F1 %", "F1 of the positive class in % (GLUE's MRPC and QQP metric)")}  # a text task's own metric
-UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "clean %", "no attack %", "best attack %", "best attack",
-                        "union %", "union clean %"]
+UNAUTHORIZED_COLUMNS = ["designated", "setting", "model", "n", "clean %", "clean % CI", "no attack %",
+                        "no attack % CI", "best attack %", "best attack % CI", "best attack", "p vs no attack",
+                        "union %", "union % CI", "union clean %", "union clean % CI"]
 
 
 @dataclass
@@ -84,12 +85,17 @@ def _certified(fidelity: list[dict], encoder: str, params: str) -> dict[str, obj
     entries = [f for f in fidelity if f["encoder"] == encoder and f["encoder_params"] == params]
     certified = [f for f in entries if f["status"] == "certified"]
     if not entries:
-        return {"certified %": math.nan, "cert. pass %": math.nan, "certified by": "not certified at this PSNR"}
+        return {"certified %": math.nan, "certified % CI": "-", "cert. pass %": math.nan, "cert. pass % CI": "-",
+                "certified by": "not certified at this PSNR"}
     if not certified:
-        return {"certified %": math.nan, "cert. pass %": math.nan, "certified by": "none (no certified bound)"}
+        return {"certified %": math.nan, "certified % CI": "-", "cert. pass %": math.nan, "cert. pass % CI": "-",
+                "certified by": "none (no certified bound)"}
     best = max(certified, key=lambda f: f["metrics"]["certified_accuracy"])
+    worst = min(certified, key=lambda f: f["metrics"]["cert_pass_rate"])
     return {"certified %": _pct(best["metrics"]["certified_accuracy"]),
-            "cert. pass %": _pct(min(f["metrics"]["cert_pass_rate"] for f in certified)),
+            "certified % CI": ci(best["metrics"]["certified_accuracy"], best.get("n", 0)),
+            "cert. pass %": _pct(worst["metrics"]["cert_pass_rate"]),
+            "cert. pass % CI": ci(worst["metrics"]["cert_pass_rate"], worst.get("n", 0)),
             "certified by": best["lipschitz"]}
 
 
@@ -99,10 +105,13 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
     rows = []
     ident = results[(results.attack == "identity") & (results.role == "designated")]
     for s in settings.itertuples(index=False):
-        m = ident[ident.encoder_params == s.encoder_params].set_index("metric").value
-        rows.append({"designated": s.designated, "setting": s.setting, "PSNR dB": round(m["psnr"], 2) + 0.0,
-                     "clean %": _pct(m["clean_accuracy"]), "NTE %": _pct(m["accuracy"]),
-                     "agreement %": _pct(m["agreement"]), "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}"),
+        part = ident[ident.encoder_params == s.encoder_params].set_index("metric")
+        m, n = part.value, int(part.n["accuracy"])
+        rows.append({"designated": s.designated, "setting": s.setting, "n": n, "PSNR dB": round(m["psnr"], 2) + 0.0,
+                     "clean %": _pct(m["clean_accuracy"]), "clean % CI": ci(m["clean_accuracy"], n),
+                     "NTE %": _pct(m["accuracy"]), "NTE % CI": ci(m["accuracy"], n),
+                     "agreement %": _pct(m["agreement"]), "agreement % CI": ci(m["agreement"], n),
+                     "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}"),
                      **_certified(fidelity, s.encoder, s.encoder_params)})
     return pd.DataFrame(rows)
 
@@ -125,7 +134,8 @@ def text_designated_table(results: pd.DataFrame, settings: pd.DataFrame, metric:
     des = results[results.role == "designated"]
     for s in settings.itertuples(index=False):
         part = des[des.encoder_params == s.encoder_params]
-        m = part[part.attack == "identity"].set_index("metric").value
+        ident = part[part.attack == "identity"].set_index("metric")
+        m, n = ident.value, int(ident.n["accuracy"])
         rec = part[(part.metric == "token_recovery")]
         short_of_oracle = [knowledge.get((a, p), "oracle") != "oracle"
                            for a, p in zip(rec.attack, rec.attack_params, strict=True)]
@@ -136,11 +146,12 @@ def text_designated_table(results: pd.DataFrame, settings: pd.DataFrame, metric:
                "kB/example": round(stored / 1000, 1), "token recovery %": _pct(m["token_recovery"]),
                "best non-oracle recovery %": math.nan if best is None else _pct(best.value),
                "recovered by": "-" if best is None else attack_name(best.attack, best.attack_params),
-               "clean %": _pct(m["clean_accuracy"]), "NTE %": _pct(m["accuracy"])}
+               "n": n, "clean %": _pct(m["clean_accuracy"]), "clean % CI": ci(m["clean_accuracy"], n),
+               "NTE %": _pct(m["accuracy"]), "NTE % CI": ci(m["accuracy"], n)}
         if metric in METRICS:
             name = METRICS[metric][0]
             row |= {f"clean {name}": _pct(m[f"clean_{metric}"]), f"NTE {name}": _pct(m[metric])}
-        rows.append(row | {"agreement %": _pct(m["agreement"]),
+        rows.append(row | {"agreement %": _pct(m["agreement"]), "agreement % CI": ci(m["agreement"], n),
                            "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}")})
     return pd.DataFrame(rows)
 
@@ -158,21 +169,26 @@ def unauthorized_table(worst: pd.DataFrame, settings: pd.DataFrame, results: pd.
         part = wc[(wc.encoder == s.encoder) & (wc.encoder_params == s.encoder_params)]
         for model, g in part.groupby("model", sort=False):
             v = g.set_index("summary")
-            best = v.loc["best_single"]
-            row = {"designated": s.designated, "setting": s.setting, "model": model,
-                   "clean %": _pct(v.value["clean"]), "no attack %": _pct(v.value["no_attack"]),
-                   "best attack %": _pct(best.value),
-                   "best attack": f"{attack_name(best.attack, best.attack_params)} ({best.knowledge})"}
+            best, n = v.loc["best_single"], int(g.n.iloc[0])
+            span = {k: ci(v.value[k], n) if k in v.index else "-" for k in ("clean", "no_attack", "union",
+                                                                                 "union_clean")}
+            row = {"designated": s.designated, "setting": s.setting, "model": model, "n": n,
+                   "clean %": _pct(v.value["clean"]), "clean % CI": span["clean"],
+                   "no attack %": _pct(v.value["no_attack"]), "no attack % CI": span["no_attack"],
+                   "best attack %": _pct(best.value), "best attack % CI": ci(best.value, n),
+                   "best attack": f"{attack_name(best.attack, best.attack_params)} ({best.knowledge})",
+                   "p vs no attack": float(best.get("p_vs_no_attack", math.nan))}
             if extra:
                 cells = results[(results.encoder_params == s.encoder_params) & (results.model == model)]
                 value = cells.set_index(["attack", "attack_params", "metric"]).value
                 row |= {f"clean {name}": _pct(value[("identity", "{}", f"clean_{metric}")]),
                         f"no attack {name}": _pct(value[("identity", "{}", metric)]),
                         f"best attack {name}": _pct(value[(best.attack, best.attack_params, metric)])}
-            rows.append(row | {"union %": _pct(v.value.get("union", math.nan)),
-                               "union clean %": _pct(v.value.get("union_clean", math.nan))})
+            rows.append(row | {"union %": _pct(v.value.get("union", math.nan)), "union % CI": span["union"],
+                               "union clean %": _pct(v.value.get("union_clean", math.nan)),
+                               "union clean % CI": span["union_clean"]})
     extras = [f"{kind} {name}" for kind in ("clean", "no attack", "best attack")] if extra else []
-    return pd.DataFrame(rows, columns=[*UNAUTHORIZED_COLUMNS[:-2], *extras, *UNAUTHORIZED_COLUMNS[-2:]])
+    return pd.DataFrame(rows, columns=[*UNAUTHORIZED_COLUMNS[:-4], *extras, *UNAUTHORIZED_COLUMNS[-4:]])
 
 
 def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame | None = None,
@@ -198,7 +214,7 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     clean = worst[(worst.summary == "clean") & (worst.role == "unauthorized")]
     per_setting = [clean[clean.encoder_params == p] for p in settings.encoder_params]
     weak = [weak_models(c, threshold) for c in per_setting]
-    n = results[results.role == "designated"].groupby("encoder_params").n.min()
+    n = results[(results.role == "designated") & (results.metric == "accuracy")].groupby("encoder_params").n.min()
     standings = [standing(d, int(n[p]), chance, w, list(c.model), margin)
                  for p, (_, d), w, c in zip(settings.encoder_params, des.iterrows(), weak, per_setting, strict=True)]
     settings = settings.assign(n=[int(n[p]) for p in settings.encoder_params],

@@ -40,6 +40,7 @@ from nte_eval.evaluate.run_folder import (
 )
 from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
 from nte_eval.evaluate.worst_case import read_worst_case  # noqa: E402
+from nte_eval.metrics import widest_half_width  # noqa: E402
 from nte_eval.reports.accuracy_psnr import accuracy_psnr_pages  # noqa: E402
 from nte_eval.reports.certification import degradation_line
 from nte_eval.reports.certify_pages import degradation_page, fidelity_page
@@ -206,9 +207,12 @@ def _appendix(manifest: dict, results: pd.DataFrame, matrix: pd.DataFrame, notes
     environment, and ``notes`` (e.g. why a page is left out)."""
     modality = manifest.get("data", {}).get("modality", "image")
     name, unit = psnr_name(modality)
+    acc = results[results.metric == "accuracy"]
+    n = int(acc.n.min()) if len(acc) else 0
     lines = ["APPENDIX: PARAMETERS AND ENVIRONMENT", "",
              "Transfer matrix: accuracy (%) of every model without attack, per designated model, setting and "
-             f"target PSNR; psnr = achieved {name} (dB, {unit}):"]
+             f"target PSNR; psnr = achieved {name} (dB, {unit}). n = {n}: each accuracy's exact 95% interval is up "
+             f"to \u00b1{widest_half_width(n):.1f} points (at 50%; the tables above and results.csv give each one):"]
     matrix = matrix.rename(columns=lambda c: c.removeprefix("zoo:"))
     for designated, part in matrix.groupby("designated", sort=False):
         part = part.drop(columns="designated").dropna(axis=1, how="all")

@@ -21,14 +21,18 @@ TEXT_UNITS = ("Accuracy in %; PSNR is token PSNR (peak 1, per stored entry): 10 
               "recovery = share of tokens whose largest entry is the clean token.")
 
 
+INTERVALS = ("Each accuracy-like figure is shown with its exact 95% interval (Clopper-Pearson) over its n samples; "
+             "p vs no attack: McNemar's exact test of the best attack against no attack on the same samples.")
+
+
 def units(h: Headline) -> str:
-    """What the run's accuracies, PSNRs and (for a text task) its own metric mean."""
+    """What the run's accuracies, PSNRs and (for a text task) its own metric mean, and how sure they are."""
     if h.modality == "text":
         return TEXT_UNITS + (f" {METRICS[h.metric][0]} = {METRICS[h.metric][1]}, on the same predictions as the "
-                             "accuracy." if h.metric in METRICS else "")
+                             "accuracy." if h.metric in METRICS else "") + " " + INTERVALS
     if multiple_choice(h.source):
-        return f"Accuracy is {accuracy_name(h.source)} in %; {PIXEL_PSNR}"
-    return UNITS
+        return f"Accuracy is {accuracy_name(h.source)} in %; {PIXEL_PSNR} {INTERVALS}"
+    return f"{UNITS} {INTERVALS}"
 
 
 def _fmt(value: object) -> str:
@@ -40,8 +44,24 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """A headline table as the reader sees it: every figure that has an interval column ('X CI') shown with it,
+    'X (95% CI)' = '91.2 (84.1\u201395.3)'; the verdicts' numeric bounds left out."""
+    out = frame.drop(columns=[c for c in ("CI low %", "CI high %") if c in frame])
+    for column in [c for c in out.columns if c.endswith(" CI") and c[:-3] in out]:
+        base = column[:-3]
+        out[base] = [_fmt(v) if span == "-" else f"{_fmt(v)} ({span})" for v, span in zip(out[base], out[column],
+                                                                                            strict=True)]
+        out = out.drop(columns=column).rename(columns={base: f"{base} (95% CI)"})
+    return out
+
+
 def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
-    """The headline tables in report order, each with its caption."""
+    """The headline tables in report order, each with its caption; figures shown with their intervals."""
+    return [(caption, shown(table)) for caption, table in _sections(h)]
+
+
+def _sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
     chance = f"{100 * h.chance:.1f}%" if h.chance is not None else "not recorded by this run (taken as 0)"
     cert = h.certification.reset_index() if len(h.certification) else h.certification
     designated = ("Designated models: accuracy on their NTEs (no attack) and the fidelity certificate of exactly that "
@@ -59,30 +79,38 @@ def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
          h.owner),
         ("Unauthorized models: accuracy with no attack and under the best single attack (the headline: one "
          "reconstruction, committed to without labels); the per-sample union over all attacks is an upper bound "
-         "picked with hindsight, so it stands beside the same union on clean inputs." + metric, h.unauthorized),
+         "picked with hindsight, so it stands beside the same union on clean inputs. p vs no attack: McNemar's exact "
+         "test of the best attack against no attack on the same samples (paired)." + metric, h.unauthorized),
         ("Best attack at or below each knowledge level (levels are cumulative: an attacker runs every attack of the "
-         f"levels below its own) and the unauthorized model it helps most. Held = at most {h.threshold:.1f}% (chance "
-         f"{chance} + {h.margin:g} points); never held when uninformative (n < {MIN_N}, one class, chance >= "
+         f"levels below its own) and the unauthorized model it helps most. Held = every unauthorized model's 95% "
+         f"interval under {h.threshold:.1f}% (chance {chance} + {h.margin:g} points); NOT held = one wholly above it; "
+         "inconclusive otherwise, with about the n that would decide; never held when uninformative "
+         f"(n < {MIN_N}, one class, chance >= "
          f"{100 * MAX_CHANCE:g}%, or no unauthorized model above the threshold on clean inputs) or not useful (the "
          f"designated model more than {h.margin:g} points below clean).", h.levels),
         ("Choosing an attack's strength without labels: for each attack swept over its strength, the setting a "
          "method-level attacker commits to by the PSNR at which it restores its own NTEs (public images encoded for a "
          "random surrogate: no labels, no designated model) beside the setting picked with hindsight (by accuracy); "
-         "mean accuracy over the unauthorized models.", h.tuning),
+         "mean accuracy over the unauthorized models (interval over their samples pooled).", h.tuning),
         ("Fidelity certificates per PSNR and Lipschitz source (certified % = certified and clean-correct; for an "
          "estimate source, what it would certify if it were a bound; pass must be 100% for a certified source; "
          "tightness = median measured/bound).", cert),
     ]
 
 
+def _whole(span: str) -> str:
+    """'77.4\u201391.2' -> '77\u201391' (the matrices' compact cells)."""
+    return span if span == "-" else "\u2013".join(f"{float(v):.0f}" for v in span.split("\u2013"))
+
+
 def attack_matrices(h: Headline) -> tuple[list[pd.DataFrame], dict[str, str]]:
     """The unauthorized table as compact matrices, one per designated model (setting x unauthorized model), each
-    cell 'no attack -> best single attack, its tag (union | union on clean inputs)', and the attacks' tags."""
+    cell 'no attack (95% CI) -> best single attack (95% CI) and its tag', and the attacks' tags."""
     u = h.unauthorized
     names = list(dict.fromkeys(u["best attack"]))
     tags = {name: chr(ord("a") + i) if i < 26 else f"#{i}" for i, name in enumerate(names)}
-    cell = [f"{r['no attack %']:.0f}\u2192{r['best attack %']:.0f}{tags[r['best attack']]} "
-            f"({r['union %']:.0f}|{r['union clean %']:.0f})" for _, r in u.iterrows()]
+    cell = [f"{r['no attack %']:.0f} ({_whole(r['no attack % CI'])})\u2192{r['best attack %']:.0f}"
+            f"{tags[r['best attack']]} ({_whole(r['best attack % CI'])})" for _, r in u.iterrows()]
     u = u.assign(cell=cell, model=u.model.str.removeprefix("zoo:"))
     matrices = []
     for designated, part in u.groupby("designated", sort=False):
@@ -95,8 +123,9 @@ def attack_matrices(h: Headline) -> tuple[list[pd.DataFrame], dict[str, str]]:
 def matrix_lines(h: Headline) -> list[str]:
     """The compact unauthorized matrices with their caption and the attack tags, as text lines."""
     matrices, tags = attack_matrices(h)
-    lines = ["Unauthorized models (accuracy %): no attack \u2192 best single attack, tagged (union over all attacks | "
-             "the same union on clean inputs); the tags:", "  " + "; ".join(f"{t} = {n}" for n, t in tags.items())]
+    lines = ["Unauthorized models (accuracy %, 95% CI in brackets): no attack \u2192 best single attack, tagged "
+             "(the unions over all attacks are in the unauthorized table); the tags:",
+             "  " + "; ".join(f"{t} = {n}" for n, t in tags.items())]
     for m in matrices:
         lines += ["", *m.to_string().splitlines()]
     return lines

@@ -11,9 +11,10 @@ import pandas as pd
 
 from nte_eval.attacks.base import ATTACKS
 from nte_eval.evaluate.labels import attack_name, setting_name
+from nte_eval.reports.verdict import ci
 
-TUNING_COLUMNS = ["designated", "setting", "attack", "label-free choice", "label-free %", "hindsight choice",
-                  "hindsight %", "gap (points)"]
+TUNING_COLUMNS = ["designated", "setting", "attack", "label-free choice", "label-free %", "label-free % CI",
+                  "hindsight choice", "hindsight %", "hindsight % CI", "gap (points)"]
 
 
 def _family(attack: str, params: str) -> str | None:
@@ -30,7 +31,8 @@ def label_free_choice(results: pd.DataFrame) -> pd.DataFrame:
     PSNR and the one with the best mean accuracy over the unauthorized models (hindsight), each with that mean (%)."""
     probe = results[results.metric == "probe_psnr"]
     acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
-    mean = acc.groupby(["encoder", "encoder_params", "attack", "attack_params"], sort=False).value.mean()
+    cells = acc.groupby(["encoder", "encoder_params", "attack", "attack_params"], sort=False)
+    mean, pooled = cells.value.mean(), cells.n.sum()  # every model's n samples pooled
     rows = []
     for (enc, params, attack), g in probe.groupby(["encoder", "encoder_params", "attack"], sort=False):
         families = g.attack_params.map(lambda p, a=attack: _family(a, p))
@@ -41,8 +43,10 @@ def label_free_choice(results: pd.DataFrame) -> pd.DataFrame:
             chosen = f.attack_params.iloc[int(f.value.to_numpy().argmax())]
             best = scores.idxmax()
             free, hindsight = round(100 * scores[chosen], 1), round(100 * scores[best], 1)
+            n = pooled.loc[enc, params, attack]
             rows.append({"designated": json.loads(params)["designated"], "setting": setting_name(enc, params),
                          "attack": attack, "label-free choice": attack_name(attack, chosen), "label-free %": free,
+                         "label-free % CI": ci(scores[chosen], n[chosen]),
                          "hindsight choice": attack_name(attack, best), "hindsight %": hindsight,
-                         "gap (points)": round(hindsight - free, 1)})
+                         "hindsight % CI": ci(scores[best], n[best]), "gap (points)": round(hindsight - free, 1)})
     return pd.DataFrame(rows, columns=TUNING_COLUMNS)

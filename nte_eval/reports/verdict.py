@@ -4,8 +4,11 @@
    or no unauthorized model above the threshold on clean inputs: then it is "uninformative", never "held".
 2. Does the designated model keep its utility (NTE accuracy at most ``margin`` points below clean)? If not, the
    setting is "NOT useful to the designated model", never "held".
-3. Knowledge levels are cumulative (an attacker runs every attack at or below its level; ``evaluate.worst_case``):
-   the lowest level whose best attack lifts an unauthorized model above chance + ``margin`` broke the NTEs.
+3. Knowledge levels are cumulative (an attacker runs every attack at or below its level; ``evaluate.worst_case``).
+   Each level is judged by the 95% intervals of the unauthorized models under its best attack: "NOT held" when an
+   interval lies wholly above the threshold (chance + ``margin``), "held" when every interval lies wholly under it,
+   otherwise "inconclusive" at this n, with about the n that would decide it. The lowest level not held broke
+   the NTEs.
 
 Beside it, the robustness for the owner: the designated model under the benign (knowledge ``none``) processings.
 """
@@ -17,8 +20,9 @@ import math
 import pandas as pd
 
 from nte_eval.evaluate.labels import attack_name
-from nte_eval.evaluate.worst_case import best_by_level
+from nte_eval.evaluate.worst_case import LEVELS, best_by_level, with_intervals
 from nte_eval.knowledge import KNOWLEDGE
+from nte_eval.metrics import deciding_n, proportion_interval
 
 MIN_N = 30  # fewer evaluated samples than this: uninformative
 MAX_CHANCE = 0.9  # a majority class this frequent: uninformative
@@ -50,29 +54,71 @@ def standing(des: pd.Series, n: int, chance: float | None, weak: dict[str, float
     return ("not useful" if des["NTE %"] < des["clean %"] - margin else "useful"), ""
 
 
+def ci(value: float, n: float) -> str:
+    """The exact 95% interval (%) of a proportion ``value`` of ``n`` samples, as 'low\u2013high' (the tables put it in
+    a column named after the figure's plus ' CI'; ``summary_files`` shows the two together)."""
+    if not n or math.isnan(value):
+        return "-"
+    low, high = proportion_interval(round(value * n), int(n))
+    return f"{100 * low:.1f}\u2013{100 * high:.1f}"
+
+
+def bounds(spans: pd.Series) -> tuple[list[float], list[float]]:
+    """The low and high ends (%) of ``ci`` strings, NaN for '-' (for error bars)."""
+    ends = [tuple(map(float, s.split("\u2013"))) if s != "-" else (math.nan, math.nan) for s in spans]
+    return [lo for lo, _ in ends], [hi for _, hi in ends]
+
+
+def judge(rows: pd.DataFrame, threshold: float) -> tuple[str, int | None]:
+    """One level's verdict from its unauthorized models' ``best_<level>`` rows (with intervals): "NOT held" if an
+    interval lies above ``threshold`` (%), "held" if every one lies under it, else "inconclusive", with about the
+    n that would decide the model closest to deciding (None where no n would)."""
+    t = threshold / 100
+    if (rows.ci_low > t).any():
+        return "NOT held", None
+    if (rows.ci_high < t).all():
+        return "held", None
+    open_ = rows[rows.ci_high >= t]
+    needed = [deciding_n(v, t, n) for v, n in zip(open_.value, open_.n, strict=True)]
+    return "inconclusive", None if None in needed else max(needed)
+
+
 def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per setting (with its ``standing``) and knowledge level: the best attack at or below the level, the
-    unauthorized model it helps most with its accuracy and clean accuracy, and whether the NTEs held: "yes", "no",
-    "not tested" (no attack of the level's own), "uninformative" or "not useful" (the last two never say "yes")."""
+    unauthorized model it helps most with its accuracy, 95% interval and clean accuracy, and the level's verdict
+    (``judge``): "held", "NOT held", "inconclusive" (with ``decides at n``), "not tested" (no attack of the level's
+    own), "uninformative" or "not useful" (the last two never say "held")."""
+    worst = worst if "ci_low" in worst else with_intervals(worst)
     clean = worst[worst.summary == "clean"].set_index(["encoder_params", "model"]).value
     rows = []
     for s in settings.itertuples(index=False):
         best = best_by_level(worst, s.encoder, s.encoder_params)
-        top = None
-        for level in KNOWLEDGE:
+        part = worst[(worst.encoder == s.encoder) & (worst.encoder_params == s.encoder_params)
+                     & (worst.role == "unauthorized")]
+        top, last = None, None
+        for level, summary in zip(KNOWLEDGE, LEVELS, strict=True):
             top = best.get(level, top)
             row = {"designated": s.designated, "setting": s.setting, "knowledge": level}
             if top is None:
-                rows.append(row | {"max unauthorized %": math.nan, "model": "", "model clean %": math.nan,
-                                   "attack": "", "held": "not tested"})
+                rows.append(row | {"max unauthorized %": math.nan, "max unauthorized % CI": "-",
+                                   "CI low %": math.nan, "CI high %": math.nan,
+                                   "n": math.nan, "model": "", "model clean %": math.nan, "attack": "",
+                                   "held": "not tested", "decides at n": math.nan})
                 continue
-            acc = _pct(top.value)
-            held = ("no" if acc > threshold else "not tested" if level not in best
-                    else "yes" if s.standing == "useful" else s.standing)
-            rows.append(row | {"max unauthorized %": acc, "model": top.model,
+            if level in best:
+                last = judge(part[part.summary == summary], threshold)
+            held, needed = last
+            if held != "NOT held" and level not in best:
+                held, needed = "not tested", None
+            elif held != "NOT held" and s.standing != "useful":
+                held, needed = s.standing, None
+            rows.append(row | {"max unauthorized %": _pct(top.value),
+                               "max unauthorized % CI": f"{_pct(top.ci_low)}\u2013{_pct(top.ci_high)}",
+                               "CI low %": _pct(top.ci_low), "CI high %": _pct(top.ci_high), "n": int(top.n),
+                               "model": top.model,
                                "model clean %": _pct(clean[(s.encoder_params, top.model)]),
                                "attack": f"{attack_name(top.attack, top.attack_params)} ({top.knowledge})",
-                               "held": held})
+                               "held": held, "decides at n": math.nan if needed is None else needed})
     return pd.DataFrame(rows)
 
 
@@ -87,13 +133,17 @@ def owner_table(results: pd.DataFrame, settings: pd.DataFrame, knowledge: dict[t
     ident = results[(results.role == "designated") & (results.attack == "identity")]
     rows = []
     for s in settings.itertuples(index=False):
-        m = ident[ident.encoder_params == s.encoder_params].set_index("metric").value
+        part = ident[ident.encoder_params == s.encoder_params].set_index("metric")
+        m, n = part.value, int(part.n["accuracy"])
         acc = benign[(benign.encoder_params == s.encoder_params) & (benign.metric == "accuracy")]
         clean = _pct(m["clean_accuracy"])
         worst = acc.loc[acc.value.idxmin()] if len(acc) else None
-        rows.append({"designated": s.designated, "setting": s.setting, "clean %": clean, "NTE %": _pct(m["accuracy"]),
+        rows.append({"designated": s.designated, "setting": s.setting, "n": n, "clean %": clean,
+                     "clean % CI": ci(m["clean_accuracy"], n), "NTE %": _pct(m["accuracy"]),
+                     "NTE % CI": ci(m["accuracy"], n),
                      "benign processings": len(acc), "within margin": int((100 * acc.value >= clean - margin).sum()),
                      "worst benign %": math.nan if worst is None else _pct(worst.value),
+                     "worst benign % CI": "-" if worst is None else ci(worst.value, n),
                      "worst benign processing": "-" if worst is None else attack_name(worst.attack,
                                                                                      worst.attack_params)})
     return pd.DataFrame(rows)
@@ -105,7 +155,8 @@ def owner_line(owner: pd.Series, margin: float) -> str:
         return "Robustness for the owner: not measured (no attack of knowledge none besides identity)."
     return (f"Robustness for the owner: {owner['within margin']} of {owner['benign processings']} benign "
             f"(no-knowledge) processings of the NTEs keep the designated model within {margin:g} points of clean; the "
-            f"worst, {owner['worst benign processing']}, leaves {owner['worst benign %']:.1f}%.")
+            f"worst, {owner['worst benign processing']}, leaves {owner['worst benign %']:.1f}% (95% CI "
+            f"{owner['worst benign % CI']}%).")
 
 
 def _names(levels: pd.DataFrame) -> str:
@@ -113,33 +164,47 @@ def _names(levels: pd.DataFrame) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def _at(row: pd.Series) -> str:
+    return f"{row['max unauthorized %']:.1f}% (95% CI {row['CI low %']:.1f}\u2013{row['CI high %']:.1f}%)"
+
+
 def verdict(des: pd.Series, levels: pd.DataFrame, standing: tuple[str, str], threshold: float, margin: float,
             weak: dict[str, float] | None = None) -> str:
     """The verdict of one setting: the designated model's utility (or why the evaluation is uninformative), then the
-    lowest knowledge level that broke the NTEs with the accuracy its best attack restores, or the levels they held
-    against; ``weak``: unauthorized models at or below the threshold on clean inputs, named."""
+    lowest knowledge level that broke the NTEs, or the lowest that stays inconclusive and the n that would decide
+    it, and the levels they held against (every figure with its 95% interval); ``weak``: unauthorized models at or
+    below the threshold on clean inputs, named."""
     status, why = standing
-    kept = f"{des['NTE %']:.1f}% on the NTEs, clean {des['clean %']:.1f}%"
+    span = f" (95% CI {des['NTE % CI']}%)" if "NTE % CI" in des else ""
+    kept = f"{des['NTE %']:.1f}%{span} on the NTEs, clean {des['clean %']:.1f}%"
     parts = [f"{des.designated}, {des.setting}:", {
         "uninformative": f"UNINFORMATIVE ({why}); the designated model {kept}.",
         "not useful": f"NOT useful to the designated model ({kept}: more than {margin:g} points lost).",
         "useful": f"Useful to the designated model ({kept})."}[status]]
-    broken = levels[levels.held == "no"]
-    if len(broken):
-        first = broken.iloc[0]
-        below = levels[(levels.held == "yes") & (levels.knowledge.map(KNOWLEDGE.index)
-                                                 < KNOWLEDGE.index(first.knowledge))]
+    rank = levels.knowledge.map(KNOWLEDGE.index)
+    broken, open_ = levels[levels.held == "NOT held"], levels[levels.held == "inconclusive"]
+    first = broken.iloc[0] if len(broken) else open_.iloc[0] if len(open_) else None
+    end = KNOWLEDGE.index(first.knowledge) if first is not None else len(KNOWLEDGE)
+    below, unsure = levels[(levels.held == "held") & (rank < end)], open_[rank[open_.index] < end]
+    if first is not None and first.held == "NOT held":
         parts.append(f"NOT held: {LEVEL_NAMES[first.knowledge]} suffices, {first.attack} lifts {first.model} to "
-                     f"{first['max unauthorized %']:.1f}% (clean {first['model clean %']:.1f}%) > {threshold:.1f}%"
-                     + (f"; it held against {_names(below)}." if len(below) else "."))
+                     f"{_at(first)}, above {threshold:.1f}% (clean {first['model clean %']:.1f}%)"
+                     + (f"; it held against {_names(below)}" if len(below) else "")
+                     + (f"; inconclusive at n = {int(first.n)} against {_names(unsure)}" if len(unsure) else "")
+                     + ".")
+    elif first is not None:
+        decide = ("no n would decide it (the accuracy sits at the threshold)" if math.isnan(first["decides at n"])
+                  else f"about n = {int(first['decides at n']):,} would decide it")
+        parts.append(f"INCONCLUSIVE at n = {int(first.n)} against {LEVEL_NAMES[first.knowledge]}: "
+                     f"{first.attack} gives {first.model} {_at(first)}, an interval that contains {threshold:.1f}%; "
+                     f"{decide}" + (f". It held against {_names(below)}." if len(below) else "."))
     else:
         tested = levels.dropna(subset=["max unauthorized %"])
         top = tested.iloc[-1] if len(tested) else None
-        highest = "" if top is None else (f" (the highest: {top.model} at {top['max unauthorized %']:.1f}% under "
-                                          f"{top.attack})")
-        held = levels[levels.held == "yes"]
-        if len(held):
-            parts.append(f"Held against {_names(held)}: every unauthorized model <= {threshold:.1f}%{highest}.")
+        highest = "" if top is None else f" (the highest: {top.model} at {_at(top)} under {top.attack})"
+        if len(below):
+            parts.append(f"Held against {_names(below)}: every unauthorized model's 95% interval lies under "
+                         f"{threshold:.1f}%{highest}.")
         elif top is not None:
             parts.append(f"No unauthorized model above {threshold:.1f}%{highest}, which shows no protection here.")
     untested = levels[levels.held == "not tested"]
