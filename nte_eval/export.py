@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nte_eval.data.images import ImageSet, _check_limit, _resize_crop, check_images, list_images, read_image
+from nte_eval.data.images import ImageSet, check_images, check_limit, list_images, read_image, resize_crop
 from nte_eval.data.sources import SOURCES, load_pixels
 from nte_eval.encoders import NTEEncoder
 from nte_eval.errors import NTEError
@@ -27,7 +27,7 @@ def load_source(source: str, size: int, channels: int, limit: int | None, split:
     if not root.is_dir():
         bundled = ", ".join(repr(n) for n, s in SOURCES.items() if s.bundled)
         raise NTEError(f"--data {source!r} is neither a bundled set ({bundled}) nor an existing folder.")
-    _check_limit(limit, f"--data {root}")
+    check_limit(limit, f"--data {root}")
     files = list_images(root)[:limit]
     if not files:
         raise NTEError(f"--data {root}: no image files found (png, jpg, ...).")
@@ -35,7 +35,7 @@ def load_source(source: str, size: int, channels: int, limit: int | None, split:
     for path in files:
         image = read_image(path, channels)
         resized += tuple(image.shape[-2:]) != (size, size)
-        images.append(_resize_crop(image, size))
+        images.append(resize_crop(image, size))
     names = [str(p.relative_to(root)) for p in files]
     return ImageSet(torch.stack(images), torch.full((len(files),), -1), [], names), resized
 

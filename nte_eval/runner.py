@@ -181,8 +181,9 @@ def _manifest(suite: Suite, worker: Worker) -> dict[str, Any]:
             "config": suite.model_dump(exclude={"seed"}), "environment": environment(),
             "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
                      "modality": data.modality, "metric": kind.metric(suite.data.task), "transform": data.transform,
-                     "shape": list(data.images.shape[1:]),
-                     "chance": float(torch.bincount(data.labels).max()) / len(data)},
+                     "shape": list(data.images.shape[1:]), "label_free": data.label_free,
+                     # label-free: no class rate to compare with (taken as 0, the stricter threshold for "held")
+                     "chance": None if data.label_free else float(torch.bincount(data.labels).max()) / len(data)},
             "public": None if public is None else {"n": len(public), **suite.public_config().model_dump()},
             "fit_samples": {"limit": suite.fit_samples, "ntes": len(worker.nte_fit),
                             "public": None if worker.public_fit is None else len(worker.public_fit)},

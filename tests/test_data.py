@@ -192,11 +192,16 @@ def test_imagefolder_errors(tmp_path):
         load_imagefolder(tmp_path / "missing", size=8)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(NTEError, match="no class subfolders"):
+    with pytest.raises(NTEError, match="no images"):
         load_imagefolder(empty, size=8)
-    flat = tmp_path / "flat"
+    flat = tmp_path / "flat"  # images directly in the folder: unlabelled, evaluated label-free
     save(flat / "a.png", solid(8, 8, (1, 2, 3)))
-    with pytest.raises(NTEError, match="no class subfolders"):
+    save(flat / "b.png", solid(8, 8, (4, 5, 6)))
+    loose = load_imagefolder(flat, size=8)
+    assert loose.label_free and loose.names == ["a.png", "b.png"] and loose.images[1].shape == (3, 8, 8)
+    save(flat / "cat" / "c.png", solid(8, 8, (7, 8, 9)))  # ... beside a class folder: refused, naming both
+    with pytest.raises(NTEError, match=r"mixes 2 image\(s\) directly in it \(no label, e.g. a.png\) with class "
+                                       r"subfolders \(cat\)"):
         load_imagefolder(flat, size=8)
     (empty / "cls").mkdir()
     (empty / "cls" / "readme.txt").write_text("hi")

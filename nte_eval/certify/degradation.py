@@ -30,8 +30,11 @@ AGREE_Z = 3.0  # predicted and measured energy agree when within 3 standard erro
 FLOAT32 = 1e-6  # ... or within float32 rounding of the NTE images (some pairs' energy hardly varies over samples)
 
 
-def _accuracy(handle: ModelHandle, x: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
-    return float((batched_logits(handle, x, batch, handle.device).argmax(1) == labels).double().mean())
+def _accuracy(handle: ModelHandle, x: torch.Tensor, labels: torch.Tensor | None, batch: int,
+              clean: torch.Tensor | None = None) -> float:
+    """Top-1 accuracy on ``x``; without labels (None), agreement with the model's own clean predictions ``clean``."""
+    truth = clean if labels is None else labels
+    return float((batched_logits(handle, x, batch, handle.device).argmax(1) == truth).double().mean())
 
 
 @torch.no_grad()
@@ -51,8 +54,10 @@ def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], d
                       tau: float, key: int | str, batch: int, progress: Progress | None = None) -> pd.DataFrame:
     """One row per ordered pair (designated D in ``pair_models``, every other model B of ``handles``); each pair
     advances ``progress`` by one step."""
-    x, labels = data.images, data.labels
-    clean = {name: _accuracy(h, x, labels, batch) for name, h in handles.items()}
+    x, labels = data.images, None if data.label_free else data.labels
+    own = ({name: batched_logits(h, x, batch, h.device).argmax(1) for name, h in handles.items()}
+           if labels is None else {})  # label-free: each model's own clean predictions
+    clean = {name: _accuracy(h, x, labels, batch, own.get(name)) for name, h in handles.items()}
     rows = []
     progress = progress or Progress(enabled=False)
     bar = progress.bar(total=len(pair_models) * (len(handles) - 1), desc="degradation pairs", unit="pair")
@@ -75,7 +80,7 @@ def degradation_study(handles: dict[str, ModelHandle], pair_models: list[str], d
             energy, response = _energy_and_ratio(other, x, delta, batch)
             mean, se = float(energy.mean()), float(energy.std() / math.sqrt(len(energy)))
             pred = float(predicted[b])
-            nte_acc = _accuracy(other, x_nte, labels, batch)
+            nte_acc = _accuracy(other, x_nte, labels, batch, own.get(b))
             circular = geo.get("energy_circular")
             rows.append({
                 "designated": d, "model": b, "psnr": psnr, "tau": tau, "n": len(x),

@@ -97,7 +97,8 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
             if bound.value is None:
                 continue
             for name, enc_params, db, m in measured:
-                part = certificate_rows(m, data.labels, bound, {"designated": d, "encoder": name,
+                truth = m["pred"] if data.label_free else data.labels  # label-free: its own clean prediction
+                part = certificate_rows(m, truth, bound, {"designated": d, "encoder": name,
                                                                 "encoder_params": enc_params, "psnr": db})
                 frames.append(part)
                 rows.append({"designated": d, "encoder": name, "encoder_params": enc_params, "psnr": db,

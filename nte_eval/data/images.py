@@ -52,6 +52,11 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def label_free(self) -> bool:
+        """No labels (all -1): every model is scored by agreement with its own prediction on the clean input."""
+        return bool((self.labels < 0).all())
+
     def subset(self, index: slice | list[int]) -> ImageSet:
         idx = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
         extras = None if self.extras is None else [self.extras[i] for i in idx]
@@ -78,7 +83,7 @@ def check_images(x: torch.Tensor, what: str = "images", channels: int | None = N
                        "Pass unnormalised images; the model handle applies mean/std itself.")
 
 
-def _check_limit(limit: int | None, what: str) -> None:
+def check_limit(limit: int | None, what: str) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise NTEError(f"{what}: limit must be a positive integer or None, got {limit!r}.")
 
@@ -116,7 +121,7 @@ def load_digits(split: str = "test", limit: int | None = None, size: int = 32) -
 
     if split not in ("train", "test", "all"):
         raise NTEError(f"digits: unknown split {split!r}; use 'train', 'test' or 'all'.")
-    _check_limit(limit, "digits")
+    check_limit(limit, "digits")
     raw = sk_digits()
     grey = torch.from_numpy(raw.images / 16.0).float()[:, None]
     grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -149,7 +154,7 @@ def load_docstrings(limit: int | None = None) -> list[str]:
     """Real English text that ships with Python: the first paragraph of the public functions' and classes'
     docstrings of some standard-library modules (20-200 characters, deduplicated, in a fixed order; about
     970 on CPython 3.11). Unlabelled: for checks of text NTEs, such as sentence-embedding fidelity."""
-    _check_limit(limit, "docstrings")
+    check_limit(limit, "docstrings")
     out: list[str] = []
     for module in DOCSTRING_MODULES:
         for name, obj in inspect.getmembers(importlib.import_module(module)):
@@ -161,7 +166,7 @@ def load_docstrings(limit: int | None = None) -> list[str]:
     return out[:limit]
 
 
-def _resize_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+def resize_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (bilinear, antialiased), then centre-crop to size x size."""
     h, w = img.shape[-2:]
     scale = size / min(h, w)
@@ -175,11 +180,11 @@ def load_photos(size: int = 224, limit: int | None = None) -> ImageSet:
     """scikit-image's bundled RGB sample photos, resized and centre-cropped (labels are -1: no classes)."""
     import skimage.data
 
-    _check_limit(limit, "photos")
+    check_limit(limit, "photos")
     imgs = []
     for name in PHOTO_NAMES[:limit]:
         arr = getattr(skimage.data, name)()
-        imgs.append(_resize_crop(torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0, size))
+        imgs.append(resize_crop(torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0, size))
     names = list(PHOTO_NAMES[:limit])
     return ImageSet(torch.stack(imgs), torch.full((len(imgs),), -1, dtype=torch.long), [], names)
 
@@ -210,19 +215,29 @@ def list_images(root: Path) -> list[Path]:
 
 
 def load_imagefolder(root: str | Path, size: int, limit: int | None = None, channels: int = 3) -> ImageSet:
-    """A folder of class subfolders. Labels follow the sorted folder names, or their values if all are integers.
-    The images are read from their files when indexed (``FileImages``): a corrupt one is an error then, naming it."""
-    _check_limit(limit, "imagefolder")
+    """A folder of class subfolders (labels follow the sorted folder names, or their values if all are integers),
+    or of images without subfolders (no labels: evaluated label-free). The images are read from their files when
+    indexed (``FileImages``): a corrupt one is an error then, naming it."""
+    check_limit(limit, "imagefolder")
     root = Path(root)
     if not root.is_dir():
-        raise NTEError(f"imagefolder: {root} is not a folder; point data.root at ROOT/CLASS/*.png.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise NTEError(f"imagefolder: {root} is not a folder; point data.root at ROOT/CLASS/*.png (labelled) or "
+                       "ROOT/*.png (label-free).")
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and list_images(p))
+    if loose and classes:
+        raise NTEError(f"imagefolder: {root} mixes {len(loose)} image(s) directly in it (no label, e.g. "
+                       f"{loose[0].name}) with class subfolders ({', '.join(classes[:3])}"
+                       f"{', ...' if len(classes) > 3 else ''}); put every image in a class folder (labelled) or "
+                       "give the unlabelled ones their own folder (label-free).")
+    if loose:
+        paths = loose[:limit] if limit is not None else loose
+        images = FileImages(paths, (channels, size, size), partial(prepare_file, size=size, channels=channels))
+        return ImageSet(images, torch.full((len(paths),), -1, dtype=torch.long), [], [p.name for p in paths])
     if not classes:
-        raise NTEError(f"imagefolder: {root} has no class subfolders; expected ROOT/CLASS/*.png.")
+        raise NTEError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}.")
     numeric = all(c.isdigit() for c in classes)
     per_class = [(c, list_images(root / c)) for c in classes]
-    if not any(files for _, files in per_class):
-        raise NTEError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}.")
     # Round-robin over classes so that a limit keeps every class represented.
     order: list[tuple[int, Path]] = []
     for rank in range(max(len(f) for _, f in per_class)):
@@ -240,4 +255,4 @@ def load_imagefolder(root: str | Path, size: int, limit: int | None = None, chan
 
 def prepare_file(path: Path, size: int, channels: int) -> torch.Tensor:
     """One imagefolder file as the run sees it: decoded, resized and centre-cropped to ``size``."""
-    return _resize_crop(read_image(path, channels), size)
+    return resize_crop(read_image(path, channels), size)

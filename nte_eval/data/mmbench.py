@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from nte_eval.data.images import ImageSet, _check_limit, _resize_crop, read_image
+from nte_eval.data.images import ImageSet, check_limit, read_image, resize_crop
 from nte_eval.data.tsv import read_tsv
 from nte_eval.errors import NTEError
 
@@ -50,12 +50,12 @@ def _decode_image(text: str, where: str, size: int) -> torch.Tensor:
     except (binascii.Error, ValueError):
         raise NTEError(f"{where}: the image cell is not valid base64; it must hold a base64-encoded JPEG/PNG "
                        "(fix or remove the row).") from None
-    return _resize_crop(read_image(io.BytesIO(raw), 3, where), size)
+    return resize_crop(read_image(io.BytesIO(raw), 3, where), size)
 
 
 def load_mmbench_tsv(path: str | Path, size: int, limit: int | None = None) -> ImageSet:
     """MMBench rows as images (size x size) with labels 0..3 = A..D and each row's question in ``extras``."""
-    _check_limit(limit, "mmbench")
+    check_limit(limit, "mmbench")
     rows = read_tsv(path, required=["index", "question", "A", "B", "answer", "image"], quoting=csv.QUOTE_MINIMAL)
     stored = {row["index"].strip(): row["image"] for _, row in rows if len(row["image"].strip()) > REFERENCE_CHARS}
     images, labels, names, extras = [], [], [], []

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from nte_eval.data.glue import TASKS
 from nte_eval.data.images import ImageSet, load_digits, load_imagefolder, load_photos
+from nte_eval.data.photos import load_real_photos
 from nte_eval.data.textures import load_textures
 from nte_eval.errors import NTEError, did_you_mean
 
@@ -26,6 +27,10 @@ def _textures(split: str, limit: int | None, root: str | None, size: int | None,
 
 def _photos(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
     return load_photos(size or 224, limit)
+
+
+def _real_photos(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
+    return load_real_photos(split, size or 224, limit)
 
 
 def _imagefolder(split: str, limit: int | None, root: str | None, size: int | None, channels: int) -> ImageSet:
@@ -64,7 +69,11 @@ SOURCES = {s.name: s for s in (
     Source("textures", "image", description="crops of scikit-image's photos, 10 classes (natural images)",
            pixels=_textures, bundled=True),
     Source("photos", "image", description="scikit-image's sample photos, no labels", pixels=_photos, bundled=True),
-    Source("imagefolder", "image", ("root",), description="a folder ROOT/CLASS/*.png|jpg", pixels=_imagefolder),
+    Source("real_photos", "image", description="20 real photos shipped by scikit-image, scikit-learn and matplotlib "
+           "and 100 LFW faces (split test), the other 100 faces (train); no labels", pixels=_real_photos,
+           bundled=True),
+    Source("imagefolder", "image", ("root",), description="a folder ROOT/CLASS/*.png|jpg (labelled) or ROOT/*.png|jpg "
+           "(label-free)", pixels=_imagefolder),
     Source("glue_tsv", "text", ("path", "task"), "glue", False, "a GLUE task's TSV file"),
     Source("mmbench_tsv", "image", ("path",), "multiple_choice", False, "an MMBench TSV for hf-vlm: models"),
 )}

@@ -89,6 +89,7 @@ def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, calibration: dict[st
     NTEs' ``nte_metrics``, where known.
     ``merge.cell_rows`` turns these rows into the cell's metrics."""
     n, frames = len(clean.labels), []
+    # label-free data: each model's own clean prediction is its label, so accuracy is agreement everywhere downstream
     measured = {k: v.double().expand(n) if v.dim() == 0 else v.double() for k, v in
                 input_metrics(x_nte, x_rec, clean, nte).items()}
     for name, ev in models.items():
@@ -96,7 +97,8 @@ def evaluate_cell(x_nte: torch.Tensor, x_rec: torch.Tensor, calibration: dict[st
         ratio = first_layer_norms(ev.handle, x_rec, batch, device, clean.images) / ev.response_norm.clamp_min(1e-30)
         role = "designated" if name == designated else "unauthorized"
         frames.append(pd.DataFrame({
-            "index": range(start, start + n), "model": name, "role": role, "label": clean.labels.numpy(),
+            "index": range(start, start + n), "model": name, "role": role,
+            "label": (ev.preds if clean.label_free else clean.labels).numpy(),
             "clean_pred": ev.preds.numpy(), "pred": logits.argmax(1).numpy(), "cal_pred": calibration[name].numpy(),
             "encoded_pred": (encoded_pred if role == "designated" else torch.full((n,), -1)).numpy(),
             "logit_change": logit_change(logits, ev.logits).double().numpy(),

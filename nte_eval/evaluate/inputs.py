@@ -67,8 +67,13 @@ def load_suite_data(suite: Suite, handles: dict[str, ModelHandle]) -> ImageSet:
         if not (handle.any_size and handle.input_size[0] == c):
             raise NTEError(size_mismatch(suite, name, handle, shape, origin))
         handle.resize(*shape[1:])
-    if (data.labels < 0).all():
-        raise NTEError(f"data source {d.source!r} has no labels; accuracy needs a labelled source.")
+    if d.labels == "none":
+        data.labels = torch.full_like(data.labels, -1)
+    known = data.labels >= 0
+    if known.any() and not known.all():
+        raise NTEError(f"data ({d.source}): {int((~known).sum())} of {len(known)} samples have no label and the others "
+                       "have one; give every sample a label, or set data.labels: none to evaluate label-free (every "
+                       "model scored by agreement with its own clean prediction).")
     return data
 
 

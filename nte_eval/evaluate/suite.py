@@ -37,6 +37,9 @@ class DataConfig(Strict):
     task: str | None = None  # the GLUE task (glue_tsv)
     max_length: int = Field(default=128, ge=2)  # tokens per text (glue_tsv), longer texts are truncated
     workers: int = Field(default=2, ge=0)  # DataLoader worker processes reading an imagefolder (0: this process)
+    #: 'auto': the source's labels where it has them (an imagefolder's class folders), else label-free; 'none':
+    #: label-free even where labels exist (every model scored by agreement with its own clean prediction)
+    labels: Literal["auto", "none"] = "auto"
     #: how an imagefolder's files become images: 'auto' (timm's evaluation transform of a timm designated model:
     #: resize by its crop_pct with its interpolation, centre crop; else 'resize'), 'resize' (shorter side to the
     #: size, centre crop), or timm's transform with some of {interpolation, crop_pct, crop_mode} set

@@ -67,11 +67,17 @@ class ModelHandle:
         forward pass checks that it runs at that size, so a size it cannot take is an error, never a silent one."""
         if not self.any_size:
             raise NTEError(f"{self.spec}: takes only {_size(self.input_size)} images, not {height}x{width}.")
+        return self.rebuild_at(height, width, "it follows the data's size", "set data.size to a size it takes")
+
+    def rebuild_at(self, height: int, width: int, why: str = "input_size asks for it",
+                   fix: str = "drop input_size (it takes only the size it was built for)") -> ModelHandle:
+        """Take ``height`` x ``width`` images (a spec's ``input_size`` for a model built at another size): the first
+        layer re-read there, and one forward pass that must succeed."""
         built = _size(self.input_size)
         self.input_size = (self.input_size[0], height, width)
         self.first = resolve_first_layer(self.module, self.first.path, self.input_size, self.spec)
         self.memo.clear()
-        check_runs(self, f"it follows the data's size (it was built for {built}): set data.size to a size it takes")
+        check_runs(self, f"{why} (it was built for {built}): {fix}")
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,8 @@ def check_spec(spec: ModelSpec) -> None:
     if scheme is None:
         raise NTEError(f"model mapping {spec} needs a 'timm' key (or 'factory', 'zoo'); e.g. {{timm: "
                        "vit_small_patch16_224, checkpoint: weights.safetensors, kwargs: {num_classes: 10}}.")
-    allowed = {"timm": TIMM_KEYS, "factory": FACTORY_KEYS}.get(scheme, (scheme, "name"))
+    allowed = {"timm": TIMM_KEYS, "factory": FACTORY_KEYS, "zoo": ("zoo", "name", "input_size")}.get(scheme,
+                                                                                                 (scheme, "name"))
     extra = sorted(set(spec) - set(allowed))
     if extra:
         raise NTEError(f"model mapping: unknown key {extra[0]!r}; a {scheme} model takes {', '.join(allowed)}."
@@ -153,8 +154,10 @@ def load_model(spec: ModelSpec) -> ModelHandle:
     if isinstance(spec, dict):
         if "factory" in spec:
             return from_factory(spec, spec_name(spec))
-        if "zoo" in spec:
-            return load_model(f"zoo:{spec['zoo']}")
+        if "zoo" in spec:  # with input_size: a convolutional zoo model (global pooling) evaluated at another size
+            handle = load_model(f"zoo:{spec['zoo']}")
+            size = spec.get("input_size")
+            return handle.rebuild_at(*size[1:]) if size and tuple(size) != handle.input_size else handle
         scheme = next((k for k in HF_SCHEMES if k in spec), None)
         if scheme:
             return load_model(f"{scheme}:{spec[scheme]}")

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from nte_eval.knowledge import KNOWLEDGE  # noqa: E402
 from nte_eval.reports.figures import A4, GREYS, HATCHES, short  # noqa: E402
-from nte_eval.reports.headline import Headline  # noqa: E402
+from nte_eval.reports.headline import LABEL_FREE, Headline  # noqa: E402
 from nte_eval.reports.verdict import MAX_CHANCE, MIN_N, bounds  # noqa: E402
 
 FONT = 8.0
@@ -29,10 +29,11 @@ def facts(h: Headline, manifest: dict, accuracy: str) -> str:
     """What was evaluated, and what "held", "useful" and "uninformative" mean in this run's numbers."""
     data = manifest.get("data", {})
     n = ", ".join(str(v) for v in sorted(set(h.settings.n)))
-    chance = f"{100 * h.chance:.1f}%" if h.chance is not None else "not recorded (taken as 0)"
+    chance = h.chance_text
     unit = "texts" if h.modality == "text" else "images"
     return (f"Suite {manifest.get('suite')}, finished {manifest.get('finished', 'unknown')}: n = {n} evaluated {unit} "
-            f"({data.get('source')}), {accuracy} in %, each with its exact 95% interval (Clopper-Pearson; error "
+            f"({data.get('source')}), {accuracy} in %" + (f" ({LABEL_FREE})" if h.label_free else "")
+            + ", each with its exact 95% interval (Clopper-Pearson; error "
             f"bars in the figures). Held = every unauthorized model's 95% interval under {h.threshold:.1f}% (chance "
             f"{chance} + {h.margin:g} points) under the best attack at or below a knowledge level; NOT held = an "
             "interval wholly above it; inconclusive otherwise, with about the n that would decide. The levels are "

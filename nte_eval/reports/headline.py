@@ -50,6 +50,14 @@ class Headline:
     modality: str = "image"  # or "text"
     metric: str = "accuracy"  # a text task's own metric beside accuracy: "mcc", "f1" (METRICS) or "accuracy"
     source: str = ""  # the data source, e.g. "mmbench_tsv" (multiple-choice accuracy)
+    label_free: bool = False  # no labels: accuracy is each model's agreement with its own clean prediction
+
+    @property
+    def chance_text(self) -> str:
+        """The chance rate the threshold adds the margin to, in words."""
+        if self.chance is not None:
+            return f"{100 * self.chance:.1f}%"
+        return "0 (label-free: no class rate)" if self.label_free else "not recorded by this run (taken as 0)"
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # strength chosen without labels vs with hindsight
 
 
@@ -64,8 +72,15 @@ def multiple_choice(source: str) -> bool:
     return source in SOURCES and SOURCES[source].scoring == "multiple_choice"
 
 
-def accuracy_name(source: str) -> str:
-    """What accuracy means for a data source: multiple-choice accuracy over options A-D for MMBench, else top-1."""
+LABEL_FREE = ("label-free data: every accuracy is a model's agreement with its own top-1 prediction on the clean "
+              "input (clean = 100% by definition)")
+
+
+def accuracy_name(source: str, label_free: bool = False) -> str:
+    """What accuracy means for a data source: agreement with the model's own clean prediction for label-free data,
+    multiple-choice accuracy over options A-D for MMBench, else top-1."""
+    if label_free:
+        return "agreement with own clean top-1"
     return "multiple-choice accuracy (A\u2013D)" if multiple_choice(source) else "top-1 accuracy"
 
 
@@ -230,4 +245,5 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
                     certification=certification_table(run_dir) if certify.exists() else pd.DataFrame(),
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
                     chance=chance, margin=margin, threshold=threshold, modality=modality, metric=metric,
-                    source=data.get("source", ""), tuning=label_free_choice(results))
+                    source=data.get("source", ""), tuning=label_free_choice(results),
+                    label_free=bool(data.get("label_free", False)))

@@ -262,7 +262,7 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
         collapse_psnr(results, h.threshold).to_csv(tmp, index=False)
     settings = h.settings
     knowledge = attack_knowledge(manifest)
-    accuracy = accuracy_name(h.source)
+    accuracy = accuracy_name(h.source, h.label_free)
     spectra = pd.read_csv(run_dir / SPECTRA) if (run_dir / SPECTRA).exists() else pd.DataFrame()
     notes = []
     if len(spectra) and spectra.sigma.isna().all():

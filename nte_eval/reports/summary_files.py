@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from nte_eval.evaluate.run_folder import SUMMARY_MD, SUMMARY_TEX, atomic_write
-from nte_eval.reports.headline import METRICS, Headline, accuracy_name, multiple_choice
+from nte_eval.reports.headline import LABEL_FREE, METRICS, Headline, accuracy_name, multiple_choice
 from nte_eval.reports.verdict import MAX_CHANCE, MIN_N
 
 PIXEL_PSNR = "PSNR is pixel-space PSNR with peak 1 (= 8-bit PSNR with peak 255)."
@@ -27,6 +27,8 @@ INTERVALS = ("Each accuracy-like figure is shown with its exact 95% interval (Cl
 
 def units(h: Headline) -> str:
     """What the run's accuracies, PSNRs and (for a text task) its own metric mean, and how sure they are."""
+    if h.label_free:
+        return f"{LABEL_FREE[0].upper()}{LABEL_FREE[1:]}, in %; {PIXEL_PSNR} {INTERVALS}"
     if h.modality == "text":
         return TEXT_UNITS + (f" {METRICS[h.metric][0]} = {METRICS[h.metric][1]}, on the same predictions as the "
                              "accuracy." if h.metric in METRICS else "") + " " + INTERVALS
@@ -57,12 +59,14 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
-    """The headline tables in report order, each with its caption; figures shown with their intervals."""
-    return [(caption, shown(table)) for caption, table in _sections(h)]
+    """The headline tables in report order, each with its caption (which says so when the data is label-free);
+    figures shown with their intervals."""
+    note = f"({LABEL_FREE[0].upper()}{LABEL_FREE[1:]}.) " if h.label_free else ""
+    return [(note + caption, shown(table)) for caption, table in _sections(h)]
 
 
 def _sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
-    chance = f"{100 * h.chance:.1f}%" if h.chance is not None else "not recorded by this run (taken as 0)"
+    chance = h.chance_text
     cert = h.certification.reset_index() if len(h.certification) else h.certification
     designated = ("Designated models: accuracy on their NTEs (no attack) and the fidelity certificate of exactly that "
                   "setting (best certified Lipschitz source; estimates are not certificates).")
