@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace, attacks: bool) -> Report | None:
     suite.check_files(args.suite)
     given = _key_given(args)
     if given is not None:  # the key stays out of the suite file, and so out of what is shared with it
-        suite = suite.model_copy(update={"seed": _nonempty(*given)})
+        suite = suite.with_key(_nonempty(*given))
     if not attacks and suite.certify is None:
         raise NTEError(f"{args.suite} has no `certify:` section; add e.g. `certify: {{fidelity: true, degradation: "
                        "true, lipschitz: [product, lipsdp, local]}` (or `certify: true` for the defaults).")

@@ -176,9 +176,11 @@ def _manifest(suite: Suite, worker: Worker) -> dict[str, Any]:
     """What the manifest says about the run (merge adds its status, timings and the encoders' subspaces). The key
     (the suite's seed) regenerates every NTE's noise: files hold its fingerprint, never the key."""
     data, public, kind = worker.data, worker.public, source(suite.data.source)
-    return {"suite": suite.name, "config_hash": suite.config_hash(), "key_fingerprint": key_fingerprint(suite.seed),
+    return {"suite": suite.name, "config_hash": suite.config_hash(),
+            "key_fingerprint": key_fingerprint(suite.keys[0]),
+            **({"key_fingerprints": [key_fingerprint(k) for k in suite.keys]} if len(suite.keys) > 1 else {}),
             "device": worker.device, "batch_size": worker.batch, "shard_size": suite.shard_size,
-            "config": suite.model_dump(exclude={"seed"}), "environment": environment(),
+            "config": suite.model_dump(exclude={"seed", "seeds"}), "environment": environment(),
             "data": {"source": suite.data.source, "split": suite.data.split, "n": len(data),
                      "modality": data.modality, "metric": kind.metric(suite.data.task), "transform": data.transform,
                      "shape": list(data.images.shape[1:]), "label_free": data.label_free,

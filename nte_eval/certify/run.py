@@ -73,7 +73,7 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
         measured = []
         bar = progress.bar(total=len(encoders) + len(cfg.lipschitz), desc=f"certify {d}", unit="step")
         for encoder in encoders:
-            x_nte = encode_all(encoder, data.images, suite.seed, batch, handle.device)[0]
+            x_nte = encode_all(encoder, data.images, suite.keys[0], batch, handle.device)[0]
             enc_params = compact({**encoder.params(), "designated": d})
             m = measure(net, data.images, x_nte, batch)
             measured.append((encoder.name, enc_params, encoder.psnr, m))
@@ -131,7 +131,7 @@ def certify_suite(suite: Suite, handles: dict[str, ModelHandle], evaluated: list
         designated = [spec_name(s) for s in suite.designated_list()]
         pair_models = evaluated if cfg.pairs == "all" else designated
         pairs = degradation_study({n: handles[n] for n in evaluated}, pair_models, data, cfg.degradation_psnr,
-                                  cfg.tau, suite.seed, batch, progress)
+                                  cfg.tau, suite.keys[0], batch, progress)
         _write_csv(pairs, out / ANGLES)
         summary["degradation"] = degradation_summary(pairs, cfg.degradation_psnr)
     with atomic_write(out / CERTIFY) as tmp:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,25 @@ class Worker:
         self.public = load_public(suite, self.data, self.handles[spec_name(suite.designated_list()[0])])
         designated = [spec_name(s) for s in suite.designated_list()]
         self.evaluated = [n for n in self.handles if n in designated or n in {spec_name(s) for s in suite.models}]
-        # Every encoder and attack is built (and so validated) before any work starts.
-        self.encoders: dict[tuple[str, int], Encoder] = {
-            (d, i): ENCODERS.get(name)(self.handles[d], **params)
-            for d in designated for i, (name, params) in enumerate(suite.encoder_settings(d))}
+        # Every encoder and attack is built (and so validated) before any work starts; with several NTE keys
+        # (seeds), every encoder setting once per key, its cells tagged with the key's number (never the key).
+        self.encoders: dict[tuple[str, int], Encoder] = {}
+        self.tags: dict[tuple[str, int], dict[str, int]] = {}
+        for d in designated:
+            for i, ((name, params), k) in enumerate(product(suite.encoder_settings(d), range(len(suite.keys)))):
+                self.encoders[d, i] = ENCODERS.get(name)(self.handles[d], **params)
+                self.tags[d, i] = {"key": k} if len(suite.keys) > 1 else {}
         self.attack_settings = [(name, build_attack({"type": name, **params}).params())
                                 for name, params in suite.attack_settings()]
         _refuse_repeats("attacks", [f"{a} {compact(p)}" for a, p in self.attack_settings])
-        _refuse_repeats("encoders", [f"{d}: {e.name} {compact(e.params())}" for (d, _), e in self.encoders.items()])
-        attacker_seed = sample_seed(f"attacker/{suite.seed}", 0) % 2**31
+        _refuse_repeats("encoders", [f"{d}: {e.name} {compact({**e.params(), **self.tags[d, i]})}"
+                                     for (d, i), e in self.encoders.items()])
+        attacker_seed = sample_seed(f"attacker/{suite.keys[0]}", 0) % 2**31
         self.public_fit = (None if self.public is None else
                            self.public.subset(fit_subset(len(self.public), suite.fit_samples, attacker_seed)))
         self.nte_fit = fit_subset(len(self.data), suite.fit_samples, attacker_seed + 1)
         self.inputs = RunInputs(self.data, self.public_fit, self.nte_fit, self.handles,
-                                [spec_name(s) for s in suite.surrogates], suite.seed, attacker_seed, self.batch,
+                                [spec_name(s) for s in suite.surrogates], attacker_seed, self.batch,
                                 device, self.progress, fits or FitStore(None))
         self.clean = Clean(self.handles, self.evaluated, cache, self.batch, device)
         self.calibrations: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -96,7 +102,8 @@ class Worker:
     def work(self) -> list[Work]:
         """Every cell item of the suite, in order: designated model, encoder setting, attack setting, shard."""
         ranges = shard_ranges(len(self.data), self.suite.shard_size)
-        return [(Item("cell", (e.name, compact({**e.params(), "designated": d}), a, compact(p)), *r), (d, i), j)
+        return [(Item("cell", (e.name, compact({**e.params(), "designated": d, **self.tags[d, i]}), a, compact(p)),
+                      *r), (d, i), j)
                 for (d, i), e in self.encoders.items() for j, (a, p) in enumerate(self.attack_settings)
                 for r in ranges]
 
@@ -104,7 +111,9 @@ class Worker:
         """The encoder setting ``key``, kept until another is asked for (one setting's corpus in memory)."""
         if self._setting is None or self._setting[0] != key:
             self._setting = None  # the previous one's corpus is freed first
-            self._setting = key, Setting(self.inputs, key[0], self.encoders[key], self.attack_settings)
+            tag = self.tags[key]
+            self._setting = key, Setting(self.inputs, key[0], self.encoders[key], self.attack_settings,
+                                         self.suite.keys[tag.get("key", 0)], tag)
         return self._setting[1]
 
     def run(self, work: list[Work]) -> Iterator[Done]:

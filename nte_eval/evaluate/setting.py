@@ -65,14 +65,14 @@ class Clean:
 
 @dataclass
 class RunInputs:
-    """The run's inputs every setting reads: data, the attackers' public images and corpus subset, models, seeds."""
+    """The run's inputs every setting reads: data, the attackers' public images and corpus subset, models, the
+    attackers' seed."""
 
     data: ImageSet
     public_fit: ImageSet | None
     nte_fit: list[int]
     handles: dict[str, ModelHandle]
     surrogates: list[str]
-    key: int | str
     attacker_seed: int
     batch: int
     device: str
@@ -81,14 +81,16 @@ class RunInputs:
 
 
 class Setting:
-    """One (designated model, encoder setting): its NTEs on any shard, the attackers' context (fitted on the NTEs of
-    the run's ``fit_samples`` subset, encoded only when an attack above knowledge 'none' needs them) and each attack
-    setting fitted once, with its cell-level measurements."""
+    """One (designated model, encoder setting, NTE key): its NTEs on any shard, the attackers' context (fitted on the
+    NTEs of the run's ``fit_samples`` subset, encoded only when an attack above knowledge 'none' needs them) and each
+    attack setting fitted once, with its cell-level measurements. ``tag``: the key's number in the cell key, when
+    the suite has several keys."""
 
     def __init__(self, inputs: RunInputs, designated: str, encoder: Encoder,
-                 attack_settings: list[tuple[str, dict[str, Any]]]):
+                 attack_settings: list[tuple[str, dict[str, Any]]], key: int | str, tag: dict[str, int]):
         self.inputs, self.designated, self.encoder, self.attack_settings = inputs, designated, encoder, attack_settings
-        self.name = setting_name(encoder.name, compact({**encoder.params(), "designated": designated}))
+        self.key = key
+        self.name = setting_name(encoder.name, compact({**encoder.params(), "designated": designated, **tag}))
         self.info: dict[str, Any] | None = None  # the encoder's record, from its first encoding
         self.fit_ntes: torch.Tensor | None = None
         self.fit_position = {p: k for k, p in enumerate(inputs.nte_fit)}  # data position -> row of fit_ntes
@@ -99,7 +101,7 @@ class Setting:
 
     def _encode(self, x: torch.Tensor, positions: list[int]) -> torch.Tensor:
         i = self.inputs
-        ntes, info = encode_all(self.encoder, x, i.key, i.batch, i.device, positions)
+        ntes, info = encode_all(self.encoder, x, self.key, i.batch, i.device, positions)
         self.info = self.info or info
         return ntes
 

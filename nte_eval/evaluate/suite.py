@@ -102,6 +102,9 @@ NO_EFFECT = {"batch_size": True, "data": {"workers"}, "public": {"workers"}}
 class Suite(Strict):
     name: str
     seed: int | str = 0
+    #: several NTE keys: every encoder setting is encoded once per key (cells tagged key=0, 1, ...), and the report
+    #: gives each figure's mean and spread over the keys; instead of ``seed``
+    seeds: list[int | str] | None = None
     plugins: list[str] = []
     data: DataConfig = DataConfig()
     public: DataConfig | None = None
@@ -148,6 +151,37 @@ class Suite(Strict):
             raise ValueError("the NTE key is empty; give a long random key (a short one can be guessed), or pass "
                              "--key-file PATH / --key-env NAME to `nte-eval run`.")
         return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_keys(cls, v: Any) -> Any:
+        if v is not None and not v:
+            raise ValueError("an empty list; give at least two NTE keys (e.g. [0, 1, 2]), or drop seeds and use seed.")
+        repeated = sorted({str(k) for k in v or [] if v.count(k) > 1})
+        if repeated:
+            raise ValueError(f"the key {repeated[0]} appears more than once; every key must differ (a repeated key "
+                             "encodes the same NTEs twice).")
+        if any(isinstance(k, str) and not k.strip() for k in v or []):
+            raise ValueError("an empty key; give long random keys.")
+        return v
+
+    @model_validator(mode="after")
+    def _seed_or_seeds(self) -> Suite:
+        if self.seeds is not None and "seed" in self.model_fields_set:
+            raise ValueError("seed and seeds: give one key (seed) or several (seeds), not both.")
+        return self
+
+    def with_key(self, key: str) -> Suite:
+        """This suite with the NTE key given outside its file (``--key-file``, ``--key-env``)."""
+        if self.seeds is not None:
+            raise NTEError("--key-file/--key-env give one NTE key, but the suite lists several (seeds); drop seeds, "
+                           "or keep the keys in the suite.")
+        return self.model_copy(update={"seed": key})
+
+    @property
+    def keys(self) -> list[int | str]:
+        """The NTE keys: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
     @field_validator("designated")
     @classmethod

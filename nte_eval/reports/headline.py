@@ -21,6 +21,7 @@ from nte_eval.evaluate.run_folder import CERTIFY, MANIFEST, RESULTS, WARNINGS, W
 from nte_eval.evaluate.store import COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import read_worst_case
 from nte_eval.reports.certification import certification_table
+from nte_eval.reports.keys import key_spread
 from nte_eval.reports.tuning import label_free_choice
 from nte_eval.reports.verdict import ci, levels_table, owner_line, owner_table, standing, verdict, weak_models
 
@@ -51,6 +52,7 @@ class Headline:
     metric: str = "accuracy"  # a text task's own metric beside accuracy: "mcc", "f1" (METRICS) or "accuracy"
     source: str = ""  # the data source, e.g. "mmbench_tsv" (multiple-choice accuracy)
     label_free: bool = False  # no labels: accuracy is each model's agreement with its own clean prediction
+    keys: pd.DataFrame = field(default_factory=pd.DataFrame)  # the spread over NTE keys (seeds), if several
 
     @property
     def chance_text(self) -> str:
@@ -246,4 +248,4 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
                     chance=chance, margin=margin, threshold=threshold, modality=modality, metric=metric,
                     source=data.get("source", ""), tuning=label_free_choice(results),
-                    label_free=bool(data.get("label_free", False)))
+                    label_free=bool(data.get("label_free", False)), keys=key_spread(worst))

@@ -92,6 +92,9 @@ def _sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
          f"(n < {MIN_N}, one class, chance >= "
          f"{100 * MAX_CHANCE:g}%, or no unauthorized model above the threshold on clean inputs) or not useful (the "
          f"designated model more than {h.margin:g} points below clean).", h.levels),
+        ("Spread over the NTE keys (the suite's seeds: every encoder setting encoded once per key, its cells tagged "
+         "key=0, 1, ...): mean, standard deviation and range over the keys of the accuracy with no attack and under "
+         "the best single attack; each key's own figures, with their intervals, are in the tables above.", h.keys),
         ("Choosing an attack's strength without labels: for each attack swept over its strength, the setting a "
          "method-level attacker commits to by the PSNR at which it restores its own NTEs (public images encoded for a "
          "random surrogate: no labels, no designated model) beside the setting picked with hindsight (by accuracy); "
