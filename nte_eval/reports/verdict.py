@@ -72,7 +72,8 @@ def bounds(spans: pd.Series) -> tuple[list[float], list[float]]:
 def judge(rows: pd.DataFrame, threshold: float) -> tuple[str, int | None]:
     """One level's verdict from its unauthorized models' ``best_<level>`` rows (with intervals): "NOT held" if an
     interval lies above ``threshold`` (%), "held" if every one lies under it, else "inconclusive", with about the
-    n that would decide the model closest to deciding (None where no n would)."""
+    n at which every model whose interval contains the threshold would be decided at its accuracy (None where no n
+    would: an accuracy at the threshold)."""
     t = threshold / 100
     if (rows.ci_low > t).any():
         return "NOT held", None
