@@ -12,7 +12,7 @@ from nte_eval.models.handle import ModelHandle
 
 def stem(m, k, s, p, size, seed=0):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, m, k, s, p), nn.Flatten())
+    net = nn.Sequential(nn.Conv2d(3, m, k, s, p), nn.Flatten())  # k, s, p: an int or a (height, width) pair
     std = tuple((0.2 + torch.rand(3)).tolist())
     return ModelHandle.from_module(net, "0", mean=(0.5,) * 3, std=std, input_size=(3, size, size))
 
@@ -21,15 +21,17 @@ def norm(t):
     return t.flatten(1).norm(dim=1)
 
 
-@pytest.mark.parametrize("m,k,s,p,size,strips", [
-    (64, 7, 2, 3, 24, False),  # a ResNet-50 stem on a small image: one dense solve
-    (64, 7, 2, 3, 64, True),  # the same stem, large enough for strips and corners
-    (16, 3, 2, 1, 64, True),  # a bottom padding the stride never reads: three edges
-    (24, 5, 1, 2, 72, True),
+@pytest.mark.parametrize("m,k,s,p,size", [
+    (64, 7, 2, 3, 64),  # a ResNet-50 stem: strips and corners
+    (16, 3, 2, 1, 64),  # a bottom padding the stride never reads: three edges
+    (24, 5, 1, 2, 72),
+    (8, 4, 4, 1, 64),  # kernel - padding < stride: the last rows are read by no output
+    (8, (5, 3), (2, 1), (2, 1), 64),  # a rectangular kernel and stride
 ])
-def test_closed_form_correction_reaches_the_least_squares_optimum(m, k, s, p, size, strips):
+def test_closed_form_correction_reaches_the_least_squares_optimum(m, k, s, p, size):
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
     h = stem(m, k, s, p, size)
-    assert BorderSolver.applies((k, k), (s, s), (p, p), (3, size, size))
+    assert BorderSolver.applies(pair(k), pair(s), pair(p), (3, size, size))
     sub = OperatorSubspace(h, Select("tau", 1e-2))
     d = sub.sample(torch.randn(3, *sub.coefficient_shape, generator=torch.Generator().manual_seed(1)),
                    "check").double()
@@ -40,10 +42,17 @@ def test_closed_form_correction_reaches_the_least_squares_optimum(m, k, s, p, si
     best = norm(op.apply(d - optimum) - target)
     assert (best < 0.99 * norm(wrap)).all()  # the correction matters ...
     x = sub.correct_border(d)
-    assert bool(sub._border.edges) == strips
-    assert torch.allclose(norm(op.apply(x) - target), best, rtol=1e-5)  # ... and reaches the optimal response
-    # the correction itself: exact when dense; the corners' coupling leaves < 1% with strips
-    assert (norm(d - x - optimum) / norm(optimum) < (1e-2 if strips else 1e-8)).all()
+    assert sub._border is not None
+    # ... and reaches the optimal response (to 1e-5, or exactly where the border can be matched exactly), or at
+    # least the response of the whole-image CGLS it replaces (300 steps and its stopping rules: the tolerance the
+    # correction had), where the correction decays slowly away from the border (the rectangular kernel here)
+    today = norm(op.apply(d - cgls(op, wrap, 300, 1e-6)) - target)
+    got = norm(op.apply(x) - target)
+    assert (torch.isclose(got, best, rtol=1e-5, atol=1e-9 * float(norm(wrap).max())) | (got <= today)).all()
+    if isinstance(k, int) and (m, k) != (8, 4):
+        assert torch.allclose(got, best, rtol=1e-5)  # the square stems: the optimum itself
+    # the corners' coupling: not exactly the minimum-norm correction, but one as small to 1%
+    assert (norm(d - x) <= 1.01 * norm(optimum)).all()
     assert torch.allclose(sub.correct_border(d.float()).double(), x, atol=1e-5)  # float32 agrees
 
 
@@ -57,14 +66,14 @@ def test_exact_null_space_stays_exact_with_strips():
     circular = sub.project_circular(x)
     assert (norm(op.apply(circular)) / norm(circular) > 1e-3).all()  # the wrap-around matters ...
     d = sub.project(x)
-    assert sub._border.edges
+    assert sub._border is not None
     # ... and the closed form removes it, down to the circular layer's own float32 response to the projection
     assert (norm(op.apply(d)) < 1e-6 * norm(d)).all()
     assert (norm(op.apply(d)) < 1.01 * norm(op.apply_circular(circular))).all()
 
 
 def test_geometries_without_a_closed_form_fall_back_to_cgls():
-    h = stem(8, 3, 1, 1, 40)  # too large for one dense solve, too small for strips
+    h = stem(8, 3, 1, 1, 40)  # too small for strips
     assert not BorderSolver.applies((3, 3), (1, 1), (1, 1), (3, 40, 40))
     sub = OperatorSubspace(h, Select("tau", 1e-2))
     d = sub.sample(torch.randn(2, *sub.coefficient_shape), "check")

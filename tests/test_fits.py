@@ -9,12 +9,12 @@ from nte_eval.attacks.learned import LearnedDenoiser
 from nte_eval.cli import main
 from nte_eval.cluster.ray_executor import ItemActor
 from nte_eval.evaluate.fits import FitStore
-from nte_eval.evaluate.items import Worker
 from nte_eval.evaluate.run_folder import FITS, SHARDS
 from nte_eval.evaluate.suite import load_suite
 
 SUITE = {"name": "fits", "seed": 3, "data": {"source": "digits", "split": "test", "limit": 20},
-         "public": {"source": "digits", "split": "train"}, "designated": "zoo:vit_null", "models": ["zoo:mlp_linear"],
+         "public": {"source": "digits", "split": "train"}, "designated": ["zoo:vit_null", "zoo:resnet_nullstem"],
+         "models": ["zoo:mlp_linear"],
          "encoders": [{"type": "nte", "psnr": 10}],
          "attacks": ["identity", {"type": "learned_denoiser", "steps": 20, "pairs": 64, "width": 8}]}
 
@@ -45,7 +45,7 @@ def test_a_resumed_run_restores_the_fit_and_a_damaged_one_is_fitted_again(tmp_pa
     out = tmp_path / "out"
     assert _run(str(suite), out) == 0
     saved = list((out / FITS).glob("*.pt"))
-    assert len(saved) == 1  # one attack setting that saves its fit, on one encoder setting
+    assert len(saved) == 2  # one attack setting that saves its fit, on each designated model's encoder setting
     before = _results(out)
     calls = _no_training(monkeypatch)
     for path in (out / SHARDS).glob("*.parquet"):  # every item runs again ...
@@ -53,7 +53,7 @@ def test_a_resumed_run_restores_the_fit_and_a_damaged_one_is_fitted_again(tmp_pa
     assert _run(str(suite), out, "--resume") == 0
     assert calls == []  # ... without training the denoiser again
     pd.testing.assert_frame_equal(_results(out), before)
-    saved[0].write_bytes(b"not a torch file")  # a damaged fit: trained again, and saved whole
+    saved[0].write_bytes(b"not a torch file")  # a damaged fit: trained again (that one only), and saved whole
     for path in (out / SHARDS).glob("*.parquet"):
         path.unlink()
     assert _run(str(suite), out, "--resume") == 0
@@ -71,7 +71,7 @@ def test_an_actor_starts_from_the_drivers_fits_and_sends_back_only_new_ones(tmp_
     try:
         fresh = ItemActor(suite, "cpu", None, 1, {})
         done, states = fresh.run(fresh.worker.work())
-        assert len(states) == 1  # trained here, sent to the driver
+        assert len(states) == 2  # trained here (one per designated model), sent to the driver
         calls = _no_training(monkeypatch)
         driver = FitStore(tmp_path / FITS)
         for key, state in states.items():
@@ -83,4 +83,3 @@ def test_an_actor_starts_from_the_drivers_fits_and_sends_back_only_new_ones(tmp_
     assert calls == [] and new == {}
     for a, b in zip(done, again, strict=True):
         pd.testing.assert_frame_equal(a.frame, b.frame)
-    assert isinstance(restarted.worker, Worker)

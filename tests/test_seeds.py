@@ -21,9 +21,13 @@ def _run(tmp_path, name, **changes) -> int:
 
 
 def test_each_key_gives_its_own_cells_and_the_report_their_spread(tmp_path):
-    assert _run(tmp_path, "keys", seeds=[3, 11]) == 0
+    certify = {"fidelity": True, "degradation": False, "lipschitz": ["local"], "psnr": [0], "samples": 20}
+    assert _run(tmp_path, "keys", seeds=[3, 11], certify=certify) == 0
     assert _run(tmp_path, "eleven", seed=11) == 0
     keys = pd.read_csv(tmp_path / "keys" / "results.csv")
+    certified = pd.read_csv(tmp_path / "keys" / "certificates.csv").encoder_params.map(json.loads)
+    assert set(certified.map(lambda p: p["key"])) == {0}  # certified with the first key, and tagged so
+    keys = keys[keys.attack != "certify"]
     alone = pd.read_csv(tmp_path / "eleven" / "results.csv")
     params = keys.encoder_params.map(json.loads)
     assert sorted(params.map(lambda p: p["key"]).unique()) == [0, 1]

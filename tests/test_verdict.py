@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from nte_eval.evaluate.worst_case import cumulative
-from nte_eval.metrics import proportion_interval
+from nte_eval.metrics import deciding_n, proportion_interval
 from nte_eval.reports.verdict import levels_table, owner_line, owner_table, standing, verdict, weak_models
 
 PARAMS = '{"designated":"d","psnr":0}'
@@ -135,3 +135,12 @@ def test_robustness_for_the_owner_counts_benign_processings_only():
         owner_line(owner, 10.0))
     unmeasured = owner_table(results[results.attack == "identity"], settings, knowledge, 10.0).iloc[0]
     assert unmeasured["benign processings"] == 0 and "not measured" in owner_line(unmeasured, 10.0)
+
+
+def test_one_model_above_the_threshold_names_the_n_that_would_break_the_ntes():
+    """a at 33% (above 25%, interval across it) and b at 25% (at it): the n that decides is a's, which once decided
+    breaks the NTEs whatever b does."""
+    _, levels = judge({"none": {"a": 0.33, "b": 0.25}})
+    assert levels.held.iloc[0] == "inconclusive"
+    assert levels["decides at n"].iloc[0] == deciding_n(0.33, 0.25, 100)
+    assert proportion_interval(round(0.33 * 150), 150)[0] > 0.25 or deciding_n(0.33, 0.25, 100) > 150

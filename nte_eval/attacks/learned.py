@@ -125,7 +125,8 @@ class LearnedDenoiser(Attack):
 
     def state(self) -> dict[str, Any]:
         """The trained network's weights and the normalisation it was trained with."""
-        return {"net": self.net.state_dict(), "input_size": list(self.input_size), "factor": list(self.factor),
+        return {"net": {k: v.cpu() for k, v in self.net.state_dict().items()}, "input_size": list(self.input_size),
+                "factor": list(self.factor),
                 "scales": [self.in_center, self.in_scale, self.out_center, self.out_scale]}
 
     def load_state(self, state: dict[str, Any]) -> None:

@@ -74,7 +74,8 @@ def certify_fidelity(suite: Suite, cfg: CertifyConfig, handles: dict[str, ModelH
         bar = progress.bar(total=len(encoders) + len(cfg.lipschitz), desc=f"certify {d}", unit="step")
         for encoder in encoders:
             x_nte = encode_all(encoder, data.images, suite.keys[0], batch, handle.device)[0]
-            enc_params = compact({**encoder.params(), "designated": d})
+            tag = {"key": 0} if len(suite.keys) > 1 else {}  # certified with the first key (seeds)
+            enc_params = compact({**encoder.params(), "designated": d, **tag})
             m = measure(net, data.images, x_nte, batch)
             measured.append((encoder.name, enc_params, encoder.psnr, m))
             bar.update()

@@ -33,7 +33,7 @@ class FitStore:
         """The saved state, or None (never saved, or a damaged file: the attack is fitted again)."""
         if key not in self.known and self.folder is not None and (self.folder / f"{key}.pt").is_file():
             try:
-                self.known[key] = torch.load(self.folder / f"{key}.pt", weights_only=True)
+                self.known[key] = torch.load(self.folder / f"{key}.pt", map_location="cpu", weights_only=True)
             except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
                 return None
         return self.known.get(key)

@@ -90,7 +90,8 @@ class Setting:
                  attack_settings: list[tuple[str, dict[str, Any]]], key: int | str, tag: dict[str, int]):
         self.inputs, self.designated, self.encoder, self.attack_settings = inputs, designated, encoder, attack_settings
         self.key = key
-        self.name = setting_name(encoder.name, compact({**encoder.params(), "designated": designated, **tag}))
+        self.params = compact({**encoder.params(), "designated": designated, **tag})  # the cells' encoder_params
+        self.name = setting_name(encoder.name, self.params)
         self.info: dict[str, Any] | None = None  # the encoder's record, from its first encoding
         self.fit_ntes: torch.Tensor | None = None
         self.fit_position = {p: k for k, p in enumerate(inputs.nte_fit)}  # data position -> row of fit_ntes
@@ -147,7 +148,7 @@ class Setting:
             name, params = self.attack_settings[number]
             attack = build_attack({"type": name, **params})
             context = self.blind if attack.knowledge == "none" else self.context
-            key = FitStore.key(self.name, name, params)
+            key = FitStore.key(f"{self.encoder.name} {self.params}", name, params)
             state = self.inputs.fits.get(key)
             if state is not None:  # fitted before, in this run (another process, or before a restart)
                 attack.restore(context, state)

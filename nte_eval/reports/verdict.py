@@ -72,15 +72,18 @@ def bounds(spans: pd.Series) -> tuple[list[float], list[float]]:
 def judge(rows: pd.DataFrame, threshold: float) -> tuple[str, int | None]:
     """One level's verdict from its unauthorized models' ``best_<level>`` rows (with intervals): "NOT held" if an
     interval lies above ``threshold`` (%), "held" if every one lies under it, else "inconclusive", with about the
-    n at which every model whose interval contains the threshold would be decided at its accuracy (None where no n
-    would: an accuracy at the threshold)."""
+    n that would decide it at the measured accuracies: the smallest that puts one model above the threshold, else
+    the one that puts every model under it (None where no n would: an accuracy at the threshold)."""
     t = threshold / 100
     if (rows.ci_low > t).any():
         return "NOT held", None
     if (rows.ci_high < t).all():
         return "held", None
     open_ = rows[rows.ci_high >= t]
-    needed = [deciding_n(v, t, n) for v, n in zip(open_.value, open_.n, strict=True)]
+    above = open_[open_.value > t]  # one of these, once decided, breaks the NTEs: the smallest n decides
+    if len(above):
+        return "inconclusive", min(deciding_n(v, t, n) for v, n in zip(above.value, above.n, strict=True))
+    needed = [deciding_n(v, t, n) for v, n in zip(open_.value, open_.n, strict=True)]  # all must fall under it
     return "inconclusive", None if None in needed else max(needed)
 
 
@@ -111,7 +114,7 @@ def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) 
             held, needed = last
             if held != "NOT held" and level not in best:
                 held, needed = "not tested", None
-            elif held != "NOT held" and s.standing != "useful":
+            elif held == "held" and s.standing != "useful":  # never "held" then; an open question stays open
                 held, needed = s.standing, None
             rows.append(row | {"max unauthorized %": _pct(top.value),
                                "max unauthorized % CI": f"{_pct(top.ci_low)}\u2013{_pct(top.ci_high)}",
