@@ -75,6 +75,19 @@ def test_strided_padded_conv_bound_is_safe_and_tight(kernel, stride, padding, di
     assert circular <= 1.1 * estimate
 
 
+def test_zero_padding_modules_have_gain_one():
+    """A TF-'same' block (ZeroPad2d, then an unpadded depthwise conv, as EfficientNet-Lite builds it) is bounded by
+    the conv's own norm: the padding copies its input beside zeros."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(4, 4, 3, 2, groups=4), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 3))
+    h = handle_of(net, "0", (3, 16, 16))
+    bound = product_bound(h)
+    assert bound.status == "certified", bound.detail
+    est = local_estimate(h, load_digits("test", limit=2, size=16).images, radius=0.1)
+    assert est.value <= bound.value * (1 + 1e-9)
+
+
 def test_non_overlapping_conv_is_the_patch_norm():
     torch.manual_seed(1)
     w = torch.randn(5, 3, 4, 4, dtype=torch.float64)

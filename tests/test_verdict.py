@@ -144,3 +144,21 @@ def test_one_model_above_the_threshold_names_the_n_that_would_break_the_ntes():
     assert levels.held.iloc[0] == "inconclusive"
     assert levels["decides at n"].iloc[0] == deciding_n(0.33, 0.25, 100)
     assert proportion_interval(round(0.33 * 150), 150)[0] > 0.25 or deciding_n(0.33, 0.25, 100) > 150
+
+
+def test_label_free_models_are_judged_by_their_own_chance_and_a_one_class_model_is_left_out():
+    """Label-free: a always gives the same clean prediction (chance 95%: threshold 105%), b's chance is 15%. a
+    agrees with itself on the NTEs at 90%, which shows nothing; b at 10% is under its 25%: held."""
+    worst = worst_frame({"none": {"a": 0.9, "b": 0.1}}, clean=1.0)
+    limits = {"a": 105.0, "b": 25.0}
+    weak = weak_models(worst[worst.summary == "clean"], limits)
+    assert list(weak) == ["a"]
+    des = pd.Series({"designated": "d", "setting": "nte 0 dB", "NTE %": 96.0, "clean %": 100.0})
+    status = standing(des, 100, 0.2, weak, ["a", "b"], 10.0)
+    settings = pd.DataFrame([{"encoder": "nte", "encoder_params": PARAMS, "designated": "d", "setting": "nte 0 dB",
+                              "standing": status[0], "weak": tuple(weak)}])
+    levels = levels_table(worst, settings, limits)
+    assert levels.held.iloc[0] == "held" and levels.model.iloc[0] == "b" and levels["threshold %"].iloc[0] == 25.0
+    text = verdict(des, levels, status, limits, 10.0, weak)
+    assert "Held against no knowledge: every unauthorized model's 95% interval lies under each model's own" in text
+    assert "Uninformative for a (100.0%): their clean predictions are nearly all one class (label-free)" in text

@@ -44,6 +44,8 @@ def cell_rows(frame: pd.DataFrame, metric: str = "accuracy") -> tuple[list[tuple
         n, role = len(g), g["role"].iloc[0]
         correct, cal_correct = g["pred"] == g["label"], g["cal_pred"] == g["label"]
         values = [("clean_accuracy", (g["clean_pred"] == g["label"]).mean()), ("accuracy", correct.mean()),
+                  ("chance", g["label"].value_counts().iloc[0] / n),  # the most frequent label's share (label-free:
+                  # of the model's own clean predictions): what always answering one class scores
                   ("agreement", (g["pred"] == g["clean_pred"]).mean()), ("logit_change", g["logit_change"].mean()),
                   *[(c, g[c].mean()) for c in measured if g[c].notna().all()],
                   ("first_layer_ratio", g["first_layer_ratio"].mean()), ("attacked_clean_accuracy", cal_correct.mean())]

@@ -75,7 +75,7 @@ def accuracy_psnr_pages(pdf: PdfPages, results: pd.DataFrame, worst: pd.DataFram
             for ax, (summary, title) in zip(axes[r], PANELS.items(), strict=False):
                 panel = part[(part.summary == summary) & ((part.role == "unauthorized") | (summary == "no_attack"))]
                 _panel(ax, panel, designated, multi)
-                ax.axhline(h.threshold, color="black", ls=":", lw=0.8, label=f"held threshold {h.threshold:.1f}%")
+                ax.axhline(h.threshold, color="black", ls=":", lw=0.8, label=h.threshold_label)
                 if panel.empty:
                     ax.text(0.5, 0.5, "not tested", ha="center", transform=ax.transAxes, color="0.4")
                 lo, hi = part.psnr.min(), part.psnr.max()

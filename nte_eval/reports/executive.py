@@ -34,8 +34,10 @@ def facts(h: Headline, manifest: dict, accuracy: str) -> str:
     return (f"Suite {manifest.get('suite')}, finished {manifest.get('finished', 'unknown')}: n = {n} evaluated {unit} "
             f"({data.get('source')}), {accuracy} in %" + (f" ({LABEL_FREE})" if h.label_free else "")
             + ", each with its exact 95% interval (Clopper-Pearson; error "
-            f"bars in the figures). Held = every unauthorized model's 95% interval under {h.threshold:.1f}% (chance "
-            f"{chance} + {h.margin:g} points) under the best attack at or below a knowledge level; NOT held = an "
+            "bars in the figures). Held = every unauthorized model's 95% interval under "
+            + (f"its own threshold (chance: {chance}; + {h.margin:g} points)" if h.label_free else
+               f"{h.threshold:.1f}% (chance {chance} + {h.margin:g} points)")
+            + " under the best attack at or below a knowledge level; NOT held = an "
             "interval wholly above it; inconclusive otherwise, with about the n that would decide. The levels are "
             "cumulative (none < method < surrogate < oracle: an attacker runs every attack of the levels below "
             f"its own). Useful = the designated model at most {h.margin:g} points below its clean accuracy on the "
@@ -62,7 +64,7 @@ def _figure(ax: plt.Axes, h: Headline, accuracy: str) -> None:
         spread = np.clip([values - np.asarray(low, dtype=float), np.asarray(high, dtype=float) - values], 0, None)
         ax.bar(x - 0.42 + (k + 0.5) * width, values, width, color=color, hatch=hatch, edgecolor="black", lw=0.5,
                label=label, yerr=spread, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})
-    ax.axhline(h.threshold, color="black", ls="--", lw=1, label=f"held threshold {h.threshold:.1f}%")
+    ax.axhline(h.threshold, color="black", ls="--", lw=1, label=h.threshold_label)
     for i, status in enumerate(h.settings.standing):
         if status != "useful":
             ax.text(i, 104, status.upper(), ha="center", fontsize=7, weight="bold")

@@ -55,11 +55,18 @@ class Headline:
     keys: pd.DataFrame = field(default_factory=pd.DataFrame)  # the spread over NTE keys (seeds), if several
 
     @property
+    def threshold_label(self) -> str:
+        """The figures' threshold line, in words (label-free: the lowest of the models' own thresholds)."""
+        return f"held threshold {self.threshold:.1f}%" + (" (the lowest model's)" if self.label_free else "")
+
+    @property
     def chance_text(self) -> str:
         """The chance rate the threshold adds the margin to, in words."""
         if self.chance is not None:
             return f"{100 * self.chance:.1f}%"
-        return "0 (label-free: no class rate)" if self.label_free else "not recorded by this run (taken as 0)"
+        if self.label_free:
+            return "each model's own (label-free: the share of its most frequent clean prediction)"
+        return "not recorded by this run (taken as 0)"
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # strength chosen without labels vs with hindsight
 
 
@@ -97,13 +104,16 @@ def _settings(results: pd.DataFrame) -> pd.DataFrame:
                         setting=[setting_name(e, p) for e, p in zip(cells.encoder, cells.encoder_params, strict=True)])
 
 
-def _certified(fidelity: list[dict], encoder: str, params: str) -> dict[str, object]:
-    """The best certified source's certified accuracy and pass rate for exactly this setting (same PSNR)."""
+def _certified(fidelity: list[dict], encoder: str, params: str, psnrs: list[float]) -> dict[str, object]:
+    """The best certified source's certified accuracy and pass rate for exactly this setting (same PSNR); ``psnrs``:
+    the PSNRs the certification covered."""
     entries = [f for f in fidelity if f["encoder"] == encoder and f["encoder_params"] == params]
     certified = [f for f in entries if f["status"] == "certified"]
     if not entries:
+        covered = json.loads(params).get("psnr") in psnrs
         return {"certified %": math.nan, "certified % CI": "-", "cert. pass %": math.nan, "cert. pass % CI": "-",
-                "certified by": "not certified at this PSNR"}
+                "certified by": "none (no Lipschitz bound: lipschitz.csv)" if covered else
+                "not certified at this PSNR"}
     if not certified:
         return {"certified %": math.nan, "certified % CI": "-", "cert. pass %": math.nan, "cert. pass % CI": "-",
                 "certified by": "none (no certified bound)"}
@@ -116,7 +126,8 @@ def _certified(fidelity: list[dict], encoder: str, params: str) -> dict[str, obj
             "certified by": best["lipschitz"]}
 
 
-def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: list[dict]) -> pd.DataFrame:
+def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: list[dict],
+                     psnrs: list[float] | None = None) -> pd.DataFrame:
     """Per designated model and encoder setting: achieved PSNR, clean and NTE accuracy, agreement, first-layer
     ratio, and the certification of exactly that setting."""
     rows = []
@@ -129,7 +140,7 @@ def designated_table(results: pd.DataFrame, settings: pd.DataFrame, fidelity: li
                      "NTE %": _pct(m["accuracy"]), "NTE % CI": ci(m["accuracy"], n),
                      "agreement %": _pct(m["agreement"]), "agreement % CI": ci(m["agreement"], n),
                      "first-layer ratio": float(f"{m['first_layer_ratio']:.2g}"),
-                     **_certified(fidelity, s.encoder, s.encoder_params)})
+                     **_certified(fidelity, s.encoder, s.encoder_params, psnrs or [])})
     return pd.DataFrame(rows)
 
 
@@ -220,26 +231,34 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
     data = manifest.get("data", {})
     modality, metric, chance = data.get("modality", "image"), data.get("metric", "accuracy"), data.get("chance")
     threshold = 100 * (chance or 0.0) + margin
+    own = results[(results.attack == "identity") & (results.metric == "chance")].groupby("model").value.max()
+    label_free = bool(data.get("label_free", False))
+    # label-free: each model's own chance (the share of its most frequent clean prediction) + margin
+    limits = {m: 100 * v + margin for m, v in own.items()} if label_free and len(own) else threshold
+    if isinstance(limits, dict):  # the figures draw the lowest model's
+        threshold = min(v for m, v in limits.items() if m in set(worst[worst.role == "unauthorized"].model))
     certify = run_dir / CERTIFY
-    fidelity = json.loads(certify.read_text()).get("fidelity", []) if certify.exists() else []
+    certified = json.loads(certify.read_text()) if certify.exists() else {}
+    fidelity = certified.get("fidelity", [])
+    psnrs = (certified.get("config") or {}).get("psnr") or []
     settings = _settings(results)
     knowledge = attack_knowledge(manifest)
     if modality == "text":
         des = text_designated_table(results, settings, metric, knowledge)
     else:
-        des = designated_table(results, settings, fidelity)
+        des = designated_table(results, settings, fidelity, psnrs)
     clean = worst[(worst.summary == "clean") & (worst.role == "unauthorized")]
     per_setting = [clean[clean.encoder_params == p] for p in settings.encoder_params]
-    weak = [weak_models(c, threshold) for c in per_setting]
+    weak = [weak_models(c, limits) for c in per_setting]
     n = results[(results.role == "designated") & (results.metric == "accuracy")].groupby("encoder_params").n.min()
-    standings = [standing(d, int(n[p]), chance, w, list(c.model), margin)
+    standings = [standing(d, int(n[p]), own.get(d.designated) if label_free else chance, w, list(c.model), margin)
                  for p, (_, d), w, c in zip(settings.encoder_params, des.iterrows(), weak, per_setting, strict=True)]
     settings = settings.assign(n=[int(n[p]) for p in settings.encoder_params],
-                               standing=[status for status, _ in standings])
-    levels = levels_table(worst, settings, threshold)
+                               standing=[status for status, _ in standings], weak=[tuple(w) for w in weak])
+    levels = levels_table(worst, settings, limits)
     owner = owner_table(results, settings, knowledge, margin)
     verdicts = [verdict(d, levels[(levels.designated == d.designated) & (levels.setting == d.setting)], st,
-                        threshold, margin, w) + " " + owner_line(o, margin)
+                        limits, margin, w) + " " + owner_line(o, margin)
                 for (_, d), st, w, (_, o) in zip(des.iterrows(), standings, weak, owner.iterrows(), strict=True)]
     warnings = run_dir / WARNINGS
     unauthorized = unauthorized_table(worst, settings, results, metric)
@@ -248,4 +267,4 @@ def headline(run_dir: str | Path, margin: float = MARGIN, results: pd.DataFrame 
                     verdicts=verdicts, warnings=json.loads(warnings.read_text()) if warnings.exists() else [],
                     chance=chance, margin=margin, threshold=threshold, modality=modality, metric=metric,
                     source=data.get("source", ""), tuning=label_free_choice(results),
-                    label_free=bool(data.get("label_free", False)), keys=key_spread(worst))
+                    label_free=label_free, keys=key_spread(worst))

@@ -86,8 +86,10 @@ def _sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
          "picked with hindsight, so it stands beside the same union on clean inputs. p vs no attack: McNemar's exact "
          "test of the best attack against no attack on the same samples (paired)." + metric, h.unauthorized),
         ("Best attack at or below each knowledge level (levels are cumulative: an attacker runs every attack of the "
-         f"levels below its own) and the unauthorized model it helps most. Held = every unauthorized model's 95% "
-         f"interval under {h.threshold:.1f}% (chance {chance} + {h.margin:g} points); NOT held = one wholly above it; "
+         "levels below its own) and the unauthorized model it helps most. Held = every unauthorized model's 95% "
+         "interval under " + (f"its own threshold (chance: {chance}; + {h.margin:g} points)" if h.label_free else
+                              f"{h.threshold:.1f}% (chance {chance} + {h.margin:g} points)")
+         + "; NOT held = one wholly above it; "
          "inconclusive otherwise, with about the n that would decide; never held when uninformative "
          f"(n < {MIN_N}, one class, chance >= "
          f"{100 * MAX_CHANCE:g}%, or no unauthorized model above the threshold on clean inputs) or not useful (the "

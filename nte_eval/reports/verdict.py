@@ -33,9 +33,24 @@ def _pct(value: float) -> float:
     return round(100 * value, 1)
 
 
-def weak_models(clean: pd.DataFrame, threshold: float) -> dict[str, float]:
-    """Unauthorized models (worst_case 'clean' rows of one setting) whose clean accuracy, in %, is <= threshold."""
-    return {r.model: 100 * r.value for r in clean.itertuples() if 100 * r.value <= threshold}
+Thresholds = float | dict[str, float]  # one threshold (%) for every model, or each model's own (label-free data)
+
+
+def limit(threshold: Thresholds, model: str) -> float:
+    """The threshold (%) ``model`` is judged by: the run's chance + margin, or (label-free) the share of its own most
+    frequent clean prediction + margin."""
+    return threshold[model] if isinstance(threshold, dict) else threshold
+
+
+def said(threshold: Thresholds) -> str:
+    """The threshold in words."""
+    return f"{threshold:.1f}%" if not isinstance(threshold, dict) else "each model's own threshold"
+
+
+def weak_models(clean: pd.DataFrame, threshold: Thresholds) -> dict[str, float]:
+    """Unauthorized models (worst_case 'clean' rows of one setting) whose clean accuracy, in %, is at or below their
+    threshold (label-free: whose clean predictions are nearly all one class)."""
+    return {r.model: 100 * r.value for r in clean.itertuples() if 100 * r.value <= limit(threshold, r.model)}
 
 
 def standing(des: pd.Series, n: int, chance: float | None, weak: dict[str, float], models: list[str],
@@ -69,36 +84,39 @@ def bounds(spans: pd.Series) -> tuple[list[float], list[float]]:
     return [lo for lo, _ in ends], [hi for _, hi in ends]
 
 
-def judge(rows: pd.DataFrame, threshold: float) -> tuple[str, int | None]:
+def judge(rows: pd.DataFrame, threshold: Thresholds) -> tuple[str, int | None]:
     """One level's verdict from its unauthorized models' ``best_<level>`` rows (with intervals): "NOT held" if an
     interval lies above ``threshold`` (%), "held" if every one lies under it, else "inconclusive", with about the
     n that would decide it at the measured accuracies: the smallest that puts one model above the threshold, else
     the one that puts every model under it (None where no n would: an accuracy at the threshold)."""
-    t = threshold / 100
+    t = rows.model.map(lambda m: limit(threshold, m) / 100)
     if (rows.ci_low > t).any():
         return "NOT held", None
     if (rows.ci_high < t).all():
         return "held", None
-    open_ = rows[rows.ci_high >= t]
-    above = open_[open_.value > t]  # one of these, once decided, breaks the NTEs: the smallest n decides
-    if len(above):
-        return "inconclusive", min(deciding_n(v, t, n) for v, n in zip(above.value, above.n, strict=True))
-    needed = [deciding_n(v, t, n) for v, n in zip(open_.value, open_.n, strict=True)]  # all must fall under it
-    return "inconclusive", None if None in needed else max(needed)
+    open_ = (rows.ci_high >= t) & rows.value.notna()
+    above = open_ & (rows.value > t)  # one of these, once decided, breaks the NTEs: the smallest n decides
+    if above.any():
+        return "inconclusive", min(deciding_n(v, u, n) for v, u, n in zip(rows.value[above], t[above],
+                                                                         rows.n[above], strict=True))
+    needed = [deciding_n(v, u, n) for v, u, n in zip(rows.value[open_], t[open_], rows.n[open_], strict=True)]
+    return "inconclusive", None if None in needed else max(needed)  # every one must fall under it
 
 
-def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Per setting (with its ``standing``) and knowledge level: the best attack at or below the level, the
-    unauthorized model it helps most with its accuracy, 95% interval and clean accuracy, and the level's verdict
-    (``judge``): "held", "NOT held", "inconclusive" (with ``decides at n``), "not tested" (no attack of the level's
-    own), "uninformative" or "not useful" (the last two never say "held")."""
+def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: Thresholds) -> pd.DataFrame:
+    """Per setting (with its ``standing``, and its ``weak`` models left out where given) and knowledge level: the
+    best attack at or below the level, the unauthorized model it helps most with its accuracy, 95% interval, clean
+    accuracy and threshold, and the level's verdict (``judge``): "held", "NOT held", "inconclusive" (with
+    ``decides at n``), "not tested" (no attack of the level's own), "uninformative" or "not useful" (the last two
+    never say "held")."""
     worst = worst if "ci_low" in worst else with_intervals(worst)
     clean = worst[worst.summary == "clean"].set_index(["encoder_params", "model"]).value
     rows = []
     for s in settings.itertuples(index=False):
-        best = best_by_level(worst, s.encoder, s.encoder_params)
-        part = worst[(worst.encoder == s.encoder) & (worst.encoder_params == s.encoder_params)
-                     & (worst.role == "unauthorized")]
+        counted = worst[~worst.model.isin(getattr(s, "weak", ()))]  # a model uninformative here shows nothing
+        best = best_by_level(counted, s.encoder, s.encoder_params)
+        part = counted[(counted.encoder == s.encoder) & (counted.encoder_params == s.encoder_params)
+                       & (counted.role == "unauthorized")]
         top, last = None, None
         for level, summary in zip(KNOWLEDGE, LEVELS, strict=True):
             top = best.get(level, top)
@@ -106,8 +124,8 @@ def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) 
             if top is None:
                 rows.append(row | {"max unauthorized %": math.nan, "max unauthorized % CI": "-",
                                    "CI low %": math.nan, "CI high %": math.nan,
-                                   "n": math.nan, "model": "", "model clean %": math.nan, "attack": "",
-                                   "held": "not tested", "decides at n": math.nan})
+                                   "n": math.nan, "model": "", "model clean %": math.nan, "threshold %": math.nan,
+                                   "attack": "", "held": "not tested", "decides at n": math.nan})
                 continue
             if level in best:
                 last = judge(part[part.summary == summary], threshold)
@@ -121,6 +139,7 @@ def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: float) 
                                "CI low %": _pct(top.ci_low), "CI high %": _pct(top.ci_high), "n": int(top.n),
                                "model": top.model,
                                "model clean %": _pct(clean[(s.encoder_params, top.model)]),
+                               "threshold %": round(limit(threshold, top.model), 1),
                                "attack": f"{attack_name(top.attack, top.attack_params)} ({top.knowledge})",
                                "held": held, "decides at n": math.nan if needed is None else needed})
     return pd.DataFrame(rows)
@@ -172,7 +191,7 @@ def _at(row: pd.Series) -> str:
     return f"{row['max unauthorized %']:.1f}% (95% CI {row['CI low %']:.1f}\u2013{row['CI high %']:.1f}%)"
 
 
-def verdict(des: pd.Series, levels: pd.DataFrame, standing: tuple[str, str], threshold: float, margin: float,
+def verdict(des: pd.Series, levels: pd.DataFrame, standing: tuple[str, str], threshold: Thresholds, margin: float,
             weak: dict[str, float] | None = None) -> str:
     """The verdict of one setting: the designated model's utility (or why the evaluation is uninformative), then the
     lowest knowledge level that broke the NTEs, or the lowest that stays inconclusive and the n that would decide
@@ -192,7 +211,7 @@ def verdict(des: pd.Series, levels: pd.DataFrame, standing: tuple[str, str], thr
     below, unsure = levels[(levels.held == "held") & (rank < end)], open_[rank[open_.index] < end]
     if first is not None and first.held == "NOT held":
         parts.append(f"NOT held: {LEVEL_NAMES[first.knowledge]} suffices, {first.attack} lifts {first.model} to "
-                     f"{_at(first)}, above {threshold:.1f}% (clean {first['model clean %']:.1f}%)"
+                     f"{_at(first)}, above {first['threshold %']:.1f}% (clean {first['model clean %']:.1f}%)"
                      + (f"; it held against {_names(below)}" if len(below) else "")
                      + (f"; inconclusive at n = {int(first.n)} against {_names(unsure)}" if len(unsure) else "")
                      + ".")
@@ -200,7 +219,8 @@ def verdict(des: pd.Series, levels: pd.DataFrame, standing: tuple[str, str], thr
         decide = ("no n would decide it (the accuracy sits at the threshold)" if math.isnan(first["decides at n"])
                   else f"about n = {int(first['decides at n']):,} would decide it")
         parts.append(f"INCONCLUSIVE at n = {int(first.n)} against {LEVEL_NAMES[first.knowledge]}: "
-                     f"{first.attack} gives {first.model} {_at(first)}, an interval that contains {threshold:.1f}%; "
+                     f"{first.attack} gives {first.model} {_at(first)}, an interval that contains "
+                     f"{first['threshold %']:.1f}%; "
                      f"{decide}" + (f". It held against {_names(below)}." if len(below) else "."))
     else:
         tested = levels.dropna(subset=["max unauthorized %"])
@@ -208,14 +228,16 @@ def verdict(des: pd.Series, levels: pd.DataFrame, standing: tuple[str, str], thr
         highest = "" if top is None else f" (the highest: {top.model} at {_at(top)} under {top.attack})"
         if len(below):
             parts.append(f"Held against {_names(below)}: every unauthorized model's 95% interval lies under "
-                         f"{threshold:.1f}%{highest}.")
+                         f"{said(threshold)}{highest}.")
         elif top is not None:
-            parts.append(f"No unauthorized model above {threshold:.1f}%{highest}, which shows no protection here.")
+            parts.append(f"No unauthorized model above {said(threshold)}{highest}, which shows no protection here.")
     untested = levels[levels.held == "not tested"]
     if len(untested):
         parts.append(f"Not tested: {_names(untested)}.")
     if weak and status != "uninformative":
         names = ", ".join(f"{m} ({v:.1f}%)" for m, v in weak.items())
-        parts.append(f"Uninformative for {names}: already at or below {threshold:.1f}% on clean inputs, so their "
-                     "failing on NTEs shows nothing.")
+        why = (f"already at or below {threshold:.1f}% on clean inputs" if not isinstance(threshold, dict) else
+               "their clean predictions are nearly all one class (label-free)")
+        parts.append(f"Uninformative for {names}: {why}, so their failing on NTEs shows nothing; left out of the "
+                     "verdict.")
     return " ".join(parts)

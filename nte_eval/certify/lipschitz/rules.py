@@ -58,6 +58,7 @@ METHODS = {
     "unbind": "split", "expand": "expand", "expand_as": "expand", "repeat": "expand", "matmul": "matmul",
     "mean": "average", "sum": "average", "amax": "max", "max": "max"}
 IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Unflatten)
+PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
 NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -224,6 +225,8 @@ def _module_rule(node: fx.Node, graph: Graph) -> Rule:
         name, attr = ACTIVATION_MODULES[type(mod)]
         return _activation(node, graph, name, getattr(mod, attr) if attr else None)
     if isinstance(mod, IDENTITY_MODULES) and type(mod).forward in {t.forward for t in IDENTITY_MODULES}:
+        return _unary(node, graph, 1.0, "affine")
+    if plain(mod, PAD_MODULES):  # constant padding copies the input beside constants: gain 1
         return _unary(node, graph, 1.0, "affine")
     if plain(mod, (nn.Linear,)):
         return _unary(node, graph, spectral(_weight_with_bn(node, graph, mod.weight)), "linear")
