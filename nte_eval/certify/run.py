@@ -18,7 +18,8 @@ from nte_eval.encoders import ENCODERS
 from nte_eval.evaluate.batching import encode_all
 from nte_eval.evaluate.labels import compact
 from nte_eval.evaluate.run_folder import ANGLES, CERTIFICATES, CERTIFY, LIPSCHITZ, atomic_write
-from nte_eval.evaluate.suite import CertifyConfig, Suite
+from nte_eval.evaluate.sections import CertifyConfig
+from nte_eval.evaluate.suite import Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import spec_name
 from nte_eval.progress import Progress

@@ -14,7 +14,8 @@ from nte_eval.data.images import ImageSet, check_images
 from nte_eval.data.mmbench import load_mmbench_tsv
 from nte_eval.data.sources import load_pixels, source
 from nte_eval.errors import NTEError
-from nte_eval.evaluate.suite import DataConfig, Suite
+from nte_eval.evaluate.sections import DataConfig
+from nte_eval.evaluate.suite import Suite
 from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import load_model, size_key, spec_name
 from nte_eval.models.transform import eval_transform, resolved

@@ -113,7 +113,9 @@ def levels_table(worst: pd.DataFrame, settings: pd.DataFrame, threshold: Thresho
     clean = worst[worst.summary == "clean"].set_index(["encoder_params", "model"]).value
     rows = []
     for s in settings.itertuples(index=False):
-        counted = worst[~worst.model.isin(getattr(s, "weak", ()))]  # a model uninformative here shows nothing
+        weak = set(getattr(s, "weak", ()))  # a model uninformative here shows nothing, unless every one is
+        others = set(worst[(worst.encoder_params == s.encoder_params) & (worst.role == "unauthorized")].model)
+        counted = worst[~worst.model.isin(weak)] if others - weak else worst
         best = best_by_level(counted, s.encoder, s.encoder_params)
         part = counted[(counted.encoder == s.encoder) & (counted.encoder_params == s.encoder_params)
                        & (counted.role == "unauthorized")]

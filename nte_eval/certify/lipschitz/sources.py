@@ -10,7 +10,7 @@ from nte_eval.certify.lipschitz.network import Float64Network
 from nte_eval.certify.lipschitz.product import product_bound
 from nte_eval.certify.lipschitz.result import LipschitzBound
 from nte_eval.errors import NTEError
-from nte_eval.evaluate.suite import LIPSCHITZ_SOURCES
+from nte_eval.evaluate.sections import LIPSCHITZ_SOURCES
 from nte_eval.models.handle import ModelHandle
 
 SOURCES = LIPSCHITZ_SOURCES  # declared once, with the suite schema that names them
