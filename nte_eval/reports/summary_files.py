@@ -84,7 +84,8 @@ def _sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
         ("Unauthorized models: accuracy with no attack and under the best single attack (the headline: one "
          "reconstruction, committed to without labels); the per-sample union over all attacks is an upper bound "
          "picked with hindsight, so it stands beside the same union on clean inputs. p vs no attack: McNemar's exact "
-         "test of the best attack against no attack on the same samples (paired)." + metric, h.unauthorized),
+         "test of the best attack against no attack on the same samples (paired); the best attack is picked after "
+         "the fact among all of them, and p is not corrected for that choice." + metric, h.unauthorized),
         ("Best attack at or below each knowledge level (levels are cumulative: an attacker runs every attack of the "
          "levels below its own) and the unauthorized model it helps most. Held = every unauthorized model's 95% "
          "interval under " + (f"its own threshold (chance: {chance}; + {h.margin:g} points)" if h.label_free else
@@ -100,7 +101,8 @@ def _sections(h: Headline) -> list[tuple[str, pd.DataFrame]]:
         ("Choosing an attack's strength without labels: for each attack swept over its strength, the setting a "
          "method-level attacker commits to by the PSNR at which it restores its own NTEs (public images encoded for a "
          "random surrogate: no labels, no designated model) beside the setting picked with hindsight (by accuracy); "
-         "mean accuracy over the unauthorized models (interval over their samples pooled).", h.tuning),
+         "mean accuracy over the unauthorized models (interval over their samples pooled, as if the models' answers "
+         "on one image were independent: narrower than it should be).", h.tuning),
         ("Fidelity certificates per PSNR and Lipschitz source (certified % = certified and clean-correct; for an "
          "estimate source, what it would certify if it were a bound; pass must be 100% for a certified source; "
          "tightness = median measured/bound).", cert),
