@@ -4,9 +4,10 @@
 
 Geometries, 224x224 with random weights: patch mode on a ViT-B/16 patch embedding (Conv2d 3->768, 16x16 stride
 16); operator mode on a ResNet-50 stem (Conv2d 3->64, 7x7 stride 2 padding 3), with the zero-padding border left to
-be measured (border=check: one inverse FFT) and corrected in closed form (border=correct, geometry/border.py). Each round times the floor and
-every encoder once, interleaved, so that a busy machine slows both alike; medians over rounds are reported, with the
-per-round ratio's median. ``record=False`` skips the per-sample first-layer response (two extra convolutions).
+be measured (border=check: one inverse FFT) and corrected in closed form (border=correct, geometry/border.py). Each
+round times the floor and every encoder once, interleaved, so that a busy machine slows both alike; medians over
+rounds are reported, with the per-round ratio's median. ``record=False`` skips the per-sample first-layer response
+(two extra convolutions).
 """
 
 from __future__ import annotations
