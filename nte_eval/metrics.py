@@ -3,6 +3,9 @@ scikit-image's ``structural_similarity`` (its defaults, data range 1), computed 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from scipy.stats import binomtest
@@ -60,6 +63,18 @@ def proportion_interval(correct: int, n: int, level: float = 0.95) -> tuple[floa
     accuracy measured on n samples is (about +-7 points at 50% on 200)."""
     ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="exact")
     return float(ci.low), float(ci.high)
+
+
+@functools.lru_cache(maxsize=65536)
+def _interval(correct: int, n: int) -> tuple[float, float]:
+    return proportion_interval(correct, n)
+
+
+def share_intervals(values: Iterable[float], ns: Iterable[int]) -> tuple[list[float], list[float]]:
+    """The exact 95% intervals of proportions ``values`` of ``ns`` samples each, as (lows, highs): one binomial test
+    per distinct (correct, n), not per row (a results table repeats them thousands of times)."""
+    bounds = [_interval(round(v * n), int(n)) for v, n in zip(values, ns, strict=True)]
+    return [lo for lo, _ in bounds], [hi for _, hi in bounds]
 
 
 def widest_half_width(n: int) -> float:

@@ -4,8 +4,10 @@ by the data set's size."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -32,6 +34,20 @@ class _Files(Dataset):
             return str(e)
 
 
+@contextmanager
+def opened(path: Path | BinaryIO, name: str | None = None) -> Iterator[Any]:
+    """An image file (or open binary stream called ``name``) opened with PIL; one that does not decode, here or while
+    it is read in the ``with`` block, is an NTEError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise NTEError(f"cannot read image {name or path}: it does not decode to an image ({e}). Remove or replace "
+                       "it.") from None
+
+
 class TransformFile:
     """Read one image file and apply ``transform`` (a PIL image -> (C, H, W) float tensor in [0, 1]; e.g. a model's
     own evaluation resize and crop); a file that does not decode is an NTEError naming it."""
@@ -40,14 +56,8 @@ class TransformFile:
         self.transform, self.channels = transform, channels
 
     def __call__(self, path: Path) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB" if self.channels == 3 else "L")
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise NTEError(f"cannot read image {path}: it does not decode to an image ({e}). Remove or replace "
-                           "it.") from None
+        with opened(path) as image:
+            image = image.convert("RGB" if self.channels == 3 else "L")
         return self.transform(image)
 
 

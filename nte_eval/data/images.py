@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nte_eval.data.files import FileImages
+from nte_eval.data.files import FileImages, opened
 from nte_eval.errors import NTEError
 
 DIGITS_PALETTE_SEED = 20251010
@@ -192,19 +192,12 @@ def load_photos(size: int = 224, limit: int | None = None) -> ImageSet:
 def read_image(path: Path | BinaryIO, channels: int = 3, name: str | None = None) -> torch.Tensor:
     """Read one image (a file, or an open binary stream called ``name`` in errors) as a (C, H, W) float tensor in
     [0, 1]; a corrupt image is an NTEError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit greyscale: convert() would clip to 255
-                arr = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
-                arr = np.repeat(arr[:, :, None], 3, axis=2) if channels == 3 else arr
-            else:
-                im = im.convert("RGB" if channels == 3 else "L")
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise NTEError(f"cannot read image {name or path}: it does not decode to an image ({e}). Remove or replace "
-                       "it.") from None
+    with opened(path, name) as im:
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit greyscale: convert() would clip to 255
+            arr = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            arr = np.repeat(arr[:, :, None], 3, axis=2) if channels == 3 else arr
+        else:
+            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255.0
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 
@@ -224,7 +217,8 @@ def load_imagefolder(root: str | Path, size: int, limit: int | None = None, chan
         raise NTEError(f"imagefolder: {root} is not a folder; point data.root at ROOT/CLASS/*.png (labelled) or "
                        "ROOT/*.png (label-free).")
     loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and list_images(p))
+    per_class = [(p.name, files) for p in sorted(root.iterdir()) if p.is_dir() and (files := list_images(p))]
+    classes = [c for c, _ in per_class]
     if loose and classes:
         raise NTEError(f"imagefolder: {root} mixes {len(loose)} image(s) directly in it (no label, e.g. "
                        f"{loose[0].name}) with class subfolders ({', '.join(classes[:3])}"
@@ -237,7 +231,6 @@ def load_imagefolder(root: str | Path, size: int, limit: int | None = None, chan
     if not classes:
         raise NTEError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}.")
     numeric = all(c.isdigit() for c in classes)
-    per_class = [(c, list_images(root / c)) for c in classes]
     # Round-robin over classes so that a limit keeps every class represented.
     order: list[tuple[int, Path]] = []
     for rank in range(max(len(f) for _, f in per_class)):

@@ -21,7 +21,7 @@ from nte_eval.evaluate.run_folder import MANIFEST, PLAN, RESULTS, RESULTS_PARQUE
 from nte_eval.evaluate.shards import read_item, verified_items
 from nte_eval.evaluate.store import CELL, COLUMNS, INTERVAL, SAMPLE_COLUMNS, read_rows
 from nte_eval.evaluate.worst_case import worst_case
-from nte_eval.metrics import proportion_interval
+from nte_eval.metrics import share_intervals
 
 PROPORTIONS = {"accuracy", "clean_accuracy", "agreement", "attacked_clean_accuracy", "encoded_accuracy",
                "certified_accuracy", "cert_pass_rate"}  # shares of the n samples: they get a 95% interval
@@ -63,17 +63,10 @@ def cell_rows(frame: pd.DataFrame, metric: str = "accuracy") -> tuple[list[tuple
 def result_intervals(results: pd.DataFrame) -> pd.DataFrame:
     """``results`` with ``ci_low``/``ci_high``: the exact (Clopper-Pearson) 95% interval of every proportion metric
     (``PROPORTIONS``) over its n samples; empty for the other metrics."""
-    bounds = {}
-    for v, n in zip(results.value[results.metric.isin(PROPORTIONS)], results.n[results.metric.isin(PROPORTIONS)],
-                    strict=True):
-        key = (round(v * n), int(n))
-        if key not in bounds:
-            bounds[key] = proportion_interval(*key)
-    low = [bounds[(round(v * n), int(n))][0] if m in PROPORTIONS else float("nan")
-           for m, v, n in zip(results.metric, results.value, results.n, strict=True)]
-    high = [bounds[(round(v * n), int(n))][1] if m in PROPORTIONS else float("nan")
-            for m, v, n in zip(results.metric, results.value, results.n, strict=True)]
-    return results.assign(ci_low=low, ci_high=high)
+    shares = results.metric.isin(PROPORTIONS)
+    low, high = share_intervals(results.value[shares], results.n[shares])
+    return results.assign(ci_low=pd.Series(low, index=results.index[shares]),
+                          ci_high=pd.Series(high, index=results.index[shares]))
 
 
 def read_plan(out: Path) -> dict[str, Any]:

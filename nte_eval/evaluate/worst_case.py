@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from nte_eval.knowledge import KNOWLEDGE
-from nte_eval.metrics import mcnemar_exact, proportion_interval
+from nte_eval.metrics import mcnemar_exact, share_intervals
 
 WORST_COLUMNS = ["designated", "encoder", "encoder_params", "model", "role", "summary", "attack", "attack_params",
                  "knowledge", "value", "n", "ci_low", "ci_high", "p_vs_no_attack"]
@@ -56,8 +56,8 @@ def cumulative(worst: pd.DataFrame) -> pd.DataFrame:
 def with_intervals(worst: pd.DataFrame) -> pd.DataFrame:
     """``worst`` with ``ci_low``/``ci_high``: each value's exact (Clopper-Pearson) 95% interval, a proportion of its
     n samples."""
-    bounds = [proportion_interval(round(v * n), n) for v, n in zip(worst.value, worst.n, strict=True)]
-    return worst.assign(ci_low=[lo for lo, _ in bounds], ci_high=[hi for _, hi in bounds])
+    low, high = share_intervals(worst.value, worst.n)
+    return worst.assign(ci_low=low, ci_high=high)
 
 
 def best_by_level(worst: pd.DataFrame, encoder: str, params: str) -> dict[str, pd.Series]:

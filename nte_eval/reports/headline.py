@@ -53,6 +53,7 @@ class Headline:
     source: str = ""  # the data source, e.g. "mmbench_tsv" (multiple-choice accuracy)
     label_free: bool = False  # no labels: accuracy is each model's agreement with its own clean prediction
     keys: pd.DataFrame = field(default_factory=pd.DataFrame)  # the spread over NTE keys (seeds), if several
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # strength chosen without labels vs with hindsight
 
     @property
     def threshold_label(self) -> str:
@@ -67,7 +68,6 @@ class Headline:
         if self.label_free:
             return "each model's own (label-free: the share of its most frequent clean prediction)"
         return "not recorded by this run (taken as 0)"
-    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # strength chosen without labels vs with hindsight
 
 
 def psnr_name(modality: str) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import pandas as pd
 from nte_eval.evaluate.labels import attack_name
 from nte_eval.evaluate.worst_case import LEVELS, best_by_level, with_intervals
 from nte_eval.knowledge import KNOWLEDGE
-from nte_eval.metrics import deciding_n, proportion_interval
+from nte_eval.metrics import deciding_n, share_intervals
 
 MIN_N = 30  # fewer evaluated samples than this: uninformative
 MAX_CHANCE = 0.9  # a majority class this frequent: uninformative
@@ -74,7 +74,7 @@ def ci(value: float, n: float) -> str:
     a column named after the figure's plus ' CI'; ``summary_files`` shows the two together)."""
     if not n or math.isnan(value):
         return "-"
-    low, high = proportion_interval(round(value * n), int(n))
+    (low,), (high,) = share_intervals([value], [n])
     return f"{100 * low:.1f}\u2013{100 * high:.1f}"
 
 
