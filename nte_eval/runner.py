@@ -20,7 +20,7 @@ from nte_eval.data.sources import source
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.fits import FitStore
 from nte_eval.evaluate.items import Done, Worker
-from nte_eval.evaluate.labels import compact, knowledge_of
+from nte_eval.evaluate.labels import compact, knowledge_of, target_of
 from nte_eval.evaluate.merge import merge_tables, read_plan
 from nte_eval.evaluate.run_folder import (
     ANGLES,
@@ -190,7 +190,8 @@ def _manifest(suite: Suite, worker: Worker) -> dict[str, Any]:
             "fit_samples": {"limit": suite.fit_samples, "ntes": len(worker.nte_fit),
                             "public": None if worker.public_fit is None else len(worker.public_fit)},
             "models": {name: h.describe() for name, h in worker.handles.items()},
-            "attacks": [{"type": a, "params": p, "knowledge": knowledge_of(a, compact(p))}
+            "attacks": [{"type": a, "params": p, "knowledge": knowledge_of(a, compact(p)),
+                         "target": target_of(a, compact(p))}
                         for a, p in worker.attack_settings]}
 
 

@@ -111,6 +111,12 @@ CASES = [
     suite("attack sweep []", HEAD + "designated: zoo:vit_null\nencoders: [{type: nte}]\n"
           "attacks: [{type: jpeg, quality: []}]\n", "attacks[0].quality: [] sweeps over no values"),
     suite("certify psnr: []", GOOD + "certify: {psnr: []}\n", "certify.psnr"),
+    suite("tent lr: 5", GOOD + "attacks: [{type: tent, lr: 5}]\n", "attacks[0] attack 'tent': lr: Input should be "
+          "less than or equal to 1"),
+    suite("noise_finetune epochs: [5, 0]", GOOD + "attacks: [{type: noise_finetune, epochs: [5, 0]}]\n",
+          "attacks[0] attack 'noise_finetune': epochs: Input should be greater than or equal to 1"),
+    suite("chain of two model attacks", GOOD + "attacks: [{type: chain, steps: [bn_adapt, jpeg, tent]}]\n",
+          "steps 0 and 2 both adapt the model; a chain holds at most one model attack"),
     suite("mean: abc", HEAD + "designated: {timm: resnet18, mean: abc}\nencoders: [{type: nte}]\n",
           "designated: mean: 'abc' is not a list of numbers"),
     suite("input_size: [3, 32]", GOOD + "surrogates: [{timm: resnet18, input_size: [3, 32]}]\n",

@@ -11,9 +11,14 @@ from nte_eval.attacks.context import AttackContext
 from nte_eval.errors import NTEError
 from nte_eval.knowledge import KNOWLEDGE
 
+CORPUS_BATCH = 64  # images per step when a chain reconstructs the corpus its model step adapts to
+
 
 class Chain(Attack):
-    """Apply attacks in order; each step is 'name' or {'type': name, **params}; knowledge: the highest step's."""
+    """Apply attacks in order; each step is 'name' or {'type': name, **params}; knowledge: the highest step's.
+
+    One step may be a model attack: it adapts the unauthorized model to the chain's reconstruction of the released
+    corpus, and the adapted model is handed the chain's reconstruction of each image."""
 
     name = "chain"
     knowledge = "none"  # per instance: the highest knowledge among the steps
@@ -34,6 +39,11 @@ class Chain(Attack):
                 raise NTEError(f"attack 'chain': step {i} is itself a chain; a chain cannot contain a chain "
                                f"(it could contain itself). List all the steps in one chain instead.")
             self.attacks.append(attack)
+        adapting = [i for i, a in enumerate(self.attacks) if getattr(a, "adapts", False)]
+        if len(adapting) > 1:
+            raise NTEError(f"attack 'chain': steps {adapting[0]} and {adapting[1]} both adapt the model; a chain holds "
+                           f"at most one model attack (with any input attacks). Make two chains instead.")
+        self.model_attack = self.attacks[adapting[0]] if adapting else None
         self.knowledge = max((a.knowledge for a in self.attacks), key=KNOWLEDGE.index)
         self.modalities = tuple(m for m in ("image", "text") if all(m in a.modalities for a in self.attacks))
 
@@ -42,10 +52,17 @@ class Chain(Attack):
         return {"steps": [{"type": a.name, **a.params()} for a in self.attacks]}
 
     def fit(self, context: AttackContext) -> Chain:
-        """Fit every step with the same context (each step sees only what its own knowledge allows)."""
+        """Fit every step with the same context (each step sees only what its own knowledge allows); a model step
+        last, on the chain's reconstruction of the corpus."""
         super().fit(context)
         for attack in self.attacks:
-            attack.fit(context)
+            if attack is not self.model_attack:
+                attack.fit(context)
+        if self.model_attack is not None:
+            ntes = self.context.ntes
+            rebuilt = torch.cat([self(ntes[i:i + CORPUS_BATCH].to(self.context.device)).cpu()
+                                 for i in range(0, len(ntes), CORPUS_BATCH)])
+            self.model_attack.fit(context.with_ntes(rebuilt))
         return self
 
     def run(self, x: torch.Tensor) -> torch.Tensor:

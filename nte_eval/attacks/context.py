@@ -54,6 +54,12 @@ class AttackContext:
         object.__setattr__(view, "knowledge", min(current, knowledge, key=KNOWLEDGE.index))
         return view
 
+    def with_ntes(self, ntes: torch.Tensor) -> AttackContext:
+        """This view with another corpus in place of the released one (a chain's reconstruction of it)."""
+        view = copy.copy(self)
+        view.ntes = ntes
+        return view
+
     def __repr__(self) -> str:
         return f"AttackContext(knowledge={object.__getattribute__(self, 'knowledge')!r})"
 

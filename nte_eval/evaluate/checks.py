@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from nte_eval.attacks.base import ATTACKS
-from nte_eval.evaluate.labels import attack_name, knowledge_of, setting_name
+from nte_eval.evaluate.labels import attack_name, knowledge_of, setting_name, target_of
 from nte_eval.evaluate.run_folder import example_file
 from nte_eval.evaluate.store import CELL
 from nte_eval.knowledge import KNOWLEDGE
@@ -118,7 +118,8 @@ def attacks_keep_content(results: pd.DataFrame, tolerance: float = 0.05) -> list
     than 5 points below ``clean_accuracy`` while ``identity`` does not (a run without identity compares with
     ``clean_accuracy`` alone), its restored accuracy is partly that damage. One warning per attack setting lists
     the encoder settings and models it damages. Not held to this: knowledge-'none' processing (jpeg, blur,
-    occlusion...), whose cost on clean images is what processing does (reported as robustness for the owner), and
+    occlusion...), whose cost on clean images is what processing does (reported as robustness for the owner),
+    model attacks (a model adapted to the NTEs may lose clean accuracy; that does not lift it on the NTEs), and
     projections, which delete a subspace by design (``blind_estimates_reach_their_oracles`` compares them with
     their oracle)."""
     acc = results[(results.role == "unauthorized")
@@ -133,7 +134,7 @@ def attacks_keep_content(results: pd.DataFrame, tolerance: float = 0.05) -> list
     out = []
     for (attack, attack_params), rows in table.groupby(["attack", "attack_params"], sort=False):
         if (KNOWLEDGE.index(knowledge_of(attack, attack_params)) < KNOWLEDGE.index("method")
-                or attack in ATTACKS and ATTACKS.get(attack).projection):
+                or attack in ATTACKS and ATTACKS.get(attack).projection or target_of(attack, attack_params) != "input"):
             continue
         damaged = []
         for (enc, params), g in rows.groupby(["encoder", "encoder_params"], sort=False):

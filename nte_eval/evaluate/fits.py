@@ -29,17 +29,25 @@ class FitStore:
         text = json.dumps([setting, attack, params], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def get(self, key: str) -> State | None:
-        """The saved state, or None (never saved, or a damaged file: the attack is fitted again)."""
-        if key not in self.known and self.folder is not None and (self.folder / f"{key}.pt").is_file():
+    def get(self, key: str, keep: bool = True) -> State | None:
+        """The saved state, or None (never saved, or a damaged file: the attack is fitted again). ``keep=False``: not
+        held in memory once read (a large state, read again from the folder when asked for again)."""
+        if key in self.known:
+            return self.known[key]
+        if self.folder is not None and (self.folder / f"{key}.pt").is_file():
             try:
-                self.known[key] = torch.load(self.folder / f"{key}.pt", map_location="cpu", weights_only=True)
+                state = torch.load(self.folder / f"{key}.pt", map_location="cpu", weights_only=True)
             except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
                 return None
-        return self.known.get(key)
+            if keep:
+                self.known[key] = state
+            return state
+        return None
 
-    def put(self, key: str, state: State) -> None:
-        self.known[key] = self.new[key] = state
+    def put(self, key: str, state: State, keep: bool = True) -> None:
+        """Save ``state``; ``keep=False``: not held in memory where a folder holds it."""
+        if keep or self.folder is None:
+            self.known[key] = self.new[key] = state
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.folder / f"{key}.pt") as tmp:

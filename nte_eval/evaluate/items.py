@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from nte_eval.attacks.base import build_attack
+from nte_eval.attacks.model.base import model_step
 from nte_eval.attacks.preprocessing import Identity
 from nte_eval.encoders import ENCODERS, Encoder, sample_seed
 from nte_eval.errors import NTEError
@@ -140,18 +141,23 @@ class Worker:
             steps = self.progress.bar(total=3, desc=item.cell[2], unit="stage")
             attack, extra = setting.attack(j)
             steps.update()
+            evaluated, skipped = models, {}
             if isinstance(attack, Identity):  # the NTEs as they are, and the clean images as the calibration
                 x_rec, calibration = x_nte, {n: ev.preds for n, ev in models.items()}
                 nte_logits |= {n: batched_logits(ev.handle, x_nte, batch, device, start)
                                for n, ev in models.items() if n not in nte_logits}
             else:
                 x_rec = apply_attack(attack, x_nte, batch, device)
+                if model_step(attack) is not None:  # adapted unauthorized models, on the NTEs and the clean images
+                    evaluated, skipped = setting.adapted(j, models)
+                    extra = extra + [(m, "unauthorized", "not_applicable" if status == "not applicable" else
+                                      "adaptation_failed", 1.0, len(self.data)) for m, (status, _) in skipped.items()]
                 calibration = self.calibrations.get((j, start)) or predictions(
-                    models, apply_attack(attack, clean.images, batch, device), batch, device, start)
+                    evaluated, apply_attack(attack, clean.images, batch, device), batch, device, start)
                 if attack.knowledge == "none":  # it ignores the encoder: the same on every setting's clean images
                     self.calibrations[j, start] = calibration
             steps.update()
-            frame = evaluate_cell(x_nte, x_rec, calibration, clean, models, d, encoded_pred, batch, device, start,
+            frame = evaluate_cell(x_nte, x_rec, calibration, clean, evaluated, d, encoded_pred, batch, device, start,
                                   nte_logits if x_rec is x_nte else None, measured)
             for column, value in zip(CELL, item.cell, strict=True):
                 frame.insert(CELL.index(column), column, value)
@@ -160,6 +166,6 @@ class Worker:
             examples = [] if start else [(item.cell, x_rec[:N_EXAMPLES])]
             if start == 0 and number == 0:
                 examples.append((item.cell[:2], x_nte[:N_EXAMPLES]))
-            yield Done(item, frame, {"cell_metrics": extra, "seconds": round(time.time() - tc, 3),
-                                     "setting": f"{item.cell[0]} {item.cell[1]}", "encoder_info": setting.info},
-                       examples)
+            record = {"cell_metrics": extra, "seconds": round(time.time() - tc, 3),
+                      "setting": f"{item.cell[0]} {item.cell[1]}", "encoder_info": setting.info}
+            yield Done(item, frame, record | ({"adaptation": skipped} if skipped else {}), examples)

@@ -1,5 +1,5 @@
 """Short labels of encoder and attack settings for tables (only the parameters that differ from the defaults),
-the results' compact parameter format, and each attack setting's threat-model level."""
+the results' compact parameter format, and each attack setting's threat-model level and target."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from nte_eval.attacks import ATTACKS, build_attack
+from nte_eval.attacks.model.base import model_step
 from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
 
@@ -65,3 +66,12 @@ def _short(value: Any) -> str:
 def knowledge_of(attack: str, params: str) -> str:
     """An attack setting's threat-model level (a chain's is its strongest step's)."""
     return build_attack({"type": attack, **json.loads(params)}).knowledge
+
+
+@functools.cache
+def target_of(attack: str, params: str) -> str:
+    """What an attack setting attacks: 'input' (it reconstructs the images), 'model' (it adapts the unauthorized
+    model) or 'chain' (a chain of input attacks and a model attack)."""
+    built = build_attack({"type": attack, **json.loads(params)})
+    step = model_step(built)
+    return "input" if step is None else "model" if step is built else "chain"

@@ -126,8 +126,10 @@ def merge_tables(out: Path, log: Callable[[str], None], total_seconds: float | N
     timings = [{"item": r["id"], "cell": list(r["cell"]), "samples": [r["start"], r["stop"]],
                 "seconds": r.get("seconds")} for r in records]
     subspaces = {r["setting"]: r["encoder_info"] for r in records if "encoder_info" in r}
+    adaptation = {(*r["cell"], m): {"cell": list(r["cell"]), "model": m, "status": status, "reason": reason}
+                  for r in records for m, (status, reason) in r.get("adaptation", {}).items()}  # per cell, not shard
     manifest = {**plan["manifest"], "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "subspaces": subspaces,
+                "subspaces": subspaces, "adaptation": list(adaptation.values()),
                 "timings": {"total_seconds": round(total_seconds if total_seconds is not None else
                                                    sum(t["seconds"] or 0 for t in timings), 3),
                             "resumed": resumed, "items": timings}}

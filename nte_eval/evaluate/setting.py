@@ -15,6 +15,7 @@ import torch
 
 from nte_eval.attacks.base import Attack, build_attack
 from nte_eval.attacks.context import AttackContext
+from nte_eval.attacks.model.base import Diverged, NotApplicable, apply_changes, changed, model_step
 from nte_eval.attacks.subspace.oracle import designated_subspace
 from nte_eval.attacks.synthetic import Probe, probe
 from nte_eval.data.images import ImageSet
@@ -167,3 +168,31 @@ class Setting:
                              len(self.pairs.clean)))
             self.fitted[number] = attack, rows
         return self.fitted[number]
+
+    def adapted(self, number: int, models: dict[str, Evaluated]) -> tuple[dict[str, Evaluated], dict[str, list[str]]]:
+        """The models as attack setting ``number`` (a model attack, or a chain with one) hands them the NTEs: each
+        unauthorized model adapted (restored from the fits when adapted before; never kept in memory here), the
+        designated one as it is; and per model it could not adapt, [status, reason] ("not applicable" or "failed")
+        in place of the model."""
+        name, params = self.attack_settings[number]
+        step = model_step(self.attack(number)[0])
+        out, skipped = {}, {}
+        for model, ev in models.items():
+            if model == self.designated:
+                out[model] = ev
+                continue
+            key = FitStore.key(f"{self.encoder.name} {self.params} adapted {model}", name, params)
+            state = self.inputs.fits.get(key, keep=False)
+            if state is None:
+                try:
+                    handle = step.adapted(ev.handle)
+                    state = {"changed": changed(ev.handle.module.state_dict(), handle.module)}
+                except (NotApplicable, Diverged) as e:
+                    state = {"status": "not applicable" if isinstance(e, NotApplicable) else "failed",
+                             "reason": str(e)}
+                self.inputs.fits.put(key, state, keep=False)
+            if "status" in state:
+                skipped[model] = [state["status"], state["reason"]]
+            else:
+                out[model] = Evaluated(apply_changes(ev.handle, state["changed"]), ev.logits, ev.response_norm)
+        return out, skipped

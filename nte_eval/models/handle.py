@@ -6,6 +6,7 @@ normalised input, so in pixel space it is the affine map x -> W((x - mean) / std
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -61,6 +62,14 @@ class ModelHandle:
         self.first = resolve_first_layer(self.module, self.first.path, self.input_size, self.spec)
         self.memo.clear()
         return self
+
+    def replica(self) -> ModelHandle:
+        """A copy with its own module (a deep copy) and first layer: a model attack adapts it, this one stays."""
+        twin = copy.copy(self)
+        twin.module = copy.deepcopy(self.module)
+        twin.first = resolve_first_layer(twin.module, self.first.path, self.input_size, self.spec)
+        twin.memo = {}
+        return twin
 
     def resize(self, height: int, width: int) -> ModelHandle:
         """Take images of ``height`` x ``width`` from now on (a model that takes any size follows the data); one

@@ -1,5 +1,6 @@
 """``report.pdf`` from a run's files alone (no model is loaded): the executive summary, the tables, accuracy against
-PSNR, the attack x model heatmaps, the best attack at or below each knowledge level, the certification pages,
+PSNR, the attack x model heatmaps, the best attack at or below each knowledge level, the adapted unauthorized
+models (when the run has model attacks), the certification pages,
 first-layer spectra, the image gallery (for text: decoded samples, with the designated model's tokenizer where its
 folder is still there) and an appendix with every parameter and the environment. Also writes
 ``summary.md``/``summary.tex``.
@@ -42,6 +43,7 @@ from nte_eval.evaluate.store import COLUMNS, read_rows  # noqa: E402
 from nte_eval.evaluate.worst_case import read_worst_case  # noqa: E402
 from nte_eval.metrics import widest_half_width  # noqa: E402
 from nte_eval.reports.accuracy_psnr import accuracy_psnr_pages  # noqa: E402
+from nte_eval.reports.adaptation import adaptation_lines
 from nte_eval.reports.certification import degradation_line
 from nte_eval.reports.certify_pages import degradation_page, fidelity_page
 from nte_eval.reports.decoded import decoded_lines  # noqa: E402
@@ -279,6 +281,9 @@ def write_report(run_dir: str | Path, margin: float | None = None) -> Report:
         accuracy_psnr_pages(pdf, results, worst, h, accuracy)
         heatmap_pages(pdf, results, settings, knowledge, accuracy)
         knowledge_bars_pages(pdf, worst, settings, accuracy)
+        adapted = adaptation_lines(results, manifest, accuracy)
+        if adapted:
+            text_pages(pdf, "adaptation", "Adapting the unauthorized model", adapted)
         if (run_dir / CERTIFY).exists():
             _certify_pages(pdf, run_dir)
         if len(spectra):
