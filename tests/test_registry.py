@@ -158,6 +158,25 @@ def test_readme_attack_example_runs_from_yaml(tmp_path, capsys):
     assert listed["shrink_to_public_mean"]["params"]["weight"]["default"] == 0.5
 
 
+@pytest.mark.usefixtures("scoped_registries")
+def test_readme_model_attack_example_runs_from_yaml(tmp_path):
+    code = _readme_block("python", "## Writing a model attack")
+    suite = _readme_block("yaml", "## Writing a model attack")
+    assert 12 <= len(code.strip().splitlines()) <= 30
+    (tmp_path / "my_model_attacks.py").write_text(code)
+    (tmp_path / "my-model-attack-suite.yaml").write_text(suite)
+    assert main(["run", str(tmp_path / "my-model-attack-suite.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    results = pd.read_csv(tmp_path / "out" / "results.csv", dtype={"attack_params": str})
+    acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
+    ours = acc[acc.attack == "head_entropy"].set_index(["attack_params", "model"]).value
+    none = acc[acc.attack == "identity"].set_index("model").value
+    assert len(ours) == 4 and len(acc[acc.attack == "chain"]) == 2  # adapted, evaluated, for both models
+    assert any(ours[p, m] != none[m] for p, m in ours.index)  # the adaptation changes what the models answer
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {a["type"]: a["target"] for a in manifest["attacks"]} == {"identity": "input", "head_entropy": "model",
+                                                                     "chain": "chain"}
+
+
 PLUGIN = '''
 import torch
 from nte_eval.attacks import Attack

@@ -31,7 +31,7 @@ from nte_eval.reports.tuning import label_free_choice
 FIGURE_PAGES = {"accuracy_psnr": 1, "attack_heatmap": 3, "knowledge_bars": 1, "degradation": 1, "fidelity": 1,
                 "spectra": 1, "gallery": 3}  # 2 designated models, 6 encoder settings: 3 rows of PSNR panels, 2
 # heatmaps and 2 gallery settings per page, 6 bar panels
-TEXT_PAGES = ("executive_summary", "tables")
+TEXT_PAGES = ("executive_summary", "tables", "adaptation")
 A4 = (841.68, 595.44)  # points, landscape
 
 

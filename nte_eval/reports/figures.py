@@ -30,12 +30,17 @@ def short(model: str) -> str:
     return model.removeprefix("zoo:")
 
 
+NO_VALUE = "#f2dfb6"  # the heatmaps' colour of a cell without a value (n/a or failed: the adaptation page says why)
+
+
 def _heatmap(ax: plt.Axes, grid: pd.DataFrame, levels: list[str], designated: str, title: str):  # noqa: ANN202
     """Draw one grey heatmap with its values and knowledge-level separators; returns the image (for a colorbar)."""
-    im = ax.imshow(grid.values, cmap="Greys", vmin=0, vmax=100, aspect="auto")
+    cmap = plt.get_cmap("Greys").copy()
+    cmap.set_bad(NO_VALUE)  # a model attack that could not adapt the model: never drawn as 0%
+    im = ax.imshow(np.ma.masked_invalid(grid.values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for (i, j), v in np.ndenumerate(grid.values):
-        if not math.isnan(v):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=5.5, color="white" if v > 55 else "black")
+        shown = "n/a" if math.isnan(v) else f"{v:.0f}"
+        ax.text(j, i, shown, ha="center", va="center", fontsize=5.5, color="white" if v > 55 else "black")
     ax.set_xticks(range(grid.shape[1]), [short(m) + (" (D)" if m == designated else "") for m in grid.columns],
                   rotation=35, ha="right", fontsize=6.5)
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=5.5)
@@ -79,7 +84,8 @@ def heatmap_pages(pdf: PdfPages, results: pd.DataFrame, settings: pd.DataFrame,
         fig.suptitle("Accuracy (%) of every model on each attack's reconstruction of the NTEs, attacks grouped by "
                      "knowledge level (none < method < surrogate < oracle)\n"
                      f"n = {n}: each cell's exact 95% interval is up to \u00b1{widest_half_width(n):.1f} points (at "
-                     "50%; results.csv has each one)", fontsize=9)
+                     "50%; results.csv has each one); n/a: a model attack that could not adapt that model (the "
+                     "adaptation page says why)", fontsize=9)
         pdf.savefig(fig)
         plt.close(fig)
 
