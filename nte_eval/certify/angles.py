@@ -299,21 +299,26 @@ def _full_multiset(sigma: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def _noise_columns(encoder: NTEEncoder, batch: int) -> Iterator[torch.Tensor]:
     """The encoder's noise map applied to the unit vectors of its white input, ``batch`` at a time (images).
 
-    Operator mode: ``subspace.sample``, whose border correction is applied only to the coordinates with a nonzero
-    circular image (imaginary parts on real frequencies and padded directions map to zero; by linearity they stay
-    zero, and CGLS would turn an all-zero float32 sample into NaN).
+    Operator mode: ``subspace.sample``, whose border correction (``border_matrix`` for a small image, else
+    ``correct_border``) is applied only to the coordinates with a nonzero circular image (imaginary parts on real
+    frequencies and padded directions map to zero; by linearity they stay zero, and CGLS would turn an all-zero
+    float32 sample into NaN).
     """
     sub, (c, h, w) = encoder.subspace, encoder.handle.input_size
     if encoder.mode == "operator":
         shape = sub.coefficient_shape
         p = math.prod(shape)
+        dense = sub.border_matrix() if encoder.border == "correct" else None  # thousands of columns: one matrix
         for start in range(0, p, batch):
             idx = torch.arange(start, min(start + batch, p))
             z = torch.zeros(len(idx), p)
             z[torch.arange(len(idx)), idx] = 1.0
             d = sub.sample(z.view(-1, *shape), "check")
             d = d[d.flatten(1).abs().amax(1) > 0]
-            yield sub.correct_border(d) if encoder.border == "correct" and len(d) else d
+            if dense is not None:
+                yield d - (d.flatten(1).to(dense) @ dense.T).view_as(d).to(d.dtype)
+            else:
+                yield sub.correct_border(d) if encoder.border == "correct" and len(d) else d
         return
     (kh, kw), basis = encoder.handle.first.kernel, sub.basis64
     d, k = basis.shape

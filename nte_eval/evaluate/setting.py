@@ -182,7 +182,7 @@ class Setting:
                 out[model] = ev
                 continue
             key = FitStore.key(f"{self.encoder.name} {self.params} adapted {model}", name, params)
-            state = self.inputs.fits.get(key, keep=False)
+            state, handle = self.inputs.fits.get(key, keep=False), None
             if state is None:
                 try:
                     handle = step.adapted(ev.handle)
@@ -194,5 +194,6 @@ class Setting:
             if "status" in state:
                 skipped[model] = [state["status"], state["reason"]]
             else:
-                out[model] = Evaluated(apply_changes(ev.handle, state["changed"]), ev.logits, ev.response_norm)
+                out[model] = Evaluated(handle or apply_changes(ev.handle, state["changed"]), ev.logits,
+                                       ev.response_norm)
         return out, skipped

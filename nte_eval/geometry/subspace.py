@@ -35,6 +35,7 @@ from nte_eval.geometry.conv import (
 )
 from nte_eval.geometry.layer import FirstLayer, HasFirstLayer
 
+DENSE_BORDER = 4096  # pixel values (C * H * W) up to which ``border_matrix`` builds the dense border correction
 SELECT_KINDS = ("tau", "k", "energy")
 DEFAULT_SELECT = "tau=0.01"
 
@@ -218,6 +219,24 @@ class OperatorSubspace:
             return self._border.correct(d)
         op = PixelConv(self.handle)
         return d - cgls(op, op.apply(d) - op.apply_circular(d), iters=300, rtol=1e-6)
+
+    def border_matrix(self) -> torch.Tensor | None:
+        """The border correction of a small image as one dense float64 matrix P (c = P d on flattened images), for
+        work that corrects thousands of images of one layer (the degradation study's noise map): the exact
+        minimum-norm least-squares correction A^+ (A - A_circ). None where no correction is needed, where the closed
+        form applies, for images over ``DENSE_BORDER`` pixel values, or where A has more rows than columns (its
+        pseudo-inverse then costs more than CGLS): ``correct_border`` serves those."""
+        f, n = self.handle.first, math.prod(self.shape)
+        op = PixelConv.on_pixels(PixelConv(self.handle).pixel_weight.cpu(), f.stride, f.padding, self.shape)
+        if (f.padding == (0, 0) or n > DENSE_BORDER or op.windows().shape[0] * f.out_channels > n
+                or BorderSolver.applies(f.kernel, f.stride, f.padding, self.shape)):
+            return None
+        if "border_matrix" not in self.handle.memo:
+            a = op.matrix()
+            eye = torch.eye(n, dtype=torch.float64).view(n, *self.shape)
+            circular = torch.cat([op.apply_circular(eye[i:i + 512]).flatten(1) for i in range(0, n, 512)]).T
+            self.handle.memo["border_matrix"] = torch.linalg.pinv(a, rtol=1e-10) @ (a - circular)
+        return self.handle.memo["border_matrix"]
 
     def project(self, x: torch.Tensor, border: str = "correct") -> torch.Tensor:
         """Project (circular view); with ``border='correct'``, then correct the border so the zero-padded operator

@@ -35,8 +35,7 @@ NO_VALUE = "#f2dfb6"  # the heatmaps' colour of a cell without a value (n/a or f
 
 def _heatmap(ax: plt.Axes, grid: pd.DataFrame, levels: list[str], designated: str, title: str):  # noqa: ANN202
     """Draw one grey heatmap with its values and knowledge-level separators; returns the image (for a colorbar)."""
-    cmap = plt.get_cmap("Greys").copy()
-    cmap.set_bad(NO_VALUE)  # a model attack that could not adapt the model: never drawn as 0%
+    cmap = plt.get_cmap("Greys").with_extremes(bad=NO_VALUE)  # a model attack that could not adapt the model: never 0%
     im = ax.imshow(np.ma.masked_invalid(grid.values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for (i, j), v in np.ndenumerate(grid.values):
         shown = "n/a" if math.isnan(v) else f"{v:.0f}"
