@@ -39,6 +39,8 @@ def recalibrate(handle: ModelHandle, images: torch.Tensor, size: int) -> None:
     """AdaBN: every BatchNorm layer's running mean and variance recomputed on ``images`` (the average over batches of
     ``size``, in order), the rest of the model unchanged."""
     layers = batch_norms(handle.module)
+    if not layers:
+        return
     saved = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
