@@ -129,6 +129,17 @@ def _readme_block(lang: str, after: str) -> str:
     return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
 
 
+def _run_readme_example(tmp_path, section: str, module: str, suite: str) -> pd.DataFrame:
+    """The README section's Python block (12 to 30 lines) saved as ``module``, its YAML block as ``suite``, run;
+    the run's results."""
+    code = _readme_block("python", section)
+    assert 12 <= len(code.strip().splitlines()) <= 30
+    (tmp_path / module).write_text(code)
+    (tmp_path / suite).write_text(_readme_block("yaml", section))
+    assert main(["run", str(tmp_path / suite), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    return pd.read_csv(tmp_path / "out" / "results.csv", dtype={"attack_params": str})
+
+
 @pytest.fixture
 def scoped_registries():
     """Plugins that a test registers (a suite's ``plugins:``, a class it defines) are removed after it."""
@@ -138,13 +149,7 @@ def scoped_registries():
 
 @pytest.mark.usefixtures("scoped_registries")
 def test_readme_attack_example_runs_from_yaml(tmp_path, capsys):
-    code = _readme_block("python", "## Writing an attack")
-    suite = _readme_block("yaml", "## Writing an attack")
-    assert 12 <= len(code.strip().splitlines()) <= 30
-    (tmp_path / "my_attacks.py").write_text(code)
-    (tmp_path / "my-suite.yaml").write_text(suite)
-    assert main(["run", str(tmp_path / "my-suite.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    results = pd.read_csv(tmp_path / "out" / "results.csv", dtype={"attack_params": str})
+    results = _run_readme_example(tmp_path, "## Writing an attack", "my_attacks.py", "my-suite.yaml")
     ours = results[results.attack == "shrink_to_public_mean"]
     assert sorted(ours.attack_params.unique()) == ['{"weight":0.25}', '{"weight":0.5}']
     change = ours[ours.metric == "change_psnr"].groupby("attack_params").value.first()
@@ -160,13 +165,8 @@ def test_readme_attack_example_runs_from_yaml(tmp_path, capsys):
 
 @pytest.mark.usefixtures("scoped_registries")
 def test_readme_model_attack_example_runs_from_yaml(tmp_path):
-    code = _readme_block("python", "## Writing a model attack")
-    suite = _readme_block("yaml", "## Writing a model attack")
-    assert 12 <= len(code.strip().splitlines()) <= 30
-    (tmp_path / "my_model_attacks.py").write_text(code)
-    (tmp_path / "my-model-attack-suite.yaml").write_text(suite)
-    assert main(["run", str(tmp_path / "my-model-attack-suite.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    results = pd.read_csv(tmp_path / "out" / "results.csv", dtype={"attack_params": str})
+    results = _run_readme_example(tmp_path, "## Writing a model attack", "my_model_attacks.py",
+                                  "my-model-attack-suite.yaml")
     acc = results[(results.metric == "accuracy") & (results.role == "unauthorized")]
     ours = acc[acc.attack == "head_entropy"].set_index(["attack_params", "model"]).value
     none = acc[acc.attack == "identity"].set_index("model").value
