@@ -21,6 +21,7 @@ SUITE = {"name": "ray", "seed": 5, "data": {"source": "digits", "split": "test",
          "models": ["zoo:mlp_linear", "zoo:resnet_stem"], "encoders": [{"type": "nte", "psnr": [30, 0]}],
          "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill"], "shard_size": 10}
 DENOISER = {"type": "learned_denoiser", "steps": 20, "pairs": 64, "width": 8}  # a fit the driver keeps
+TENT = {"type": "tent", "epochs": 1}  # a model attack: each actor adapts or restores the unauthorized models
 KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
 FLOAT32 = {"logit_change", "first_layer_ratio"}  # raw model outputs: float32 precision (see test_shards.py)
 
@@ -73,7 +74,8 @@ def suite_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     (tmp / "dies.py").write_text(DIES_ONCE)
     plain = _write(tmp, "plain")
-    dying = _write(tmp, "dying", plugins=["dies.py"], attacks=[*SUITE["attacks"], "test_dies_once", DENOISER])
+    dying = _write(tmp, "dying", plugins=["dies.py"], attacks=[*SUITE["attacks"], "test_dies_once", DENOISER,
+                                                                        TENT])
     return tmp, plain, dying
 
 
@@ -92,13 +94,17 @@ def test_a_local_cluster_gives_one_processs_results_and_retries_a_killed_worker(
         ray.shutdown()
     assert marker.read_text() == "died"  # a worker process really died mid-item, and its item was retried
     _same(_results(tmp / "one"), _results(tmp / "ray"))
-    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 5 * 3
-    # the denoisers the actors trained, one per encoder setting, were sent to the driver and kept: as trained here
+    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 6 * 3
+    # the denoisers the actors trained (one per encoder setting) and the models tent adapted (per setting and
+    # unauthorized model; mlp_linear's says "not applicable") were sent to the driver and kept: as made here
     fits = {p.name: torch.load(p, weights_only=True) for p in (tmp / "ray" / "fits").glob("*.pt")}
-    assert len(fits) == 2
+    assert sorted(next(iter(state)) for state in fits.values()) == ["changed"] * 2 + ["net"] * 2 + ["status"] * 2
     for name, state in fits.items():
         here = torch.load(tmp / "one" / "fits" / name, weights_only=True)
-        assert all(torch.equal(state["net"][k], here["net"][k]) for k in here["net"])
+        assert state.keys() == here.keys()
+        for key in state:
+            assert (all(torch.equal(state[key][k], here[key][k]) for k in here[key]) if isinstance(here[key], dict)
+                    else state[key] == here[key])
 
 
 def test_the_cli_on_a_cluster_started_with_ray_start(suite_files):
