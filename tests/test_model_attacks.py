@@ -6,11 +6,12 @@ import json
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from nte_eval.attacks import ATTACKS, AttackContext, build_attack
-from nte_eval.attacks.model.base import ModelAttack, NotApplicable
+from nte_eval.attacks.model.base import Diverged, ModelAttack, NotApplicable, apply_changes, changed
 from nte_eval.attacks.model.normalization import BNAdapt
-from nte_eval.attacks.model.training import entropy
+from nte_eval.attacks.model.training import descend, entropy
 from nte_eval.cli import main
 from nte_eval.data.images import load_digits
 from nte_eval.encoders import NTEEncoder
@@ -18,6 +19,7 @@ from nte_eval.errors import NTEError
 from nte_eval.evaluate.merge import read_plan
 from nte_eval.evaluate.run_folder import MANIFEST, RESULTS, SHARDS
 from nte_eval.evaluate.suite import parse_suite
+from nte_eval.models.handle import ModelHandle
 from nte_eval.models.load import load_model
 from nte_eval.reports.adaptation import adaptation_lines
 from nte_eval.reports.pdf import write_report
@@ -71,14 +73,54 @@ def test_tent_is_not_applicable_without_normalisation_layers(setting):
         build_attack("tent").fit(setting[2]).adapted(load_model("zoo:mlp_linear"))
 
 
-@pytest.mark.parametrize("name", ["resnet_stem", "vit_wide", "convnext_patchify", "mlp_linear"])
-def test_noise_finetune_at_oracle_level_makes_unauthorized_models_at_least_as_accurate(setting, name):
+@pytest.mark.parametrize("name, gain", [("resnet_stem", 0.1), ("vit_wide", 0.0), ("convnext_patchify", 0.1),
+                                        ("mlp_linear", 0.0)])
+def test_noise_finetune_at_oracle_level_makes_unauthorized_models_at_least_as_accurate(setting, name, gain):
+    """At least as accurate on the NTEs as before for every model; the two the NTEs hurt most gain 10 points."""
     test, ntes, context = setting
     model = load_model(f"zoo:{name}")
     attack = build_attack({"type": "noise_finetune", "subspace": "oracle", "epochs": 2}).fit(context)
     assert attack.knowledge == "oracle"
     adapted = attack.adapted(model)
-    assert accuracy(adapted, ntes, test.labels) >= accuracy(model, ntes, test.labels)
+    assert accuracy(adapted, ntes, test.labels) >= accuracy(model, ntes, test.labels) + gain
+
+
+def test_noise_finetune_with_the_blind_subspace_restores_a_convolutional_model(setting):
+    test, ntes, context = setting
+    model = load_model("zoo:resnet_stem")
+    attack = build_attack({"type": "noise_finetune", "epochs": 2}).fit(context)
+    assert attack.knowledge == "method"
+    assert accuracy(attack.adapted(model), ntes, test.labels) >= accuracy(model, ntes, test.labels) + 0.1
+
+
+def test_recalibration_pools_exact_statistics_and_restored_models_reread_their_first_layer():
+    """AdaBN's statistics are the corpus's moments whatever the batches (65 images: no batch of one for a
+    BatchNorm1d); a model restored from its saved changes is the adapted one, first layer included (a padded stem's
+    weight is a copy of the module's)."""
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 8, 2, 2)), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    handle = ModelHandle.from_module(net, "0", input_size=(3, 16, 16), class_names=list("0123456789"), spec="pad")
+    corpus = torch.rand(65, 3, 16, 16, generator=gen)
+    context = AttackContext(seed=1, ntes=corpus, knowledge="method")
+    adapted = build_attack("bn_adapt").fit(context).adapted(handle)
+    first = net[0](handle.normalize(corpus)).transpose(0, 1).flatten(1)
+    assert torch.allclose(adapted.module[1].running_mean, first.mean(1), atol=1e-5)
+    assert torch.allclose(adapted.module[1].running_var, first.var(1), rtol=1e-4)
+    trained = build_attack({"type": "self_train", "epochs": 2, "lr": 1e-2, "threshold": 0.0}).fit(context)
+    fresh = trained.adapted(handle)
+    restored = apply_changes(handle, changed(handle.module.state_dict(), fresh.module))
+    x = torch.rand(4, 3, 16, 16, generator=gen)
+    assert not torch.equal(fresh.first_layer_response(x), handle.first_layer_response(x))
+    assert torch.equal(fresh.first_layer_response(x), restored.first_layer_response(x))
+    assert torch.equal(fresh.logits(x), restored.logits(x))
+
+
+def test_a_non_finite_loss_stops_the_adaptation_with_its_epoch():
+    layer = nn.Linear(2, 2)
+    with pytest.raises(Diverged, match="the loss became nan in epoch 1 of 3"):
+        descend(layer, list(layer.parameters()), lambda idx, epoch: layer.weight.sum() * float("nan"), 8, 4, 3, 0.1,
+                torch.Generator().manual_seed(0), "test")
 
 
 def test_noise_finetune_needs_labelled_public_images(setting):

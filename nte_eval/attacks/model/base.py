@@ -32,7 +32,8 @@ class ModelAttack(Attack):
     Subclasses set ``name`` and ``knowledge``, declare parameters, may override ``fit(context)`` and implement
     ``adapt(handle, generator)``: change ``handle.module`` in place (it is a copy), or raise ``NotApplicable``. The
     ``generator`` is seeded by the attacker's seed, the attack's setting and the model, so an adaptation is the same
-    bit for bit on the same device. ``adapted(handle)`` is what the runner calls.
+    bit for bit on the same device (deterministic algorithms are switched on while it adapts; on CUDA, cuBLAS also
+    needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the environment). ``adapted(handle)`` is what the runner calls.
     """
 
     adapts: ClassVar[bool] = True
@@ -56,15 +57,26 @@ class ModelAttack(Attack):
         twin = handle.replica()
         seed = hashlib.sha256(f"nte-eval model attack/{self.context.seed}/{self.name}/{sorted(self.params().items())}/"
                               f"{handle.spec}".encode()).digest()
-        self.adapt(twin, torch.Generator().manual_seed(int.from_bytes(seed[:8], "little") & (2**63 - 1)))
-        twin.module.eval()
-        twin.first = resolve_first_layer(twin.module, twin.first.path, twin.input_size, twin.spec)  # trained, maybe
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)  # cuDNN's backward passes too, on a GPU
+        try:
+            self.adapt(twin, torch.Generator().manual_seed(int.from_bytes(seed[:8], "little") & (2**63 - 1)))
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+        settle(twin)
         bad = [k for k, v in twin.module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             raise Diverged(f"the adaptation left non-finite values in {len(bad)} tensor(s) ({bad[0]}, ...): it "
-                           f"diverged; a smaller learning rate or fewer epochs may not")
-        twin.memo.clear()
+                           f"diverged (a smaller learning rate or fewer epochs may not)")
         return twin
+
+
+def settle(handle: ModelHandle) -> None:
+    """An adapted copy made ready to evaluate: eval mode, its first layer read again from the (maybe trained) module
+    (a padded or standardised stem's weight is a copy, not a view), no memo of the old one."""
+    handle.module.eval()
+    handle.first = resolve_first_layer(handle.module, handle.first.path, handle.input_size, handle.spec)
+    handle.memo.clear()
 
 
 def model_step(attack: Attack) -> ModelAttack | None:
@@ -85,5 +97,5 @@ def apply_changes(handle: ModelHandle, state: dict[str, Any]) -> ModelHandle:
     """A copy of ``handle`` with the changed tensors ``state`` loaded: an adapted model restored from disk."""
     twin = handle.replica()
     twin.module.load_state_dict(state, strict=False)
-    twin.module.eval()
+    settle(twin)
     return twin

@@ -12,15 +12,19 @@ from pydantic import Field
 
 from nte_eval.attacks.context import AttackContext
 from nte_eval.attacks.model.base import ModelAttack, NotApplicable
-from nte_eval.attacks.model.training import accuracy, descend, entropy, recalibrate
+from nte_eval.attacks.model.training import (
+    BatchSize,
+    Epochs,
+    LearningRate,
+    accuracy,
+    descend,
+    entropy,
+    recalibrate,
+)
 from nte_eval.attacks.subspace.estimate import estimate_subspace
 from nte_eval.encoders import ENCODERS
 from nte_eval.errors import NTEError
 from nte_eval.models.handle import ModelHandle
-
-Epochs = Annotated[int, Field(ge=1, le=1000)]
-LearningRate = Annotated[float, Field(gt=0, le=1)]
-BatchSize = Annotated[int, Field(ge=2, le=4096)]
 
 
 def at_psnr(noise: torch.Tensor, psnr: float) -> torch.Tensor:
@@ -94,10 +98,11 @@ class NoiseFinetune(ModelAttack):
     def adapt(self, handle: ModelHandle, generator: torch.Generator) -> None:
         if self.unusable:
             raise NotApplicable(self.unusable)
-        labels = self.context.public.labels
-        if handle.num_classes is not None and int(labels.max()) >= handle.num_classes:
-            raise NotApplicable(f"the public labels go up to {int(labels.max())}; {handle.spec} has "
-                                f"{handle.num_classes} classes")
+        public, labels = self.context.public.images, self.context.public.labels
+        classes = handle.num_classes or int(handle.logits(public[:1].to(handle.device)).shape[1])
+        if int(labels.min()) < 0 or int(labels.max()) >= classes:
+            raise NotApplicable(f"the public labels span {int(labels.min())}..{int(labels.max())}, not {handle.spec}'s "
+                                f"{classes} classes (or some public images have no label)")
         order = torch.randperm(len(labels), generator=generator)
         held, train = order[:round(len(labels) * self.holdout)], order[round(len(labels) * self.holdout):]
         if len(train) < 2:

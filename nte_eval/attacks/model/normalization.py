@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 
 from nte_eval.attacks.model.base import ModelAttack, NotApplicable
-from nte_eval.attacks.model.training import batch_norms, descend, entropy, norm_affine, recalibrate
+from nte_eval.attacks.model.training import (
+    BatchSize,
+    Epochs,
+    LearningRate,
+    batch_norms,
+    descend,
+    entropy,
+    norm_affine,
+    recalibrate,
+)
 from nte_eval.models.handle import ModelHandle
 
 
@@ -21,7 +27,7 @@ class BNAdapt(ModelAttack):
     the batches the statistics are averaged over."""
 
     name = "bn_adapt"
-    batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
+    batch_size: BatchSize = 64
 
     def adapt(self, handle: ModelHandle, generator: torch.Generator) -> None:
         if not batch_norms(handle.module):
@@ -39,9 +45,9 @@ class Tent(ModelAttack):
     depend on the batch it is evaluated in (the original adapts them on each test batch)."""
 
     name = "tent"
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 5
-    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
+    epochs: Epochs = 5
+    lr: LearningRate = 1e-3
+    batch_size: BatchSize = 64
 
     def adapt(self, handle: ModelHandle, generator: torch.Generator) -> None:
         params = norm_affine(handle.module)
