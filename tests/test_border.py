@@ -85,18 +85,19 @@ def test_geometries_without_a_closed_form_fall_back_to_cgls():
     assert (norm(op.apply(x) - op.apply_circular(d)) < norm(op.apply(d) - op.apply_circular(d))).all()
 
 
-def test_the_dense_border_matrix_of_a_small_image_is_the_exact_least_squares_correction():
-    """``border_matrix`` (the degradation study's thousands of noise columns) gives CGLS's correction, more exactly;
-    it is left to CGLS where A is tall (resnet_stem: 64 outputs per 12 inputs per block) and to the closed form."""
+def test_the_whole_image_border_solve_of_a_small_image_is_the_exact_least_squares_correction():
+    """``whole_border`` (the degradation study's thousands of noise columns) gives CGLS's correction, more exactly;
+    it is left to CGLS where the layer has more outputs than pixels (resnet_stem: 64 outputs per 12 inputs per
+    block) and to the closed form."""
     handle = load_model("zoo:resnet_nullstem")
     sub = NTEEncoder(handle, psnr=10.0).fit().subspace
     d = sub.sample(torch.randn(16, *sub.coefficient_shape, generator=torch.Generator().manual_seed(0)), "check")
     d = d.double()
-    matrix = sub.border_matrix()
-    dense, iterative = d - (d.flatten(1) @ matrix.T).view_as(d), sub.correct_border(d)
+    dense, iterative = d.clone(), sub.correct_border(d)
+    sub.whole_border().refine_(dense, d)
     op = PixelConv(handle)
     residual = {k: float((op.apply(v) - op.apply_circular(d)).norm()) for k, v in (("dense", dense),
                                                                                     ("cgls", iterative))}
     assert residual["dense"] <= residual["cgls"] and residual["dense"] < 1e-9 * float(d.norm())
     assert float((dense - iterative).norm()) < 1e-5 * float((d - iterative).norm())
-    assert NTEEncoder(load_model("zoo:resnet_stem"), psnr=10.0, mode="operator").fit().subspace.border_matrix() is None
+    assert NTEEncoder(load_model("zoo:resnet_stem"), psnr=10.0, mode="operator").fit().subspace.whole_border() is None

@@ -40,6 +40,8 @@ class Attack(Parametrised, ABC):
     projection: ClassVar[bool] = False
     #: For an attack that estimates the designated subspace blindly: the attack that does the same with the true one.
     oracle: ClassVar[str | None] = None
+    #: True for a model attack (``attacks.model.ModelAttack``): it adapts the unauthorized model instead.
+    adapts: ClassVar[bool] = False
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

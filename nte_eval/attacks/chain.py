@@ -39,7 +39,7 @@ class Chain(Attack):
                 raise NTEError(f"attack 'chain': step {i} is itself a chain; a chain cannot contain a chain "
                                f"(it could contain itself). List all the steps in one chain instead.")
             self.attacks.append(attack)
-        adapting = [i for i, a in enumerate(self.attacks) if getattr(a, "adapts", False)]
+        adapting = [i for i, a in enumerate(self.attacks) if a.adapts]
         if len(adapting) > 1:
             raise NTEError(f"attack 'chain': steps {adapting[0]} and {adapting[1]} both adapt the model; a chain holds "
                            f"at most one model attack (with any input attacks). Make two chains instead.")

@@ -299,7 +299,7 @@ def _full_multiset(sigma: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def _noise_columns(encoder: NTEEncoder, batch: int) -> Iterator[torch.Tensor]:
     """The encoder's noise map applied to the unit vectors of its white input, ``batch`` at a time (images).
 
-    Operator mode: ``subspace.sample``, whose border correction (``border_matrix`` for a small image, else
+    Operator mode: ``subspace.sample``, whose border correction (``whole_border`` for a small image, else
     ``correct_border``) is applied only to the coordinates with a nonzero circular image (imaginary parts on real
     frequencies and padded directions map to zero; by linearity they stay zero, and CGLS would turn an all-zero
     float32 sample into NaN).
@@ -308,7 +308,7 @@ def _noise_columns(encoder: NTEEncoder, batch: int) -> Iterator[torch.Tensor]:
     if encoder.mode == "operator":
         shape = sub.coefficient_shape
         p = math.prod(shape)
-        dense = sub.border_matrix() if encoder.border == "correct" else None  # thousands of columns: one matrix
+        dense = sub.whole_border() if encoder.border == "correct" else None  # thousands of columns: one solve
         for start in range(0, p, batch):
             idx = torch.arange(start, min(start + batch, p))
             z = torch.zeros(len(idx), p)
@@ -316,7 +316,10 @@ def _noise_columns(encoder: NTEEncoder, batch: int) -> Iterator[torch.Tensor]:
             d = sub.sample(z.view(-1, *shape), "check")
             d = d[d.flatten(1).abs().amax(1) > 0]
             if dense is not None:
-                yield d - (d.flatten(1).to(dense) @ dense.T).view_as(d).to(d.dtype)
+                d = d.double()
+                x = d.clone()
+                dense.refine_(x, d)
+                yield x
             else:
                 yield sub.correct_border(d) if encoder.border == "correct" and len(d) else d
         return

@@ -142,6 +142,11 @@ class Setting:
             return self.fit_ntes[[fit[p] for p in positions]]
         return self._encode(x, positions)
 
+    def fit_key(self, number: int, what: str = "") -> str:
+        """The ``FitStore`` key of attack setting ``number`` fitted on this setting (``what``: which part of it)."""
+        name, params = self.attack_settings[number]
+        return FitStore.key(f"{self.encoder.name} {self.params}{what}", name, params)
+
     def attack(self, number: int) -> tuple[Attack, list[tuple]]:
         """Attack setting ``number`` fitted on this setting's context, and its cell-level (model, role, metric,
         value, n) rows: a blind estimate's angle to the true subspace, the label-free probe's PSNR."""
@@ -149,7 +154,7 @@ class Setting:
             name, params = self.attack_settings[number]
             attack = build_attack({"type": name, **params})
             context = self.blind if attack.knowledge == "none" else self.context
-            key = FitStore.key(f"{self.encoder.name} {self.params}", name, params)
+            key = self.fit_key(number)
             state = self.inputs.fits.get(key)
             if state is not None:  # fitted before, in this run (another process, or before a restart)
                 attack.restore(context, state)
@@ -174,14 +179,13 @@ class Setting:
         unauthorized model adapted (restored from the fits when adapted before; never kept in memory here), the
         designated one as it is; and per model it could not adapt, [status, reason] ("not applicable" or "failed")
         in place of the model."""
-        name, params = self.attack_settings[number]
         step = model_step(self.attack(number)[0])
         out, skipped = {}, {}
         for model, ev in models.items():
             if model == self.designated:
                 out[model] = ev
                 continue
-            key = FitStore.key(f"{self.encoder.name} {self.params} adapted {model}", name, params)
+            key = self.fit_key(number, f" adapted {model}")
             state, handle = self.inputs.fits.get(key, keep=False), None
             if state is None:
                 try:

@@ -8,7 +8,8 @@ within a few kernel widths of the border. ``BorderSolver`` solves it with matric
 - then each corner, where the edges are not periodic, as a dense least-squares problem on the residual left there.
 A batch then costs a few FFTs and small matrix products instead of hundreds of convolutions. A small image (under
 four strip widths) keeps CGLS on the whole image: cheap there, and a dense solve would cost seconds to set up per
-layer (the learned denoiser's random surrogates are a new layer each).
+layer (the learned denoiser's random surrogates are a new layer each); work that corrects thousands of images of one
+layer sets up ``Dense`` on the whole image once (``OperatorSubspace.whole_border``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from nte_eval.errors import NTEError
-from nte_eval.geometry.border import BorderSolver
+from nte_eval.geometry.border import BorderSolver, Dense, out_size
 from nte_eval.geometry.conv import (
     PixelConv,
     cgls,
@@ -35,7 +35,7 @@ from nte_eval.geometry.conv import (
 )
 from nte_eval.geometry.layer import FirstLayer, HasFirstLayer
 
-DENSE_BORDER = 4096  # pixel values (C * H * W) up to which ``border_matrix`` builds the dense border correction
+DENSE_BORDER = 4096  # pixel values (C * H * W) up to which ``whole_border`` solves the border on the whole image
 SELECT_KINDS = ("tau", "k", "energy")
 DEFAULT_SELECT = "tau=0.01"
 
@@ -220,23 +220,22 @@ class OperatorSubspace:
         op = PixelConv(self.handle)
         return d - cgls(op, op.apply(d) - op.apply_circular(d), iters=300, rtol=1e-6)
 
-    def border_matrix(self) -> torch.Tensor | None:
-        """The border correction of a small image as one dense float64 matrix P (c = P d on flattened images), for
-        work that corrects thousands of images of one layer (the degradation study's noise map): the exact
-        minimum-norm least-squares correction A^+ (A - A_circ). None where no correction is needed, where the closed
-        form applies, for images over ``DENSE_BORDER`` pixel values, or where A has more rows than columns (its
-        pseudo-inverse then costs more than CGLS): ``correct_border`` serves those."""
-        f, n = self.handle.first, math.prod(self.shape)
-        op = PixelConv.on_pixels(PixelConv(self.handle).pixel_weight.cpu(), f.stride, f.padding, self.shape)
-        if (f.padding == (0, 0) or n > DENSE_BORDER or op.windows().shape[0] * f.out_channels > n
+    def whole_border(self) -> Dense | None:
+        """The border correction of a small image as one dense least-squares solve on the whole image (``border.Dense``
+        set up once, seconds), for work that corrects thousands of images of one layer (the degradation study's noise
+        map): exact where CGLS stops at its tolerance. None where no correction is needed, where the closed form
+        applies, for images over ``DENSE_BORDER`` pixel values, or where the layer has more outputs than pixels:
+        ``correct_border`` serves those."""
+        f, (c, h, w) = self.handle.first, self.shape
+        weight = PixelConv(self.handle).pixel_weight.cpu()
+        outputs = f.out_channels * math.prod(out_size(n, k, s, p) for n, k, s, p in
+                                             zip((h, w), f.kernel, f.stride, f.padding, strict=True))
+        if (f.padding == (0, 0) or c * h * w > DENSE_BORDER or outputs > c * h * w
                 or BorderSolver.applies(f.kernel, f.stride, f.padding, self.shape)):
             return None
-        if "border_matrix" not in self.handle.memo:
-            a = op.matrix()
-            eye = torch.eye(n, dtype=torch.float64).view(n, *self.shape)
-            circular = torch.cat([op.apply_circular(eye[i:i + 512]).flatten(1) for i in range(0, n, 512)]).T
-            self.handle.memo["border_matrix"] = torch.linalg.pinv(a, rtol=1e-10) @ (a - circular)
-        return self.handle.memo["border_matrix"]
+        if "whole_border" not in self.handle.memo:
+            self.handle.memo["whole_border"] = Dense(weight, f.stride, f.padding, self.shape, (0, h), (0, w))
+        return self.handle.memo["whole_border"]
 
     def project(self, x: torch.Tensor, border: str = "correct") -> torch.Tensor:
         """Project (circular view); with ``border='correct'``, then correct the border so the zero-padded operator

@@ -81,7 +81,7 @@ def settle(handle: ModelHandle) -> None:
 
 def model_step(attack: Attack) -> ModelAttack | None:
     """The step of ``attack`` that adapts the model: the attack itself, a chain's model step, or None."""
-    if getattr(attack, "adapts", False):
+    if attack.adapts:
         return attack  # type: ignore[return-value]
     return getattr(attack, "model_attack", None)
 

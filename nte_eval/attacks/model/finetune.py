@@ -19,18 +19,14 @@ from nte_eval.attacks.model.training import (
     accuracy,
     descend,
     entropy,
+    logits_of,
     recalibrate,
 )
 from nte_eval.attacks.subspace.estimate import estimate_subspace
 from nte_eval.encoders import ENCODERS
+from nte_eval.encoders.base import scale_to_psnr
 from nte_eval.errors import NTEError
 from nte_eval.models.handle import ModelHandle
-
-
-def at_psnr(noise: torch.Tensor, psnr: float) -> torch.Tensor:
-    """``noise`` scaled per image to the pixel PSNR ``psnr`` (peak 1): mean square 10^(-psnr / 10)."""
-    power = noise.flatten(1).pow(2).mean(1).clamp_min(1e-30).view(-1, *[1] * (noise.dim() - 1))
-    return noise * (10 ** (-psnr / 10) / power).sqrt()
 
 
 class NoiseFinetune(ModelAttack):
@@ -92,7 +88,7 @@ class NoiseFinetune(ModelAttack):
             gen = torch.Generator().manual_seed(int(self.context.seed) * 1_000_003 + epoch)
             white = torch.randn(public.shape, generator=gen)
             hidden = white - (subspace.project(public + white) - subspace.project(public))  # its part in the subspace
-            return public + at_psnr(hidden, psnr)
+            return public + scale_to_psnr(hidden, psnr)
         self.noisy = noisy
 
     def adapt(self, handle: ModelHandle, generator: torch.Generator) -> None:
@@ -157,10 +153,7 @@ class SelfTrain(ModelAttack):
         def loss(idx: torch.Tensor, epoch: int) -> torch.Tensor:
             if epoch not in pseudo:
                 pseudo.clear()
-                with torch.no_grad():
-                    probs = torch.cat([handle.forward(handle.normalize(ntes[i:i + self.batch_size].to(device)))
-                                       .softmax(1).cpu() for i in range(0, len(ntes), self.batch_size)])
-                confidence, labels = probs.max(1)
+                confidence, labels = logits_of(handle, ntes, self.batch_size).softmax(1).max(1)
                 pseudo[epoch] = labels, confidence >= self.threshold
             labels, keep = pseudo[epoch]
             logits = handle.forward_grad(ntes[idx].to(device))

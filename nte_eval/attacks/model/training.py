@@ -63,7 +63,7 @@ def recalibrate(handle: ModelHandle, images: torch.Tensor, size: int) -> None:
         m.train()
     try:
         for idx in batches(len(images), size):
-            handle.forward(handle.normalize(images[idx].to(handle.device)))
+            handle.logits(images[idx].to(handle.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -103,9 +103,11 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1)
 
 
-@torch.no_grad()
+def logits_of(handle: ModelHandle, images: torch.Tensor, size: int) -> torch.Tensor:
+    """The model's logits (on the CPU) for ``images``, in batches of ``size``."""
+    return torch.cat([handle.logits(images[i:i + size].to(handle.device)).cpu() for i in range(0, len(images), size)])
+
+
 def accuracy(handle: ModelHandle, images: torch.Tensor, labels: torch.Tensor, size: int) -> float:
     """The share of ``images`` the model labels right, in batches of ``size``."""
-    right = sum(int((handle.forward(handle.normalize(images[i:i + size].to(handle.device))).argmax(1).cpu()
-                     == labels[i:i + size]).sum()) for i in range(0, len(images), size))
-    return right / max(len(images), 1)
+    return float((logits_of(handle, images, size).argmax(1) == labels).double().mean()) if len(images) else 0.0
