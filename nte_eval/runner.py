@@ -14,6 +14,7 @@ import torch
 from nte_eval.certify.degradation import degradation_warnings
 from nte_eval.certify.fidelity import CERT_COLUMNS, violations
 from nte_eval.certify.run import certify_steps, certify_suite
+from nte_eval.cluster.processes import run_in_processes
 from nte_eval.cluster.ray_executor import run_on_ray
 from nte_eval.data.images import ImageSet
 from nte_eval.data.sources import source
@@ -52,7 +53,8 @@ SHARD_OVERWRITE = ("--shard and --overwrite do not go together: the processes of
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: int | None = None,
               progress: bool | Progress = True, resume: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = print, attacks: bool = True, shard: tuple[int, int] | None = None,
-              executor: str = "local", address: str | None = None, threads: int = 1) -> pd.DataFrame | None:
+              executor: str = "local", address: str | None = None, threads: int = 1,
+              workers: int = 1) -> pd.DataFrame | None:
     """Evaluate every cell of the suite, then its ``certify`` section; write ``results.csv``/``.parquet``,
     ``samples.csv``, ``worst_case.csv``, ``warnings.json``, ``manifest.json`` (and the certification files) under
     ``out``. With ``resume``, finished items are skipped; ``attacks=False`` runs the certification alone.
@@ -62,7 +64,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     (``merge``). ``shard=(I, N)`` runs only this process's share of the items (``--shard I/N``) in a folder other
     processes of the same suite may fill too, and merges only when every item is there; it returns None otherwise.
     ``executor='ray'`` runs the items on the Ray cluster at ``address`` (None: a local one), ``threads`` CPU threads
-    per actor on a cluster without GPUs; this process writes every file.
+    per actor on a cluster without GPUs; this process writes every file. ``workers`` > 1 runs the local items in
+    that many new processes of ``threads`` threads each (this process writes their files).
 
     A certificate that a certified Lipschitz bound does not keep is a bug: after every file is written, it raises
     NTEError naming how many failed and the first one. With ``overwrite``, a previous run in ``out`` stays untouched
@@ -77,11 +80,14 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
                        f"it does not go with --shard).")
     if address and executor != "ray":
         raise NTEError("--address goes with --executor ray (the Ray head node to run on).")
+    if workers > 1 and executor != "local":
+        raise NTEError(f"--workers {workers} is for the local executor; on Ray, each actor takes --threads CPUs of the "
+                       f"cluster (leave --workers out).")
     bars = progress if isinstance(progress, Progress) else Progress(progress)
     try:
         with replacing(Path(out), overwrite and not resume, log) as work:
             return _run_items(suite, work, device, batch_size, bars, resume, overwrite, log, attacks, shard, executor,
-                              address, threads)
+                              address, threads, workers)
     finally:
         if bars is not progress:
             bars.close()
@@ -89,7 +95,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
 
 def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, progress: Progress, resume: bool,
                overwrite: bool, log: Callable[[str], None], attacks: bool, shard: tuple[int, int] | None,
-               executor: str, address: str | None, threads: int) -> pd.DataFrame | None:
+               executor: str, address: str | None, threads: int, workers: int) -> pd.DataFrame | None:
     """``run_suite`` in the folder ``out`` it writes to."""
     t0 = time.time()
     worker = Worker(suite, out / CLEAN, device, batch_size, progress, log, FitStore(out / FITS))
@@ -128,6 +134,8 @@ def _run_items(suite: Suite, out: Path, device: str, batch_size: int | None, pro
 
     if executor == "ray" and todo:
         run_on_ray(suite, todo, finished, worker.inputs.fits, address, device, batch_size, threads, log)
+    elif workers > 1 and todo:
+        run_in_processes(suite, todo, finished, out, device, batch_size, threads, workers, log)
     else:
         for done in worker.run(todo):
             finished(done)
