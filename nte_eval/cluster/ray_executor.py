@@ -1,12 +1,13 @@
 """Running a suite's items on a Ray cluster (``--executor ray``; the extra ``pip install -e ".[ray]"``).
 
 One actor per GPU (``num_gpus=1``), or per ``threads`` CPUs on a cluster without GPUs, loads the suite's models and
-data once and runs the items the driver hands it, one task per item, in setting order (an actor keeps the setting
-it is on, so it fits that setting's attacks once; a fit that saves a state is sent to the driver, kept under the run
-folder's ``fits/`` and handed to every actor the driver starts later). The driver writes every finished item's
-file, so the run folder needs no shared file system. An actor that dies is restarted and its item retried; every
-random choice is keyed per sample, so a retried item gives the same file. Ray is imported here only, when this
-executor runs.
+data once. The driver hands each actor one group of items at a time, one task per (encoder setting, shard), so that a
+shard is read and encoded once; a free actor takes the next group of the setting it holds, else of a setting no
+other actor holds (``processes.next_group``), so that a setting's attacks are fitted once where there are as many
+settings as actors. A fit that saves a state is sent to the driver, kept under the run folder's ``fits/`` and handed
+with the next group of its setting to every other actor. The driver writes every finished item's file, so the run
+folder needs no shared file system. An actor that dies is restarted and its group retried; every random choice is
+keyed per sample, so a retried group gives the same files. Ray is imported here only, when this executor runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from nte_eval.cluster.processes import groups, next_group
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.fits import FitStore, State
 from nte_eval.evaluate.items import Done, Work, Worker
@@ -26,7 +28,7 @@ from nte_eval.evaluate.suite import Suite
 from nte_eval.evaluate.suite_file import import_plugins
 
 INSTALL = 'pip install -e ".[ray]" (in nte-eval\'s folder), or pip install "ray>=2.60"'
-RETRIES = 3  # restarts of a dead actor, and retries of the item it held
+RETRIES = 3  # restarts of a dead actor, and retries of the group it held
 
 
 def import_ray():  # noqa: ANN201 (the module, typed by Ray)
@@ -63,8 +65,10 @@ class ItemActor:
         cache = Path(tempfile.mkdtemp(prefix="nte-eval-clean-"))  # this actor's clean outputs per shard
         self.worker = Worker(suite, cache, device, batch, log=lambda _: None, fits=FitStore(None, fits))
 
-    def run(self, work: list[Work]) -> tuple[list[Done], dict[str, State]]:
-        """The finished items, and the states of the attacks fitted for them (for the driver to keep)."""
+    def run(self, work: list[Work], fits: dict[str, State] | None = None) -> tuple[list[Done], dict[str, State]]:
+        """The finished items, and the states of the attacks fitted for them (for the driver to keep); ``fits``:
+        states other actors made since this one started (restored instead of fitted again)."""
+        self.worker.inputs.fits.known.update(fits or {})
         return list(self.worker.run(work)), self.worker.inputs.fits.take_new()
 
 
@@ -91,19 +95,42 @@ def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], 
     remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ItemActor)
     actors = [remote.options(num_cpus=threads, num_gpus=1 if gpus else 0).remote(
         suite, "cuda" if gpus else "cpu", batch, threads, fits.read_all()) for _ in range(count)]
-    log(f"Ray: {count} actor(s) ({'1 GPU' if gpus else f'{threads} CPU(s)'} each) for {len(work)} item(s)")
+    todo = groups(work)
+    log(f"Ray: {count} actor(s) ({'1 GPU' if gpus else f'{threads} CPU(s)'} each) for {len(work)} item(s) in "
+        f"{len(todo)} group(s) (encoder setting x shard)")
+    held: dict[int, tuple] = {}  # actor -> the setting of its last group
+    has: list[set[str]] = [set(fits.known) for _ in actors]  # the fit states each actor holds
+    made: dict[tuple, dict[str, State]] = {}  # setting -> the states the actors made for it
+    pending = {}  # a running task -> its actor
+
+    def give(a: int) -> None:
+        group = next_group(todo, held.get(a), {s for b, s in held.items() if b != a and b in pending.values()})
+        if group is not None:
+            held[a] = group[0][1]
+            new = {k: v for k, v in made.get(held[a], {}).items() if k not in has[a]}
+            has[a] |= new.keys()
+            pending[actors[a].run.remote(group, new)] = a
+
+    for a in range(count):
+        give(a)
     try:
-        for done, states in ray.util.ActorPool(actors).map_unordered(lambda actor, w: actor.run.remote([w]), work):
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            a = pending.pop(ready)
+            done, states = ray.get(ready)
             for key, state in states.items():
                 fits.put(key, state)
+            made.setdefault(held[a], {}).update(states)
+            has[a] |= states.keys()
             for item in done:
                 on_done(item)
+            give(a)
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None)
         if isinstance(cause, NTEError):  # the item's own error (a corrupt image, say): as the local run says it
             raise NTEError(f"{cause} (on a Ray actor; finished items are kept: rerun with --resume)") from None
         raise NTEError(f"Ray: an item failed ({type(cause or e).__name__}: {cause or e}; an actor that died was "
-                       f"restarted and its item retried up to {RETRIES} times); finished items are kept: rerun "
+                       f"restarted and its group retried up to {RETRIES} times); finished items are kept: rerun "
                        f"with --resume.") from None
     finally:
         for actor in actors:
