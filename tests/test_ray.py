@@ -1,5 +1,6 @@
 """`--executor ray`: the suite's items on a Ray cluster (a local one started in this process, and a real one started
-with `ray start --head`) give the results of one process; a worker killed mid-item is retried; bad input is clear."""
+with `ray start --head`) give the results of one process, each setting's kept fits made once; a worker killed
+mid-group is retried; bad input is clear."""
 
 import socket
 import subprocess
@@ -21,6 +22,7 @@ SUITE = {"name": "ray", "seed": 5, "data": {"source": "digits", "split": "test",
          "models": ["zoo:mlp_linear", "zoo:resnet_stem"], "encoders": [{"type": "nte", "psnr": [30, 0]}],
          "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill"], "shard_size": 10}
 DENOISER = {"type": "learned_denoiser", "steps": 20, "pairs": 64, "width": 8}  # a fit the driver keeps
+COUNTS_FITS = str(Path(__file__).parent / "plugins" / "counts_fits.py")  # counts its fits, in any process
 TENT = {"type": "tent", "epochs": 1}  # a model attack: each actor adapts or restores the unauthorized models
 KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
 FLOAT32 = {"logit_change", "first_layer_ratio"}  # raw model outputs: float32 precision (see test_shards.py)
@@ -74,8 +76,8 @@ def suite_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     (tmp / "dies.py").write_text(DIES_ONCE)
     plain = _write(tmp, "plain")
-    dying = _write(tmp, "dying", plugins=["dies.py"], attacks=[*SUITE["attacks"], "test_dies_once", DENOISER,
-                                                                        TENT])
+    dying = _write(tmp, "dying", plugins=["dies.py", COUNTS_FITS],
+                   attacks=[*SUITE["attacks"], "test_dies_once", DENOISER, TENT, "test_counts_fits"])
     return tmp, plain, dying
 
 
@@ -83,22 +85,26 @@ def test_a_local_cluster_gives_one_processs_results_and_retries_a_killed_worker(
     tmp, plain, dying = suite_files
     marker = tmp / "marker"
     monkeypatch.setenv("NTE_EVAL_TEST_MARKER", str(marker))
+    monkeypatch.setenv("NTE_EVAL_TEST_FITS", str(tmp / "fits-one.txt"))
     marker.write_text("no death in the reference run")
     assert main(["run", dying, "--out", str(tmp / "one"), "--quiet", "--threads", "1"]) == 0
     marker.unlink()
+    counted = tmp / "fits.txt"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"NTE_EVAL_TEST_MARKER": str(marker)}})
+             runtime_env={"env_vars": {"NTE_EVAL_TEST_MARKER": str(marker), "NTE_EVAL_TEST_FITS": str(counted)}})
     try:
         assert main(["run", dying, "--out", str(tmp / "ray"), "--quiet", "--executor", "ray"]) == 0
     finally:
         ray.shutdown()
-    assert marker.read_text() == "died"  # a worker process really died mid-item, and its item was retried
+    assert marker.read_text() == "died"  # a worker process really died mid-group, and its group was retried
+    assert len(counted.read_text().split()) == 2  # two settings of three shards each, on two actors: one fit each
     _same(_results(tmp / "one"), _results(tmp / "ray"))
-    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 6 * 3
+    assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 7 * 3
     # the denoisers the actors trained (one per encoder setting) and the models tent adapted (per setting and
     # unauthorized model; mlp_linear's says "not applicable") were sent to the driver and kept: as made here
     fits = {p.name: torch.load(p, weights_only=True) for p in (tmp / "ray" / "fits").glob("*.pt")}
-    assert sorted(next(iter(state)) for state in fits.values()) == ["changed"] * 2 + ["net"] * 2 + ["status"] * 2
+    assert sorted(next(iter(state)) for state in fits.values()) == ["changed", "changed", "mean", "mean", "net", "net",
+                                                                        "status", "status"]
     for name, state in fits.items():
         here = torch.load(tmp / "one" / "fits" / name, weights_only=True)
         assert state.keys() == here.keys()

@@ -1,5 +1,9 @@
 """`--workers N`: the items run in N local processes give the results of one process, each setting's fits are made
-once, and a worker that dies ends the run with a clear error that keeps the finished items for --resume."""
+once (the schedule), and a worker that dies or fails ends the run with a clear error that keeps the finished items
+for --resume and leaves no process behind."""
+
+import multiprocessing
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -7,9 +11,10 @@ import torch
 import yaml
 
 from nte_eval.cli import main
-from nte_eval.cluster.processes import groups, next_group
+from nte_eval.cluster.schedule import Schedule
 from nte_eval.evaluate.run_folder import FITS, SHARDS
 
+COUNTS_FITS = str(Path(__file__).parent / "plugins" / "counts_fits.py")  # counts its fits, in any process
 SUITE = {"name": "workers", "seed": 5, "data": {"source": "digits", "split": "test", "limit": 30},
          "public": {"source": "digits", "split": "train"},
          "designated": "zoo:vit_null", "models": ["zoo:mlp_linear", "zoo:resnet_stem"],
@@ -37,6 +42,29 @@ class DiesOnce(Attack):
             os._exit(3)
         return x
 '''
+
+
+# Plugin attacks that fail with a user-facing error, and with a bug (one file each: attack names are global).
+FAILS = {"test_worker_refuses": '''
+from nte_eval.attacks import Attack
+from nte_eval.errors import NTEError
+
+class Refuses(Attack):
+    name = "test_worker_refuses"
+    knowledge = "none"
+
+    def run(self, x):
+        raise NTEError("test_worker_refuses: this image is not mine")
+''', "test_worker_buggy": '''
+from nte_eval.attacks import Attack
+
+class Buggy(Attack):
+    name = "test_worker_buggy"
+    knowledge = "none"
+
+    def run(self, x):
+        return x[None][5]
+'''}
 
 
 def _suite(tmp_path, **changes) -> str:
@@ -86,16 +114,32 @@ def test_worker_processes_give_one_processs_results(one_process, tmp_path, capsy
                    for x, y in zip(flat_a, flat_b, strict=True))
 
 
-def test_a_free_worker_keeps_to_its_setting():
-    """Groups of the setting a worker holds first, then of settings no other worker holds, then any."""
+def test_the_schedule_fits_each_setting_once():
+    """A worker keeps to its setting, else starts one nobody has started, else joins one whose first group has
+    finished (its fits are kept), else waits."""
     def work(setting, start):
         return (type("I", (), {"start": start})(), setting, 0)
 
-    todo = groups([work(s, start) for s in ("a", "b", "c") for start in (0, 10)])
-    assert [g[0][1] for g in todo] == ["a", "a", "b", "b", "c", "c"]
-    taken = [next_group(todo, held, {"a"})[0][1] for held in ("b", "b", "b", "c", "c")]
-    assert taken == ["b", "b", "c", "c", "a"]  # b, then c (a is held by the other worker), then a is shared
-    assert next_group(todo, "a", set())[0][1] == "a" and next_group(todo, "a", set()) is None
+    schedule = Schedule([work(s, start) for s in ("a", "b") for start in (0, 10, 20)])
+    assert [g[0][1] for g in schedule.todo] == ["a"] * 3 + ["b"] * 3
+    assert schedule.take("w1")[0][1] == "a" and schedule.take("w2")[0][1] == "b"
+    assert schedule.take("w3") is None  # a and b are being fitted: w3 waits
+    schedule.finished("w2")
+    assert schedule.take("w3")[0][1] == "b" and schedule.take("w2")[0][1] == "b"  # b is ready: both join it
+    assert schedule.take("w4") is None and schedule.todo  # only a is left, still being fitted
+    schedule.finished("w1")
+    assert [schedule.take(w)[0][1] for w in ("w4", "w1")] == ["a", "a"]
+    assert schedule.take("w1") is None and not schedule.todo
+
+
+def test_three_workers_fit_each_of_three_settings_once(tmp_path, monkeypatch, capsys):
+    """Nine groups (three settings x three shards) over three workers: the kept fit is made once per setting."""
+    monkeypatch.setenv("NTE_EVAL_TEST_FITS", str(tmp_path / "fits.txt"))
+    suite = _suite(tmp_path, plugins=[COUNTS_FITS], attacks=["identity", "test_counts_fits"])
+    assert _run(suite, "--out", str(tmp_path / "out"), "--workers", "3") == 0
+    assert "3 worker process(es)" in capsys.readouterr().err
+    assert len((tmp_path / "fits.txt").read_text().split()) == 3
+    assert not multiprocessing.active_children()
 
 
 def test_a_worker_that_dies_ends_the_run_and_resume_finishes_it(one_process, tmp_path, capsys, monkeypatch):
@@ -105,12 +149,31 @@ def test_a_worker_that_dies_ends_the_run_and_resume_finishes_it(one_process, tmp
     out = tmp_path / "out"
     assert _run(suite, "--out", str(out), "--workers", "2") == 2
     err = capsys.readouterr().err
-    assert "a worker process died (exit code 3)" in err and "rerun with --resume" in err
-    assert not (out / "results.csv").exists()
+    assert "a worker process died (exit code 3; its own message is above)" in err and "rerun with --resume" in err
+    assert not (out / "results.csv").exists() and not multiprocessing.active_children()
     assert _run(suite, "--out", str(out), "--workers", "2", "--resume") == 0
     both = _results(out)
     _same(_results(one_process), both[both.attack != "test_worker_dies_once"].reset_index(drop=True))
     assert len(list((out / SHARDS).glob("*.parquet"))) == 3 * 6 * 3  # settings x attack settings x shards
+
+
+@pytest.mark.parametrize(("attack", "says"), [
+    ("test_worker_refuses", "test_worker_refuses: this image is not mine (in a worker process; finished items are "
+                            "kept: rerun with --resume)"),
+    ("test_worker_buggy", "IndexError"),
+])
+def test_an_error_in_a_worker_stops_the_run_with_its_message(tmp_path, capsys, attack, says):
+    (tmp_path / "fails.py").write_text(FAILS[attack])
+    suite = _suite(tmp_path, plugins=["fails.py"], attacks=["identity", attack], encoders=SUITE["encoders"][:2])
+    if attack == "test_worker_buggy":  # a bug is not a user error: its traceback, from the worker
+        with pytest.raises(RuntimeError, match="a worker process failed") as failed:
+            _run(suite, "--out", str(tmp_path / "out"), "--workers", "2")
+        assert says in str(failed.value) and "Traceback" in str(failed.value)
+    else:
+        assert _run(suite, "--out", str(tmp_path / "out"), "--workers", "2") == 2
+        assert says in capsys.readouterr().err
+    assert list((tmp_path / "out" / SHARDS).glob("*.parquet"))  # identity's items finished first: kept
+    assert not multiprocessing.active_children()
 
 
 def test_workers_go_with_the_local_executor_only(tmp_path, capsys):

@@ -2,12 +2,13 @@
 
 One actor per GPU (``num_gpus=1``), or per ``threads`` CPUs on a cluster without GPUs, loads the suite's models and
 data once. The driver hands each actor one group of items at a time, one task per (encoder setting, shard), so that a
-shard is read and encoded once; a free actor takes the next group of the setting it holds, else of a setting no
-other actor holds (``processes.next_group``), so that a setting's attacks are fitted once where there are as many
-settings as actors. A fit that saves a state is sent to the driver, kept under the run folder's ``fits/`` and handed
-with the next group of its setting to every other actor. The driver writes every finished item's file, so the run
-folder needs no shared file system. An actor that dies is restarted and its group retried; every random choice is
-keyed per sample, so a retried group gives the same files. Ray is imported here only, when this executor runs.
+shard is read and encoded once, as ``schedule.Schedule`` hands them out so that each setting's attacks are fitted
+once. A fit that saves a state is sent to the driver, kept under the run folder's ``fits/`` and handed with their
+next group of its setting to the other actors (an actor restarted after a crash has lost those it was handed after
+its start, and fits them again: the same states, some time lost). The driver writes every finished item's file, so
+the run folder needs no shared file system. An actor that dies is restarted and its group retried; every random
+choice is keyed per sample, so a retried group gives the same files. Ray is imported here only, when this executor
+runs.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from nte_eval.cluster.processes import groups, next_group
+from nte_eval.cluster.schedule import Schedule
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.fits import FitStore, State
 from nte_eval.evaluate.items import Done, Work, Worker
@@ -68,7 +70,7 @@ class ItemActor:
     def run(self, work: list[Work], fits: dict[str, State] | None = None) -> tuple[list[Done], dict[str, State]]:
         """The finished items, and the states of the attacks fitted for them (for the driver to keep); ``fits``:
         states other actors made since this one started (restored instead of fitted again)."""
-        self.worker.inputs.fits.known.update(fits or {})
+        self.worker.inputs.fits.learn(fits or {})
         return list(self.worker.run(work)), self.worker.inputs.fits.take_new()
 
 
@@ -92,39 +94,39 @@ def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], 
     if device.startswith("cuda") and not gpus:
         raise NTEError("--executor ray --device cuda: the Ray cluster has no GPUs; use --device cpu.")
     count = gpus or max(1, int(resources.get("CPU", 1)) // threads)
+    schedule = Schedule(work)
+    count = min(count, len(schedule.todo))
     remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ItemActor)
     actors = [remote.options(num_cpus=threads, num_gpus=1 if gpus else 0).remote(
         suite, "cuda" if gpus else "cpu", batch, threads, fits.read_all()) for _ in range(count)]
-    todo = groups(work)
     log(f"Ray: {count} actor(s) ({'1 GPU' if gpus else f'{threads} CPU(s)'} each) for {len(work)} item(s) in "
-        f"{len(todo)} group(s) (encoder setting x shard)")
-    held: dict[int, tuple] = {}  # actor -> the setting of its last group
-    has: list[set[str]] = [set(fits.known) for _ in actors]  # the fit states each actor holds
-    made: dict[tuple, dict[str, State]] = {}  # setting -> the states the actors made for it
-    pending = {}  # a running task -> its actor
-
-    def give(a: int) -> None:
-        group = next_group(todo, held.get(a), {s for b, s in held.items() if b != a and b in pending.values()})
-        if group is not None:
-            held[a] = group[0][1]
-            new = {k: v for k, v in made.get(held[a], {}).items() if k not in has[a]}
-            has[a] |= new.keys()
-            pending[actors[a].run.remote(group, new)] = a
-
-    for a in range(count):
-        give(a)
+        f"{len(schedule.todo)} group(s) (encoder setting x shard)")
+    has = [set(fits.known) for _ in actors]  # the fit states each actor holds
+    made: dict[tuple, dict[str, State]] = {}  # a setting -> the states the actors made for it
+    pending: dict[Any, int] = {}  # a running task (its ObjectRef) -> its actor's number
+    idle = list(range(count))
     try:
-        while pending:
+        while True:
+            for a in list(idle):
+                group = schedule.take(a)
+                if group is not None:
+                    idle.remove(a)
+                    new = {k: v for k, v in made.get(group[0][1], {}).items() if k not in has[a]}
+                    has[a] |= new.keys()
+                    pending[actors[a].run.remote(group, new)] = a
+            if not pending:
+                break
             [ready], _ = ray.wait(list(pending), num_returns=1)
             a = pending.pop(ready)
             done, states = ray.get(ready)
             for key, state in states.items():
                 fits.put(key, state)
-            made.setdefault(held[a], {}).update(states)
+            made.setdefault(schedule.held[a], {}).update(states)
             has[a] |= states.keys()
             for item in done:
                 on_done(item)
-            give(a)
+            schedule.finished(a)
+            idle.append(a)
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None)
         if isinstance(cause, NTEError):  # the item's own error (a corrupt image, say): as the local run says it

@@ -1,6 +1,6 @@
 """Fitted attacks kept on disk (the run folder's ``fits/``): an attack whose ``state()`` saves what its fit learned
 (a trained network) is fitted once per (designated model, encoder setting, attack setting) and run; a resumed run,
-another ``--shard`` process or a Ray actor restores it instead of fitting again."""
+another ``--shard`` process, a ``--workers`` process or a Ray actor restores it instead of fitting again."""
 
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ class FitStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.folder / f"{key}.pt") as tmp:
                 torch.save(state, tmp)
+
+    def learn(self, states: dict[str, State]) -> None:
+        """Hold ``states`` made elsewhere (another Ray actor's, handed on by the driver), to restore from."""
+        self.known.update(states)
 
     def take_new(self) -> dict[str, State]:
         """The states saved since the last call (what an actor hands its driver)."""

@@ -1,6 +1,7 @@
 """Running a suite's items in one process: its inputs loaded once, each encoder setting's NTEs and fitted attacks
-(``Setting``) and each shard's clean outputs (``Clean``) reused across items. The local runner and the Ray executor's
-actors both run their items through a ``Worker``; whoever holds the run folder writes what it yields."""
+(``Setting``) and each shard's clean outputs (``Clean``) reused across items. The local runner, the ``--workers``
+processes and the Ray executor's actors all run their items through a ``Worker``; whoever holds the run folder writes
+what it yields."""
 
 from __future__ import annotations
 
