@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
+from same_results import assert_same, results
 
 from nte_eval.cli import main
 
@@ -22,47 +22,14 @@ SUITE = {"name": "ray", "seed": 5, "data": {"source": "digits", "split": "test",
          "models": ["zoo:mlp_linear", "zoo:resnet_stem"], "encoders": [{"type": "nte", "psnr": [30, 0]}],
          "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill"], "shard_size": 10}
 DENOISER = {"type": "learned_denoiser", "steps": 20, "pairs": 64, "width": 8}  # a fit the driver keeps
-COUNTS_FITS = str(Path(__file__).parent / "plugins" / "counts_fits.py")  # counts its fits, in any process
+PLUGINS = Path(__file__).parent / "plugins"
+COUNTS_FITS, DIES_ONCE = str(PLUGINS / "counts_fits.py"), str(PLUGINS / "dies_once.py")  # see their docstrings
 TENT = {"type": "tent", "epochs": 1}  # a model attack: each actor adapts or restores the unauthorized models
-KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
-FLOAT32 = {"logit_change", "first_layer_ratio"}  # raw model outputs: float32 precision (see test_shards.py)
-
-# A plugin attack whose first call in a run kills its process (as a preempted node or an OOM kill would): the
-# marker file makes the retry (a restarted actor) run normally.
-DIES_ONCE = '''
-import os
-from pathlib import Path
-from nte_eval.attacks import Attack
-
-class DiesOnce(Attack):
-    name = "test_dies_once"
-    knowledge = "none"
-
-    def run(self, x):
-        marker = Path(os.environ["NTE_EVAL_TEST_MARKER"])
-        if not marker.exists():
-            marker.write_text("died")
-            os._exit(1)
-        return x.flip(-1)
-'''
-
 
 def _write(tmp_path: Path, name: str, **changes) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**SUITE, **changes}))
     return str(path)
-
-
-def _results(out: Path) -> pd.DataFrame:
-    frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
-    return frame.assign(value=frame.value.astype(float)).sort_values(KEY).reset_index(drop=True)
-
-
-def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    assert a[KEY].equals(b[KEY])
-    raw = a.metric.isin(FLOAT32)
-    assert (a.value - b.value)[~raw].abs().max() <= 1e-9
-    assert ((a.value - b.value)[raw].abs() <= 1e-5 * a.value[raw].abs().clip(lower=1)).all()
 
 
 def _free_port() -> int:
@@ -74,9 +41,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def suite_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
-    (tmp / "dies.py").write_text(DIES_ONCE)
     plain = _write(tmp, "plain")
-    dying = _write(tmp, "dying", plugins=["dies.py", COUNTS_FITS],
+    dying = _write(tmp, "dying", plugins=[DIES_ONCE, COUNTS_FITS],
                    attacks=[*SUITE["attacks"], "test_dies_once", DENOISER, TENT, "test_counts_fits"])
     return tmp, plain, dying
 
@@ -98,7 +64,7 @@ def test_a_local_cluster_gives_one_processs_results_and_retries_a_killed_worker(
         ray.shutdown()
     assert marker.read_text() == "died"  # a worker process really died mid-group, and its group was retried
     assert len(counted.read_text().split()) == 2  # two settings of three shards each, on two actors: one fit each
-    _same(_results(tmp / "one"), _results(tmp / "ray"))
+    assert_same(results(tmp / "one"), results(tmp / "ray"))
     assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 2 * 7 * 3
     # the denoisers the actors trained (one per encoder setting) and the models tent adapted (per setting and
     # unauthorized model; mlp_linear's says "not applicable") were sent to the driver and kept: as made here
@@ -127,7 +93,7 @@ def test_the_cli_on_a_cluster_started_with_ray_start(suite_files):
         assert done.returncode == 0, done.stderr
     finally:
         subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
-    _same(_results(tmp / "plain-one"), _results(tmp / "plain-ray"))
+    assert_same(results(tmp / "plain-one"), results(tmp / "plain-ray"))
 
 
 def test_bad_ray_input_is_a_clear_error(suite_files, capsys, monkeypatch):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from same_results import assert_same, results
 
 from nte_eval.cli import main
 from nte_eval.evaluate.run_folder import SHARDS
@@ -18,18 +19,6 @@ SUITE = {"name": "shards", "seed": 5, "data": {"source": "digits", "split": "tes
          "encoders": [{"type": "nte", "psnr": [30, 0]}],
          "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill", "tile_average",
                      {"type": "tv_chambolle", "weight": [0.05, 0.2]}]}
-KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
-# The models' own float32 arithmetic depends on the batch size (oneDNN/BLAS pick kernels by shape): the same image's
-# logits differ by up to ~1e-5 between batches of 50 and 16 (mlp_linear), so the two metrics computed from raw model
-# outputs agree to float32 precision, not 1e-9. Every other metric (accuracies, PSNRs, SSIMs, ...) is equal to 1e-9.
-FLOAT32 = {"logit_change", "first_layer_ratio"}
-
-
-def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    assert a[KEY].equals(b[KEY])
-    raw = a.metric.isin(FLOAT32)
-    assert (a.value - b.value)[~raw].abs().max() <= 1e-9
-    assert ((a.value - b.value)[raw].abs() <= 1e-5 * a.value[raw].abs().clip(lower=1)).all()
 
 
 def _suite(tmp_path, name, **changes) -> str:
@@ -40,11 +29,6 @@ def _suite(tmp_path, name, **changes) -> str:
 
 def _run(*args: str) -> int:
     return main(["run", *args, "--quiet", "--threads", "1"])
-
-
-def _results(out) -> pd.DataFrame:
-    frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
-    return frame.assign(value=frame.value.astype(float)).sort_values(KEY).reset_index(drop=True)
 
 
 def _samples(out) -> list[tuple]:
@@ -62,7 +46,7 @@ def test_batch_size_and_shard_size_change_no_result(whole, tmp_path):
     out = tmp_path / "b50"
     assert _run(_suite(tmp_path, "small", shard_size=15), "--out", str(out), "--batch-size", "50") == 0
     assert len(list((out / SHARDS).glob("*.parquet"))) == 2 * 6 * 3  # settings x attack settings x shards
-    _same(_results(whole), _results(out))
+    assert_same(results(whole), results(out))
     assert _samples(whole) == _samples(out)
 
 
@@ -76,8 +60,8 @@ def test_shard_processes_then_merge_equal_one_process(whole, tmp_path, capsys):
     assert "items have no finished file yet" in err and "--shard I/N" in err and re.search(r"samples \d+-\d+", err)
     assert _run(suite, "--out", str(out), "--shard", "0/2", "--batch-size", "16") == 0  # completes and merges
     assert (out / "report.pdf").exists()
-    b = _results(out)
-    _same(_results(whole), b)
+    b = results(out)
+    assert_same(results(whole), b)
     assert _samples(whole) == _samples(out)
     # a damaged item file is named, deleted and then missing: merge refuses until its process reruns it
     victim = sorted((out / SHARDS).glob("*.parquet"))[0]
@@ -88,7 +72,7 @@ def test_shard_processes_then_merge_equal_one_process(whole, tmp_path, capsys):
     for shard in ("0/2", "1/2"):
         assert _run(suite, "--out", str(out), "--shard", shard) == 0
     assert main(["merge", str(out)]) == 0
-    assert _results(out).equals(b)
+    assert results(out).equals(b)
 
 
 @pytest.mark.parametrize("spec", ["3/2", "x", "1/0", "-1/2", "1/2/3"])
@@ -110,7 +94,7 @@ def test_shard_refuses_overwrite_and_another_suites_folder(whole, tmp_path, caps
     assert "has no plan.json" in capsys.readouterr().err
 
 
-def test_an_imagefolder_is_read_shard_by_shard_with_the_same_results(tmp_path):
+def test_an_imagefolder_is_read_shard_by_shard_with_the_sameresults(tmp_path):
     """An imagefolder is read from its files when a shard needs them (DataLoader workers or not): the results do not
     depend on the workers or the shard size, and equal those of the same images held in memory."""
     from PIL import Image
@@ -136,8 +120,8 @@ def test_an_imagefolder_is_read_shard_by_shard_with_the_same_results(tmp_path):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**base, "data": {**data, "workers": workers}, "shard_size": shard_size}))
         assert _run(str(path), "--out", str(tmp_path / name)) == 0
-        runs.append(_results(tmp_path / name))
-    _same(*runs)
+        runs.append(results(tmp_path / name))
+    assert_same(*runs)
     assert len(list((tmp_path / "b" / SHARDS).glob("*.parquet"))) == 2 * 3 * 4
 
 
@@ -163,7 +147,7 @@ def test_the_readmes_cluster_recipe_step_by_step(whole, tmp_path, monkeypatch):
     (out / "report.pdf").unlink()
     assert main(shlex.split(merge.replace("/shared/runs/my-eval", str(out)))[1:]) == 0
     assert (out / "report.pdf").is_file()
-    _same(_results(whole), _results(out))
+    assert_same(results(whole), results(out))
 
 
 FLIP = '''

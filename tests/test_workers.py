@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from same_results import assert_same, results
 
 from nte_eval.cli import main
 from nte_eval.cluster.schedule import Schedule
 from nte_eval.evaluate.run_folder import FITS, SHARDS
 
-COUNTS_FITS = str(Path(__file__).parent / "plugins" / "counts_fits.py")  # counts its fits, in any process
+PLUGINS = Path(__file__).parent / "plugins"
+COUNTS_FITS, DIES_ONCE = str(PLUGINS / "counts_fits.py"), str(PLUGINS / "dies_once.py")  # see their docstrings
 SUITE = {"name": "workers", "seed": 5, "data": {"source": "digits", "split": "test", "limit": 30},
          "public": {"source": "digits", "split": "train"},
          "designated": "zoo:vit_null", "models": ["zoo:mlp_linear", "zoo:resnet_stem"],
@@ -22,27 +24,6 @@ SUITE = {"name": "workers", "seed": 5, "data": {"source": "digits", "split": "te
          "attacks": ["identity", {"type": "gaussian_noise", "sigma": 0.05}, "blind_fill", "bn_adapt",
                      {"type": "learned_denoiser", "steps": 20, "pairs": 64, "width": 8}],
          "shard_size": 10}
-KEY = ["encoder", "encoder_params", "attack", "attack_params", "model", "metric"]
-FLOAT32 = {"logit_change", "first_layer_ratio"}  # raw model outputs: float32 precision (see test_shards.py)
-
-# A plugin attack whose first call in a run kills its process (an OOM kill, say); the marker file lets the rerun pass.
-DIES_ONCE = '''
-import os
-from pathlib import Path
-from nte_eval.attacks import Attack
-
-class DiesOnce(Attack):
-    name = "test_worker_dies_once"
-    knowledge = "none"
-
-    def run(self, x):
-        marker = Path(os.environ["NTE_EVAL_TEST_MARKER"])
-        if not marker.exists():
-            marker.write_text("died")
-            os._exit(3)
-        return x
-'''
-
 
 # Plugin attacks that fail with a user-facing error, and with a bug (one file each: attack names are global).
 FAILS = {"test_worker_refuses": '''
@@ -77,18 +58,6 @@ def _run(*args: str) -> int:
     return main(["run", *args, "--quiet", "--threads", "1"])
 
 
-def _results(out) -> pd.DataFrame:
-    frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
-    return frame.assign(value=frame.value.astype(float)).sort_values(KEY).reset_index(drop=True)
-
-
-def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    assert a[KEY].equals(b[KEY])
-    raw = a.metric.isin(FLOAT32)
-    assert (a.value - b.value)[~raw].abs().max() <= 1e-9
-    assert ((a.value - b.value)[raw].abs() <= 1e-5 * a.value[raw].abs().clip(lower=1)).all()
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("one")
@@ -96,11 +65,11 @@ def one_process(tmp_path_factory):
     return tmp / "out"
 
 
-def test_worker_processes_give_one_processs_results(one_process, tmp_path, capsys):
+def test_worker_processes_give_one_processsresults(one_process, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(_suite(tmp_path), "--out", str(out), "--workers", "2", "--batch-size", "7") == 0
     assert "2 worker process(es), 1 thread(s) each, for 45 item(s) in 9 group(s)" in capsys.readouterr().err
-    _same(_results(one_process), _results(out))
+    assert_same(results(one_process), results(out))
     assert (sorted(map(tuple, pd.read_csv(out / "samples.csv", dtype=str).values))
             == sorted(map(tuple, pd.read_csv(one_process / "samples.csv", dtype=str).values)))
     # the fitted denoisers and the adapted models the workers saved are those one process saves, bit for bit
@@ -143,17 +112,16 @@ def test_three_workers_fit_each_of_three_settings_once(tmp_path, monkeypatch, ca
 
 
 def test_a_worker_that_dies_ends_the_run_and_resume_finishes_it(one_process, tmp_path, capsys, monkeypatch):
-    (tmp_path / "dies_once.py").write_text(DIES_ONCE)
     monkeypatch.setenv("NTE_EVAL_TEST_MARKER", str(tmp_path / "marker"))
-    suite = _suite(tmp_path, plugins=["dies_once.py"], attacks=[*SUITE["attacks"], "test_worker_dies_once"])
+    suite = _suite(tmp_path, plugins=[DIES_ONCE], attacks=[*SUITE["attacks"], "test_dies_once"])
     out = tmp_path / "out"
     assert _run(suite, "--out", str(out), "--workers", "2") == 2
     err = capsys.readouterr().err
     assert "a worker process died (exit code 3; its own message is above)" in err and "rerun with --resume" in err
     assert not (out / "results.csv").exists() and not multiprocessing.active_children()
     assert _run(suite, "--out", str(out), "--workers", "2", "--resume") == 0
-    both = _results(out)
-    _same(_results(one_process), both[both.attack != "test_worker_dies_once"].reset_index(drop=True))
+    both = results(out)
+    assert_same(results(one_process), both[both.attack != "test_dies_once"].reset_index(drop=True))
     assert len(list((out / SHARDS).glob("*.parquet"))) == 3 * 6 * 3  # settings x attack settings x shards
 
 
