@@ -94,7 +94,7 @@ def test_shard_refuses_overwrite_and_another_suites_folder(whole, tmp_path, caps
     assert "has no plan.json" in capsys.readouterr().err
 
 
-def test_an_imagefolder_is_read_shard_by_shard_with_the_sameresults(tmp_path):
+def test_an_imagefolder_is_read_shard_by_shard_with_the_same_results(tmp_path):
     """An imagefolder is read from its files when a shard needs them (DataLoader workers or not): the results do not
     depend on the workers or the shard size, and equal those of the same images held in memory."""
     from PIL import Image
