@@ -83,32 +83,32 @@ def test_worker_processes_give_the_results_of_one_process(one_process, tmp_path,
                    for x, y in zip(flat_a, flat_b, strict=True))
 
 
-def test_the_schedule_fits_each_setting_once():
-    """A worker keeps to its setting, else starts one nobody has started, else joins one whose first group has
-    finished (its fits are kept), else waits."""
-    def work(setting, start):
-        return (type("I", (), {"start": start})(), setting, 0)
+def test_the_schedule_fits_each_attack_of_each_setting_once():
+    """The worker that starts a setting owns it; another joins only groups whose attacks are all fitted, else starts
+    an unstarted setting, else waits; groups may hold different attacks (as under --shard I/N or a resume)."""
+    def group(setting, start, attacks):
+        return [(type("I", (), {"start": start})(), setting, j) for j in attacks]
 
-    schedule = Schedule([work(s, start) for s in ("a", "b") for start in (0, 10, 20)])
-    assert [g[0][1] for g in schedule.todo] == ["a"] * 3 + ["b"] * 3
-    assert schedule.take("w1")[0][1] == "a" and schedule.take("w2")[0][1] == "b"
-    assert schedule.take("w3") is None  # a and b are being fitted: w3 waits
-    schedule.finished("w2")
-    assert schedule.take("w3")[0][1] == "b" and schedule.take("w2")[0][1] == "b"  # b is ready: both join it
-    assert schedule.take("w4") is None and schedule.todo  # only a is left, still being fitted
-    schedule.finished("w1")
-    assert [schedule.take(w)[0][1] for w in ("w4", "w1")] == ["a", "a"]
-    assert schedule.take("w1") is None and not schedule.todo
+    schedule = Schedule([*group("a", 0, [0, 1]), *group("a", 10, [0, 1]), *group("a", 20, [1, 2]),
+                         *group("b", 0, [0]), *group("b", 10, [0])])
+    taken = {w: schedule.take(w) for w in ("w1", "w2", "w3")}
+    assert [(g[0][1], g[0][0].start) for g in taken.values() if g] == [("a", 0), ("b", 0)]
+    assert taken["w3"] is None  # a and b are being fitted: w3 waits
+    schedule.finished(taken["w1"])  # a's attacks 0 and 1 are fitted
+    assert schedule.take("w3")[0][0].start == 10  # joins a's second group; its third needs attack 2: left to w1
+    assert schedule.take("w2")[0][1] == "b"  # w2 owns b
+    assert schedule.take("w1")[0][0].start == 20 and schedule.take("w1") is None and not schedule.todo
 
 
-def test_three_workers_fit_each_of_three_settings_once(tmp_path, monkeypatch, capsys):
-    """Nine groups (three settings x three shards) over three workers: the kept fit is made once per setting."""
+def test_three_workers_on_one_setting_fit_it_once(tmp_path, monkeypatch, capsys):
+    """One setting of three shards over three workers: the owner fits, the others join once its fit is kept."""
     monkeypatch.setenv("NTE_EVAL_TEST_FITS", str(tmp_path / "fits.txt"))
-    suite = _suite(tmp_path, plugins=[COUNTS_FITS], attacks=["identity", "test_counts_fits"])
+    suite = _suite(tmp_path, plugins=[COUNTS_FITS], attacks=["identity", "test_counts_fits"],
+                   encoders=[{"type": "nte", "psnr": 10}])
     assert _run(suite, "--out", str(tmp_path / "out"), "--workers", "3") == 0
-    assert "3 worker process(es)" in capsys.readouterr().err
-    assert len((tmp_path / "fits.txt").read_text().split()) == 3
-    assert not multiprocessing.active_children()
+    assert "3 worker process(es), 1 thread(s) each, for 6 item(s) in 3 group(s)" in capsys.readouterr().err
+    assert len(set((tmp_path / "fits.txt").read_text().split())) == 1  # one fit, in one process
+    assert len(list((tmp_path / "out" / SHARDS).glob("*.parquet"))) == 6 and not multiprocessing.active_children()
 
 
 def test_a_worker_that_dies_ends_the_run_and_resume_finishes_it(one_process, tmp_path, capsys, monkeypatch):

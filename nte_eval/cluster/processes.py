@@ -83,7 +83,7 @@ def run_in_processes(suite: Suite, work: list[Work], on_done: Callable[[Done], N
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads or locks forked
     started: dict[Connection, multiprocessing.Process] = {}
     running: dict[Connection, list[Work]] = {}  # a worker -> its group
-    waiting: list[Connection] = []  # workers with nothing to take until a setting being fitted is ready
+    waiting: list[Connection] = []  # workers with nothing to take until more attacks' fits are kept
     complete = False
     try:
         for _ in range(count):
@@ -94,18 +94,17 @@ def run_in_processes(suite: Suite, work: list[Work], on_done: Callable[[Done], N
             theirs.close()
             started[mine] = process
             waiting.append(mine)
-        _hand_out(schedule, waiting, running)
-        while running:
-            for conn in wait(list(running)):
-                try:
-                    if _receive(conn, started[conn], running[conn], on_done):
-                        schedule.finished(conn)
-                        del running[conn]
+        try:
+            _hand_out(schedule, waiting, running, started, on_done)
+            while running:
+                for conn in wait(list(running) + waiting):  # a waiting worker only speaks when it fails
+                    if _receive(conn, started[conn], running.get(conn), on_done):
+                        schedule.finished(running.pop(conn))
                         waiting.append(conn)
-                        _hand_out(schedule, waiting, running)
-                except Exception:
-                    _drain([c for c in running if c is not conn], on_done)
-                    raise
+                        _hand_out(schedule, waiting, running, started, on_done)
+        except BaseException:  # an error, or Ctrl-C: keep what the workers have sent so far
+            _drain(list(running), on_done)
+            raise
         complete = True
     finally:
         for conn, process in started.items():
@@ -115,31 +114,39 @@ def run_in_processes(suite: Suite, work: list[Work], on_done: Callable[[Done], N
             process.join(timeout=10)
 
 
-def _hand_out(schedule: Schedule, waiting: list[Connection], running: dict[Connection, list[Work]]) -> None:
+def _hand_out(schedule: Schedule, waiting: list[Connection], running: dict[Connection, list[Work]],
+              started: dict[Connection, multiprocessing.Process], on_done: Callable[[Done], None]) -> None:
     """Send a group to every waiting worker that can take one; stop the workers when no group is left."""
     for conn in list(waiting):
         group = schedule.take(conn)
         if group is None and schedule.todo:
-            continue  # only shards of settings still being fitted: wait for one to be ready
-        conn.send_bytes(pickle.dumps(group))
+            continue  # only groups with attacks still being fitted: wait for their owner
         waiting.remove(conn)
+        try:
+            conn.send_bytes(pickle.dumps(group))
+        except OSError:  # the worker has ended: its own message, or its death, says why (nothing lost if stopping)
+            if group is not None:
+                _receive(conn, started[conn], group, on_done)
+            continue
         if group is not None:
             running[conn] = group
 
 
-def _receive(conn: Connection, process: multiprocessing.Process, group: list[Work],
+def _receive(conn: Connection, process: multiprocessing.Process, group: list[Work] | None,
              on_done: Callable[[Done], None]) -> bool:
-    """Handle one message of the worker running ``group``: a finished item, or the end of the group (True)."""
+    """Handle one message of the worker running ``group`` (None: waiting for one): a finished item, or the end of the
+    group (True); its error, bug or death raises."""
     try:
         kind, payload = pickle.loads(conn.recv_bytes())
-    except EOFError:
+    except (EOFError, OSError):
         process.join(timeout=10)
         code = process.exitcode
         why = (f"killed by signal {signal.Signals(-code).name}" + (" (out of memory? try fewer --workers)"
                                                                    if code == -signal.SIGKILL else "")
                if code is not None and code < 0 else f"exit code {code}; its own message is above")
-        raise NTEError(f"a worker process died ({why}) while running {len(group)} item(s) of {group[0][0].cell[0]} "
-                       f"{group[0][0].cell[1]}; {RESUME}.") from None
+        doing = ("before it was given work" if group is None else
+                 f"while running {len(group)} item(s) of {group[0][0].cell[0]} {group[0][0].cell[1]}")
+        raise NTEError(f"a worker process died ({why}) {doing}; {RESUME}.") from None
     if kind == "done":
         on_done(payload)
     elif kind == "error":
@@ -157,5 +164,5 @@ def _drain(conns: list[Connection], on_done: Callable[[Done], None]) -> None:
                 kind, payload = pickle.loads(conn.recv_bytes())
                 if kind == "done":
                     on_done(payload)
-        except (EOFError, OSError):
+        except Exception:  # a worker gone, or an item that cannot be written: the first error is the one to raise
             continue

@@ -97,13 +97,14 @@ def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], 
     schedule = Schedule(work)
     count = min(count, len(schedule.todo))
     remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ItemActor)
+    known = fits.read_all()
     actors = [remote.options(num_cpus=threads, num_gpus=1 if gpus else 0).remote(
-        suite, "cuda" if gpus else "cpu", batch, threads, fits.read_all()) for _ in range(count)]
+        suite, "cuda" if gpus else "cpu", batch, threads, known) for _ in range(count)]
     log(f"Ray: {count} actor(s) ({'1 GPU' if gpus else f'{threads} CPU(s)'} each) for {len(work)} item(s) in "
         f"{len(schedule.todo)} group(s) (encoder setting x shard)")
     has = [set(fits.known) for _ in actors]  # the fit states each actor holds
     made: dict[tuple, dict[str, State]] = {}  # a setting -> the states the actors made for it
-    pending: dict[Any, int] = {}  # a running task (its ObjectRef) -> its actor's number
+    pending: dict[Any, tuple[int, list]] = {}  # a running task (its ObjectRef) -> its actor's number and group
     idle = list(range(count))
     try:
         while True:
@@ -113,19 +114,19 @@ def run_on_ray(suite: Suite, work: list[Work], on_done: Callable[[Done], None], 
                     idle.remove(a)
                     new = {k: v for k, v in made.get(group[0][1], {}).items() if k not in has[a]}
                     has[a] |= new.keys()
-                    pending[actors[a].run.remote(group, new)] = a
+                    pending[actors[a].run.remote(group, new)] = a, group
             if not pending:
                 break
             [ready], _ = ray.wait(list(pending), num_returns=1)
-            a = pending.pop(ready)
+            a, group = pending.pop(ready)
             done, states = ray.get(ready)
             for key, state in states.items():
                 fits.put(key, state)
-            made.setdefault(schedule.held[a], {}).update(states)
+            made.setdefault(group[0][1], {}).update(states)
             has[a] |= states.keys()
             for item in done:
                 on_done(item)
-            schedule.finished(a)
+            schedule.finished(group)
             idle.append(a)
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None)

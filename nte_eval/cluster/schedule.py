@@ -1,7 +1,7 @@
-"""Which group of items a free worker (a ``--workers`` process or a Ray actor) runs next, so that each encoder
-setting's attacks are fitted once: one group per (encoder setting, shard); a worker keeps to the setting it holds,
-else starts a setting nobody has started, else joins a setting whose first group has finished (its fits are kept
-by then), else waits."""
+"""Which group of items a free worker (a ``--workers`` process or a Ray actor) runs next, so that each attack of each
+encoder setting is fitted once: one group per (encoder setting, shard). The worker that starts a setting owns it and
+fits its attacks; another worker joins it only for groups whose attacks have all been fitted (their fits are kept
+by then); otherwise it starts a setting nobody has started, or waits."""
 
 from __future__ import annotations
 
@@ -19,26 +19,31 @@ def groups(work: list[Work]) -> list[list[Work]]:
 
 
 class Schedule:
-    """The groups still to run, the setting each worker holds, and the settings whose first group has finished."""
+    """The groups still to run, who owns each started setting, and which of its attacks finished groups fitted."""
 
     def __init__(self, work: list[Work]):
         self.todo = groups(work)
-        self.held: dict[Hashable, tuple] = {}
-        self.started: set[tuple] = set()
-        self.ready: set[tuple] = set()
+        self.owner: dict[tuple, Hashable] = {}  # a setting -> the worker that started it
+        self.fitted: dict[tuple, set[int]] = {}  # a setting -> the attacks of its finished groups
+        self.held: dict[Hashable, tuple] = {}  # a worker -> the setting of its last group
 
     def take(self, worker: Hashable) -> list[Work] | None:
-        """The next group for ``worker``, or None: nothing left, or only shards of settings still being fitted
-        (call again once ``finished`` says one is ready)."""
+        """The next group for ``worker``: of a setting it owns; else one it can join, of the setting it holds; else
+        of a setting nobody has started; else one it can join. None: nothing left, or only groups with attacks still
+        being fitted (call again once ``finished`` says more are fitted)."""
+        def joinable(setting: tuple, attacks: set[int]) -> bool:
+            return attacks <= self.fitted.get(setting, set())
+
         held = self.held.get(worker)
-        for wanted in (lambda s: s == held, lambda s: s not in self.started, lambda s: s in self.ready):
+        for wanted in (lambda s, a: self.owner.get(s) == worker, lambda s, a: s == held and joinable(s, a),
+                       lambda s, a: s not in self.owner, joinable):
             for i, group in enumerate(self.todo):
-                if wanted(group[0][1]):
+                if wanted(group[0][1], {w[2] for w in group}):
+                    self.owner.setdefault(group[0][1], worker)
                     self.held[worker] = group[0][1]
-                    self.started.add(group[0][1])
                     return self.todo.pop(i)
         return None
 
-    def finished(self, worker: Hashable) -> None:
-        """``worker`` finished its group: the setting's fits are kept, so other workers may join it."""
-        self.ready.add(self.held[worker])
+    def finished(self, group: list[Work]) -> None:
+        """``group`` has run: its attacks are fitted (and their fits kept), so other workers may join them."""
+        self.fitted.setdefault(group[0][1], set()).update(w[2] for w in group)
