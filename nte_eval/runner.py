@@ -65,7 +65,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", batch_size: in
     processes of the same suite may fill too, and merges only when every item is there; it returns None otherwise.
     ``executor='ray'`` runs the items on the Ray cluster at ``address`` (None: a local one), ``threads`` CPU threads
     per actor on a cluster without GPUs; this process writes every file. ``workers`` > 1 runs the local items in
-    that many new processes of ``threads`` threads each (this process writes their files).
+    that many new processes of ``threads`` threads each (this process writes their files; a script that calls this
+    with ``workers`` > 1 needs ``if __name__ == "__main__":`` around the call, since each worker imports it).
 
     A certificate that a certified Lipschitz bound does not keep is a bug: after every file is written, it raises
     NTEError naming how many failed and the first one. With ``overwrite``, a previous run in ``out`` stays untouched

@@ -1,9 +1,9 @@
 """Running a suite's items on a Ray cluster (``--executor ray``; the extra ``pip install -e ".[ray]"``).
 
 One actor per GPU (``num_gpus=1``), or per ``threads`` CPUs on a cluster without GPUs, loads the suite's models and
-data once. The driver hands each actor one group of items at a time, one task per (encoder setting, shard), so that a
-shard is read and encoded once, as ``schedule.Schedule`` hands them out so that each setting's attacks are fitted
-once. A fit that saves a state is sent to the driver, kept under the run folder's ``fits/`` and handed with their
+data once. The driver hands each actor one group of items at a time (one task per encoder setting and shard, so that
+a shard is read and encoded once), in the order ``schedule.Schedule`` gives, so that each setting's attacks are
+fitted once. A fit that saves a state is sent to the driver, kept under the run folder's ``fits/`` and handed with their
 next group of its setting to the other actors (an actor restarted after a crash has lost those it was handed after
 its start, and fits them again: the same states, some time lost). The driver writes every finished item's file, so
 the run folder needs no shared file system. An actor that dies is restarted and its group retried; every random
