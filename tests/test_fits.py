@@ -4,6 +4,7 @@ restores a trained denoiser instead of training it again, with the same results;
 import pandas as pd
 import torch
 import yaml
+from threadpoolctl import threadpool_limits
 
 from nte_eval.attacks.learned import LearnedDenoiser
 from nte_eval.cli import main
@@ -67,7 +68,8 @@ def test_an_actor_starts_from_the_drivers_fits_and_sends_back_only_new_ones(tmp_
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(yaml.safe_dump(SUITE))
     suite = load_suite(suite_file)
-    threads = torch.get_num_threads()
+    # the actor limits torch and BLAS threads for its process: both are restored for the tests after this one
+    threads, limits = torch.get_num_threads(), threadpool_limits(limits=None)
     try:
         fresh = ItemActor(suite, "cpu", None, 1, {})
         done, states = fresh.run(fresh.worker.work())
@@ -80,6 +82,7 @@ def test_an_actor_starts_from_the_drivers_fits_and_sends_back_only_new_ones(tmp_
         again, new = restarted.run(restarted.worker.work())
     finally:
         torch.set_num_threads(threads)
+        limits.restore_original_limits()
     assert calls == [] and new == {}
     for a, b in zip(done, again, strict=True):
         pd.testing.assert_frame_equal(a.frame, b.frame)

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from same_results import assert_same, results
+from same_results import assert_same, assert_same_fits, results
 
 from nte_eval.cli import main
 
@@ -69,14 +68,8 @@ def test_a_local_cluster_gives_one_processs_results_and_retries_a_killed_worker(
     assert len(list((tmp / "ray" / "shards").glob("*.parquet"))) == 7 * 3
     # the denoiser the actors trained and the models tent adapted (per unauthorized model; mlp_linear's says "not
     # applicable") were sent to the driver and kept: as made here
-    fits = {p.name: torch.load(p, weights_only=True) for p in (tmp / "ray" / "fits").glob("*.pt")}
-    assert sorted(next(iter(state)) for state in fits.values()) == ["changed", "mean", "net", "status"]
-    for name, state in fits.items():
-        here = torch.load(tmp / "one" / "fits" / name, weights_only=True)
-        assert state.keys() == here.keys()
-        for key in state:
-            assert (all(torch.equal(state[key][k], here[key][k]) for k in here[key]) if isinstance(here[key], dict)
-                    else state[key] == here[key])
+    states = assert_same_fits(tmp / "ray", tmp / "one")
+    assert sorted(next(iter(state)) for state in states) == ["changed", "mean", "net", "status"]
 
 
 def test_the_cli_on_a_cluster_started_with_ray_start(suite_files):

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
-from same_results import assert_same, results
+from same_results import assert_same, assert_same_fits, results
 
 from nte_eval.cli import main
 from nte_eval.cluster.schedule import Schedule
-from nte_eval.evaluate.run_folder import FITS, SHARDS
+from nte_eval.evaluate.run_folder import SHARDS
 
 PLUGINS = Path(__file__).parent / "plugins"
 COUNTS_FITS, DIES_ONCE = str(PLUGINS / "counts_fits.py"), str(PLUGINS / "dies_once.py")  # see their docstrings
@@ -72,15 +71,7 @@ def test_worker_processes_give_the_results_of_one_process(one_process, tmp_path,
     assert_same(results(one_process), results(out))
     assert (sorted(map(tuple, pd.read_csv(out / "samples.csv", dtype=str).values))
             == sorted(map(tuple, pd.read_csv(one_process / "samples.csv", dtype=str).values)))
-    # the fitted denoisers and the adapted models the workers saved are those one process saves, bit for bit
-    mine, theirs = sorted((out / FITS).glob("*.pt")), sorted((one_process / FITS).glob("*.pt"))
-    assert [p.name for p in mine] == [p.name for p in theirs] and mine
-    for a, b in zip(mine, theirs, strict=True):
-        sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-        assert repr(sa.keys()) == repr(sb.keys())
-        flat_a, flat_b = torch.utils._pytree.tree_flatten(sa)[0], torch.utils._pytree.tree_flatten(sb)[0]
-        assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
-                   for x, y in zip(flat_a, flat_b, strict=True))
+    assert_same_fits(out, one_process)  # the denoisers and adapted models the workers saved: as one process's
 
 
 def test_the_schedule_fits_each_attack_of_each_setting_once():

@@ -36,19 +36,25 @@ from nte_eval.evaluate.suite_file import import_plugins
 RESUME = "finished items are kept: rerun with --resume"
 
 
+def start_worker(suite: Suite, cache: Path, device: str, batch: int | None, threads: int, fits: FitStore) -> Worker:
+    """A worker process's ``Worker``: ``threads`` torch and BLAS threads, the suite's plugins imported (its own
+    attacks and encoders), its models and data loaded once; silent (the driver logs)."""
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    import_plugins(suite.plugins, suite.base)
+    return Worker(suite, cache, device, batch, log=lambda _: None, fits=fits)
+
+
 def serve(conn: Connection, suite: Suite, out: Path, device: str, batch: int | None, threads: int) -> None:
     """A worker process: load the suite once, then run each group of items it is sent until it is sent None,
     answering ("done", item) per finished item and ("idle", None) per group; on an error ("error", message) or, for
     a bug, ("bug", traceback), and exit."""
-    torch.set_num_threads(threads)
     try:
-        with threadpool_limits(threads):
-            import_plugins(suite.plugins, suite.base)  # the suite's own attacks and encoders, in this process too
-            worker = Worker(suite, out / CLEAN, device, batch, log=lambda _: None, fits=FitStore(out / FITS))
-            while (work := pickle.loads(conn.recv_bytes())) is not None:
-                for done in worker.run(work):
-                    conn.send_bytes(pickle.dumps(("done", done)))
-                conn.send_bytes(pickle.dumps(("idle", None)))
+        worker = start_worker(suite, out / CLEAN, device, batch, threads, FitStore(out / FITS))
+        while (work := pickle.loads(conn.recv_bytes())) is not None:
+            for done in worker.run(work):
+                conn.send_bytes(pickle.dumps(("done", done)))
+            conn.send_bytes(pickle.dumps(("idle", None)))
     except NTEError as e:
         conn.send_bytes(pickle.dumps(("error", str(e))))
     except Exception:

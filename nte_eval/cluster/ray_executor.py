@@ -20,14 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from nte_eval.cluster.processes import start_worker
 from nte_eval.cluster.schedule import Schedule
 from nte_eval.errors import NTEError
 from nte_eval.evaluate.fits import FitStore, State
-from nte_eval.evaluate.items import Done, Work, Worker
+from nte_eval.evaluate.items import Done, Work
 from nte_eval.evaluate.suite import Suite
-from nte_eval.evaluate.suite_file import import_plugins
 
 INSTALL = 'pip install -e ".[ray]" (in nte-eval\'s folder), or pip install "ray>=2.60"'
 RETRIES = 3  # restarts of a dead actor, and retries of the group it held
@@ -62,10 +60,8 @@ class ItemActor:
     """Holds a ``Worker`` (the suite's models and data, loaded once) in a Ray actor process."""
 
     def __init__(self, suite: Suite, device: str, batch: int | None, threads: int, fits: dict[str, State]):
-        torch.set_num_threads(threads)
-        import_plugins(suite.plugins, suite.base)  # the suite's own attacks and encoders, in this process too
         cache = Path(tempfile.mkdtemp(prefix="nte-eval-clean-"))  # this actor's clean outputs per shard
-        self.worker = Worker(suite, cache, device, batch, log=lambda _: None, fits=FitStore(None, fits))
+        self.worker = start_worker(suite, cache, device, batch, threads, FitStore(None, fits))
 
     def run(self, work: list[Work], fits: dict[str, State] | None = None) -> tuple[list[Done], dict[str, State]]:
         """The finished items, and the states of the attacks fitted for them (for the driver to keep); ``fits``:
